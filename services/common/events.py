@@ -1,0 +1,125 @@
+"""The user activity event (schema v1) as a Python value.
+
+The JSON Schema in ``schemas/user-event.v1.json`` is the wire contract; this
+module is the typed view the services compute with. ``tests/unit`` checks that
+the two agree.
+
+>>> e = parse_event({"event_id": "e1", "user_id": "u1", "type": "login",
+...                  "occurred_at": "2026-01-02T03:04:05+01:00"})
+>>> e.occurred_at.isoformat()
+'2026-01-02T02:04:05+00:00'
+>>> e.type, e.amount
+('login', 0.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from services.common.errors import InvalidEvent
+
+SCHEMA_VERSION = 1
+
+KNOWN_TYPES = frozenset(
+    {
+        "signup",
+        "login",
+        "session_start",
+        "session_end",
+        "page_view",
+        "feature_used",
+        "purchase",
+        "subscription_started",
+        "subscription_renewed",
+        "plan_upgraded",
+        "plan_downgraded",
+        "subscription_cancelled",
+        "payment_failed",
+        "support_ticket",
+        "complaint",
+        "notification_opened",
+        "uninstall",
+        "account_deleted",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UserEvent:
+    """One user activity event, times always timezone-aware UTC."""
+
+    event_id: str
+    user_id: str
+    type: str
+    occurred_at: datetime
+    received_at: datetime | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def amount(self) -> float:
+        value = self.properties.get("amount", 0.0)
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    @property
+    def ts(self) -> float:
+        """Event time as a UNIX timestamp (seconds)."""
+        return self.occurred_at.timestamp()
+
+
+def parse_time(value: Any, *, path: str) -> datetime:
+    """Parse an RFC 3339 timestamp with a zone into an aware UTC datetime.
+
+    >>> parse_time("2026-03-01T00:00:00Z", path="occurred_at").isoformat()
+    '2026-03-01T00:00:00+00:00'
+    >>> parse_time("2026-03-01T00:00:00", path="occurred_at")
+    Traceback (most recent call last):
+    ...
+    services.common.errors.InvalidEvent: occurred_at must carry a time zone (e.g. 'Z' or '+02:00')
+    """
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{path} must be an RFC 3339 string", path=path)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(
+            f"{path} is not an RFC 3339 timestamp: {value[:40]!r}", path=path
+        ) from None
+    if parsed.tzinfo is None:
+        raise InvalidEvent(f"{path} must carry a time zone (e.g. 'Z' or '+02:00')", path=path)
+    return parsed.astimezone(UTC)
+
+
+def parse_event(raw: dict[str, Any]) -> UserEvent:
+    """Build a :class:`UserEvent` from an already schema-valid mapping.
+
+    Raises :class:`InvalidEvent` for what the schema cannot say (time zones).
+    """
+    received = raw.get("received_at")
+    return UserEvent(
+        event_id=str(raw["event_id"]),
+        user_id=str(raw["user_id"]),
+        type=str(raw["type"]),
+        occurred_at=parse_time(raw["occurred_at"], path="occurred_at"),
+        received_at=parse_time(received, path="received_at") if received else None,
+        properties=dict(raw.get("properties") or {}),
+        context=dict(raw.get("context") or {}),
+    )
+
+
+def event_to_dict(event: UserEvent) -> dict[str, Any]:
+    """The wire form of an event (inverse of :func:`parse_event`)."""
+    out: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "type": event.type,
+        "occurred_at": event.occurred_at.isoformat().replace("+00:00", "Z"),
+        "properties": event.properties,
+        "context": event.context,
+    }
+    if event.received_at is not None:
+        out["received_at"] = event.received_at.isoformat().replace("+00:00", "Z")
+    return out

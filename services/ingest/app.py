@@ -1,0 +1,167 @@
+"""The ingest HTTP service: POST /v1/events → Kafka ``user-events``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, ORJSONResponse
+from prometheus_client import Counter, Gauge, Histogram, make_asgi_app
+
+from services.common.schemas import SCHEMA_NAMES, load_schema
+from services.ingest.config import IngestSettings
+from services.ingest.core import BadRequest, check_items, parse_body
+from services.ingest.ports import EventPublisher
+
+log = logging.getLogger("churnwatch.ingest")
+
+ACCEPTED = Counter("churnwatch_ingest_events_accepted_total", "Events acknowledged by Kafka")
+REJECTED = Counter(
+    "churnwatch_ingest_events_rejected_total", "Events refused, by reason", ["reason"]
+)
+DUPLICATES = Counter(
+    "churnwatch_ingest_events_duplicate_total", "Retried events acknowledged, not produced again"
+)
+PRODUCE_LATENCY = Histogram(
+    "churnwatch_ingest_produce_seconds",
+    "Time from handing a batch to Kafka to the last acknowledgement",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+IN_FLIGHT = Gauge("churnwatch_ingest_requests_in_flight", "Requests being handled")
+UNAVAILABLE = Counter("churnwatch_ingest_unavailable_total", "Requests answered 503")
+
+
+class RecentIds:
+    """Event ids produced in the last ``window_s`` seconds (bounded LRU)."""
+
+    def __init__(self, window_s: float, *, max_size: int = 1_000_000) -> None:
+        self.window_s = window_s
+        self.max_size = max_size
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def seen(self, event_id: str, now: float) -> bool:
+        expiry = self._seen.get(event_id)
+        return expiry is not None and expiry > now
+
+    def add(self, event_id: str, now: float) -> None:
+        self._seen[event_id] = now + self.window_s
+        self._seen.move_to_end(event_id)
+        while len(self._seen) > self.max_size or (
+            self._seen and next(iter(self._seen.values())) <= now
+        ):
+            self._seen.popitem(last=False)
+
+
+def create_app(settings: IngestSettings, publisher: EventPublisher) -> FastAPI:
+    app = FastAPI(
+        title="churnwatch ingest",
+        version="1",
+        description="Takes user activity events (schema v1) and puts them on Kafka.",
+        default_response_class=ORJSONResponse,
+    )
+    recent = RecentIds(settings.ingest_dedup_window_s)
+    app.mount("/metrics", make_asgi_app())
+
+    @app.get("/healthz", summary="The process is up")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Kafka is reachable")
+    async def readyz() -> JSONResponse:
+        if await run_in_threadpool(publisher.ready):
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "kafka unreachable"}, status_code=503,
+                            headers={"Retry-After": str(settings.ingest_retry_after_s)})
+
+    @app.get("/v1/schemas/{name}", summary="A wire contract as JSON Schema")
+    def get_schema(name: str) -> JSONResponse:
+        if name not in SCHEMA_NAMES:
+            return JSONResponse(
+                {"error": f"unknown schema {name!r}; known: {', '.join(SCHEMA_NAMES)}"},
+                status_code=404)
+        return JSONResponse(load_schema(name))
+
+    @app.post("/v1/events", summary="Send one event, a JSON array of events, or NDJSON")
+    async def post_events(request: Request) -> JSONResponse:
+        IN_FLIGHT.inc()
+        try:
+            return await _handle(request)
+        finally:
+            IN_FLIGHT.dec()
+
+    async def _handle(request: Request) -> JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.ingest_max_body_bytes:
+            REJECTED.labels("too_large").inc()
+            return _error(413, f"body over {settings.ingest_max_body_bytes} bytes; split it")
+        body = await _read_limited(request, settings.ingest_max_body_bytes)
+        if body is None:
+            REJECTED.labels("too_large").inc()
+            return _error(413, f"body over {settings.ingest_max_body_bytes} bytes; split it")
+        try:
+            items = parse_body(body, request.headers.get("content-type", ""),
+                               max_events=settings.ingest_max_events)
+        except BadRequest as exc:
+            REJECTED.labels({400: "bad_json", 413: "too_many", 415: "content_type"}.get(
+                exc.status, "bad_request")).inc()
+            return _error(exc.status, str(exc))
+        checked = check_items(items)
+        if checked.rejected:
+            REJECTED.labels("invalid").inc(len(checked.rejected))
+        now = time.monotonic()
+        fresh = [(i, k, v) for (i, k, v), eid in zip(checked.records, checked.event_ids,
+                                                      strict=True)
+                 if not recent.seen(eid, now)]
+        duplicates = len(checked.records) - len(fresh)
+        DUPLICATES.inc(duplicates)
+        started = time.perf_counter()
+        results = await run_in_threadpool(publisher.publish, [(k, v) for _, k, v in fresh])
+        PRODUCE_LATENCY.observe(time.perf_counter() - started)
+        not_taken = [{"index": i, "error": str(err) or type(err).__name__}
+                     for (i, _, _), err in zip(fresh, results, strict=True) if err is not None]
+        by_index = {i: eid for (i, _, _), eid in zip(checked.records, checked.event_ids,
+                                                      strict=True)}
+        for (i, _, _), err in zip(fresh, results, strict=True):
+            if err is None:
+                recent.add(by_index[i], now)
+        accepted = len(checked.records) - len(not_taken)
+        ACCEPTED.inc(accepted - duplicates)
+        body_out: dict[str, Any] = {
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "rejected": checked.rejected,
+        }
+        if not_taken:
+            UNAVAILABLE.inc()
+            log.warning("kafka did not take events", extra={"not_taken": len(not_taken)})
+            body_out["not_taken"] = not_taken
+            body_out["error"] = "Kafka is unavailable: the items in not_taken were not stored; " \
+                                "send them again after Retry-After seconds"
+            return JSONResponse(body_out, status_code=503,
+                                headers={"Retry-After": str(settings.ingest_retry_after_s)})
+        status = 200 if not checked.rejected else (207 if accepted else 422)
+        return JSONResponse(body_out, status_code=status)
+
+    @app.on_event("shutdown")
+    def _flush() -> None:
+        publisher.close()
+
+    return app
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,113 @@
+"""The notifier's Redis adapter: contacts, consent, sends, idempotency, deferred queue.
+
+    P:{uid}:contact   hash  email, phone, push_token, locale, timezone (never copied elsewhere)
+    P:{uid}:consent   hash  <channel> = 1 | 0, preferred = <channel>
+    P:{uid}:sends     zset  action_id -> time of each contact (frequency cap)
+    P:{uid}:done      hash  action_id -> status once delivered (idempotency)
+    P:{uid}:actions   list  newest-first action history (capped)
+    P:{uid}:u         hash  wb = the latest win-back decision (the scorer resolves outcomes)
+    P:deferred        zset  JSON job -> not_before
+    P:winback:<playbook>:<group>:{treated,won}   counters of the uplift report
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services.common.errors import StoreUnavailable
+from services.notifier.core.guardrails import ConsentRecord
+
+CONTACT_FIELDS = {"email": "email", "sms": "phone", "push": "push_token"}
+
+
+def ukey(prefix: str, user_id: str, kind: str) -> str:
+    return f"{prefix}:{{{user_id}}}:{kind}"
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisDirectory:
+    def __init__(self, client: aioredis.Redis, *, prefix: str, history: int = 50) -> None:
+        self.r = client
+        self.prefix = prefix
+        self.history = history
+
+    async def profile(self, user_id: str) -> tuple[dict[str, str], ConsentRecord, list[float]]:
+        """Contact, consent and recent send times, in one round trip."""
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                pipe.hgetall(ukey(self.prefix, user_id, "contact"))
+                pipe.hgetall(ukey(self.prefix, user_id, "consent"))
+                pipe.zrangebyscore(ukey(self.prefix, user_id, "sends"),
+                                   time.time() - 90 * 86400, "+inf", withscores=True)
+                contact, consent, sends = await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        contact = {_s(k): _s(v) for k, v in contact.items()}
+        raw = {_s(k): _s(v) for k, v in consent.items()}
+        record = ConsentRecord(
+            channels={k: v == "1" for k, v in raw.items() if k != "preferred"},
+            preferred=raw.get("preferred"))
+        return contact, record, [float(score) for _, score in sends]
+
+    async def already_done(self, user_id: str, action_id: str) -> str | None:
+        try:
+            done = await self.r.hget(ukey(self.prefix, user_id, "done"), action_id)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        return _s(done) if done is not None else None
+
+    async def record(self, user_id: str, action: dict[str, Any], *, contacted: bool,
+                     winback: dict[str, Any] | None) -> None:
+        """Remember one decision: idempotency mark, history, cap window, uplift counters."""
+        action_id = action["action_id"]
+        try:
+            async with self.r.pipeline(transaction=True) as pipe:
+                if action["status"] in ("sent", "control", "suppressed"):
+                    pipe.hset(ukey(self.prefix, user_id, "done"), action_id, action["status"])
+                    pipe.expire(ukey(self.prefix, user_id, "done"), 90 * 86400)
+                if contacted:
+                    pipe.zadd(ukey(self.prefix, user_id, "sends"), {action_id: time.time()})
+                    pipe.expire(ukey(self.prefix, user_id, "sends"), 90 * 86400)
+                history = ukey(self.prefix, user_id, "actions")
+                pipe.lpush(history, orjson.dumps(action))
+                pipe.ltrim(history, 0, self.history - 1)
+                if winback is not None:
+                    pipe.hset(ukey(self.prefix, user_id, "u"), "wb", orjson.dumps(winback))
+                    pipe.incr(f"{self.prefix}:winback:{winback['playbook']}:"
+                              f"{winback['group']}:treated")
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+    async def defer(self, job: dict[str, Any], not_before: float) -> None:
+        try:
+            await self.r.zadd(f"{self.prefix}:deferred", {orjson.dumps(job): not_before})
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+    async def due(self, now: float, *, limit: int = 500) -> list[dict[str, Any]]:
+        """Take the deferred jobs that are due (each job is taken by one notifier only)."""
+        key = f"{self.prefix}:deferred"
+        try:
+            found = await self.r.zrangebyscore(key, "-inf", now, start=0, num=limit)
+            jobs = []
+            for member in found:
+                if await self.r.zrem(key, member):  # whoever removes it owns it
+                    jobs.append(orjson.loads(member))
+            return jobs
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis deferred queue failed: {exc}") from exc
+
+    async def deferred_depth(self) -> int:
+        try:
+            return int(await self.r.zcard(f"{self.prefix}:deferred"))
+        except RedisError:
+            return -1

@@ -1,0 +1,101 @@
+"""The Faust app of the notifier: the only notifier module that imports faust.
+
+Per alert: validate → :class:`~services.notifier.service.Notifier` → publish
+each action on ``winback-actions`` and wait for Kafka's acknowledgement before
+the alert's offset can be committed. A timer sends deferred actions when due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+import orjson
+
+from services.common.errors import InvalidEvent, StoreUnavailable
+from services.common.messages import WinbackAction, dead_letter
+from services.common.schemas import validate
+from services.notifier import metrics
+from services.notifier.config import NotifierSettings
+from services.notifier.runtime import NotifierRuntime
+
+log = logging.getLogger("churnwatch.notifier")
+
+
+def create_app(settings: NotifierSettings, runtime: NotifierRuntime) -> faust.App:
+    app = faust.App(
+        settings.notifier_group,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        datadir=str((settings.home / "faust-notifier").resolve()),
+        web_enabled=False,
+        producer_acks=-1,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+    )
+    alerts = app.topic(settings.topic_alerts, key_serializer="raw", value_serializer="raw")
+    actions_topic = app.topic(settings.topic_actions, key_serializer="raw",
+                              value_serializer="raw")
+    dlq = app.topic(settings.topic_notifier_dlq, key_serializer="raw", value_serializer="raw")
+
+    async def publish(actions: list[WinbackAction]) -> None:
+        pending = [await actions_topic.send(key=a.user_id.encode(),
+                                            value=orjson.dumps(a.to_dict())) for a in actions]
+        if pending:
+            await asyncio.gather(*pending)
+
+    @app.agent(alerts)
+    async def handle_alerts(stream: Any) -> None:
+        notifier = await runtime.notifier()
+        async for event in stream.events():
+            message = event.message
+            metrics.ALERTS.inc()
+            try:
+                alert = _decode(message.value)
+            except InvalidEvent as exc:
+                metrics.INVALID.inc()
+                dead = dead_letter(message.value, exc, stage="notifier", topic=message.topic,
+                                   partition=message.partition, offset=message.offset,
+                                   key=message.key)
+                await (await dlq.send(key=message.key, value=orjson.dumps(dead.to_dict())))
+                continue
+            actions = await _until_stored(notifier.handle_alert, alert)
+            await publish(actions)
+
+    @app.timer(interval=settings.notifier_deferred_poll_s)
+    async def send_deferred() -> None:
+        notifier = await runtime.notifier()
+        jobs = await _until_stored(runtime.directory.due, time.time())
+        for job in jobs:
+            await publish([await _until_stored(notifier.run_deferred, job)])
+        metrics.DEFERRED.set(await runtime.directory.deferred_depth())
+
+    return app
+
+
+def _decode(value: bytes) -> dict[str, Any]:
+    try:
+        alert = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"alert is not valid JSON: {exc}") from None
+    errors = validate("churn-alert", alert)
+    if errors:
+        raise InvalidEvent(errors[0].message, path=errors[0].path)
+    return dict(alert)
+
+
+async def _until_stored(fn: Any, *args: Any) -> Any:
+    delay = 0.2
+    while True:
+        try:
+            return await fn(*args)
+        except StoreUnavailable as exc:
+            log.warning("redis unavailable, retrying", extra={"error": str(exc)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -1,0 +1,139 @@
+"""The scorer's Redis adapter: one pipelined read and one transactional write per batch.
+
+Key layout (``P`` = ``CHURNWATCH_KEY_PREFIX``, default ``cw``). Per-user keys
+carry the user id as a hash tag ``{uid}``, so Redis Cluster keeps all of one
+user's keys in one slot:
+
+    P:{uid}:u          hash  f = feature state (compact, see core.features.encode_state)
+                              p = alert-policy state, r = latest score record (JSON),
+                              sd = day of the last label snapshot
+    P:{uid}:snap       list  pending label snapshots (JSON), expires with the horizon
+    P:{uid}:alerts     list  newest-first alert history (capped)
+    P:lastseen         zset  user -> last activity (the silent-user sweep's index)
+    P:atrisk           zset  user -> current risk (the API's at-risk index)
+    P:hll:d:YYYYMMDD   HLL   users active that day (DAU/WAU/MAU by PFCOUNT/PFMERGE)
+    P:model:<worker>   str   model checkpoint of one worker
+
+Every per-user key gets a TTL of ``user_ttl_days`` on each write, so a user
+gone for good stops costing memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services.common.errors import StoreUnavailable
+
+
+def user_key(prefix: str, user_id: str, kind: str = "u") -> str:
+    """>>> user_key("cw", "u42")
+    'cw:{u42}:u'
+    """
+    return f"{prefix}:{{{user_id}}}:{kind}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUser:
+    features: bytes | None
+    policy: bytes | None
+    record: bytes | None
+    snapshot_day: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserWrite:
+    user_id: str
+    features: bytes
+    policy: bytes
+    record: bytes
+    last_active: float
+    risk: float
+    snapshot: bytes | None = None
+    snapshot_day: int | None = None
+    alert: bytes | None = None
+    active_days: tuple[str, ...] = ()
+
+
+class RedisUserStore:
+    """Implements the scorer's ``UserStore`` port on Redis."""
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str, user_ttl_s: int,
+                 snapshot_ttl_s: int, alert_history: int = 50) -> None:
+        self.r = client
+        self.prefix = prefix
+        self.user_ttl_s = user_ttl_s
+        self.snapshot_ttl_s = snapshot_ttl_s
+        self.alert_history = alert_history
+        self.lastseen_key = f"{prefix}:lastseen"
+        self.atrisk_key = f"{prefix}:atrisk"
+
+    async def load(self, user_ids: Sequence[str]) -> dict[str, StoredUser]:
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for uid in user_ids:
+                    pipe.hmget(user_key(self.prefix, uid), "f", "p", "r", "sd")
+                rows = await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        return {
+            uid: StoredUser(row[0], row[1], row[2], int(row[3]) if row[3] else None)
+            for uid, row in zip(user_ids, rows, strict=True)
+        }
+
+    async def save(self, writes: Iterable[UserWrite]) -> None:
+        """Write a whole micro-batch atomically (MULTI/EXEC in one round trip)."""
+        try:
+            async with self.r.pipeline(transaction=True) as pipe:
+                for w in writes:
+                    self._queue(pipe, w)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+    def _queue(self, pipe: aioredis.client.Pipeline, w: UserWrite) -> None:
+        key = user_key(self.prefix, w.user_id)
+        fields: dict[str, bytes | int] = {"f": w.features, "p": w.policy, "r": w.record}
+        if w.snapshot is not None and w.snapshot_day is not None:
+            snap_key = user_key(self.prefix, w.user_id, "snap")
+            pipe.rpush(snap_key, w.snapshot)
+            pipe.expire(snap_key, self.snapshot_ttl_s)
+            fields["sd"] = w.snapshot_day
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(key, self.user_ttl_s)
+        pipe.zadd(self.lastseen_key, {w.user_id: w.last_active})
+        pipe.zadd(self.atrisk_key, {w.user_id: w.risk})
+        if w.alert is not None:
+            alerts_key = user_key(self.prefix, w.user_id, "alerts")
+            pipe.lpush(alerts_key, w.alert)
+            pipe.ltrim(alerts_key, 0, self.alert_history - 1)
+            pipe.expire(alerts_key, self.user_ttl_s)
+        for day in w.active_days:
+            hll = f"{self.prefix}:hll:d:{day}"
+            pipe.pfadd(hll, w.user_id)
+            pipe.expire(hll, 120 * 86400)
+
+    async def silent_since(self, low: float, high: float, *, limit: int) -> list[str]:
+        """Users whose last activity lies in [low, high): one range query, no scan."""
+        try:
+            found = await self.r.zrangebyscore(self.lastseen_key, low, f"({high}",
+                                               start=0, num=limit)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        return [u.decode() if isinstance(u, bytes) else u for u in found]
+
+    async def load_checkpoint(self, worker: str) -> bytes | None:
+        try:
+            data = await self.r.get(f"{self.prefix}:model:{worker}")
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        return bytes(data) if data is not None else None
+
+    async def save_checkpoint(self, worker: str, data: bytes) -> None:
+        try:
+            await self.r.set(f"{self.prefix}:model:{worker}", data)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc

@@ -1,0 +1,48 @@
+"""Settings of the scorer worker and the risk API (``CHURNWATCH_SCORER_*``, ``CHURNWATCH_API_*``)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import Field
+
+from services.common.settings import CommonSettings
+
+
+class ScorerSettings(CommonSettings):
+    scorer_group: str = Field("churnwatch-scorer", description="Kafka consumer group (Faust app id)")
+    scorer_worker_name: str = Field(
+        default_factory=socket.gethostname,
+        description="names this worker's model checkpoint; keep it stable across restarts",
+    )
+    scorer_metrics_port: int = Field(8002, ge=0, le=65535, description="0 disables /metrics")
+    scorer_batch_size: int = Field(2000, ge=1, description="events per micro-batch at most")
+    scorer_batch_within_s: float = Field(
+        0.02, gt=0, description="longest wait to fill a micro-batch (adds to alert latency)"
+    )
+    scorer_clock: Literal["live", "replay"] = Field(
+        "live", description="live: wall clock; replay: the stream's event time"
+    )
+    scorer_lateness_s: float = Field(48 * 3600, ge=0, description="late events accepted")
+    scorer_sweep_interval_s: float = Field(
+        60.0, gt=0, description="how often silent users are re-scored and labels resolved"
+    )
+    scorer_model: Literal["logreg", "forest"] = "logreg"
+    scorer_checkpoint_every: int = Field(1000, ge=1, description="checkpoint every N learns")
+    scorer_checkpoint_interval_s: float = Field(60.0, gt=0, description="... or every T seconds")
+    scorer_horizon_days: int = Field(14, ge=1, description="predict churn within H days")
+    scorer_inactivity_days: int = Field(30, ge=1, description="no activity for N days = churned")
+    scorer_band_medium: int = Field(40, ge=0, le=100)
+    scorer_band_high: int = Field(65, ge=0, le=100)
+    scorer_band_critical: int = Field(85, ge=0, le=100)
+    scorer_rearm_below: int = Field(50, ge=0, le=100, description="hysteresis: re-arm under this")
+    scorer_cooldown_s: float = Field(7 * 86400, ge=0, description="at most one alert per window")
+    scorer_user_ttl_days: int = Field(
+        400, ge=1, description="a user silent for this long costs no memory any more"
+    )
+
+
+class ApiSettings(CommonSettings):
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8001, ge=1, le=65535)

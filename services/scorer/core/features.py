@@ -1,0 +1,474 @@
+"""Per-user behaviour features: a small state value and pure functions over it.
+
+``update_features(state, event)`` folds one event into a new :class:`UserState`;
+``to_vector(state, now)`` reads the model's feature vector off it;
+``encode_state``/``decode_state`` give the compact bytes stored in Redis.
+Nothing here does I/O.
+
+Rules, in plain words:
+
+- Event time decides, not arrival order. Counters live in buckets per local
+  calendar day of the user (``context.timezone``, remembered; UTC if unknown).
+- An event older than the user's newest event minus ``lateness_s`` (48 h) is
+  refused with :class:`LateEvent`; later-arriving events inside that tolerance
+  land on their own day.
+- Each ``event_id`` counts once: its 64-bit hash is remembered while the event
+  is inside the lateness window (older ones would be refused as late anyway).
+- A window of N days is the N local days ending with the day of ``now``, so an
+  event exactly 7 days back is outside the 7-day window.
+- Unknown event types count as generic activity. ``winback_sent`` and
+  ``winback_responded`` are churnwatch's own outcome events: they feed the
+  win-back counters but are not user activity.
+
+>>> from datetime import datetime, UTC
+>>> s = FeatureSettings()
+>>> e = UserEvent("e1", "u1", "login", datetime(2026, 1, 1, 12, tzinfo=UTC))
+>>> state = update_features(None, e, settings=s)
+>>> update_features(state, e, settings=s) is state  # the same event again
+True
+>>> v = to_vector(state, e.ts + 86_400)
+>>> v["recency_days"], v["events_1d"], v["events_7d"]
+(1.0, 0.0, 1.0)
+>>> decode_state(encode_state(state)) == state
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import orjson
+
+from services.common.clock import day_index
+from services.common.errors import LateEvent
+from services.common.events import UserEvent
+
+FORMAT_VERSION = 1
+DAY_S = 86_400
+# Days between two active days (or an explicit churn) that make the next one a "return".
+RETURN_GAP_DAYS = 14
+MAX_FEATURES_PER_DAY = 64
+
+# Slots of the per-day counter tuple (all ints; revenue in cents so sums are exact).
+(EVENTS, SESSIONS, SESSION_S, TIMED, PURCHASES, REVENUE_C, PAY_FAIL, TICKETS, COMPLAINTS) = range(9)
+(DOWNGRADES, CHURNS, WB_SENT, WB_RESP) = range(9, 13)
+N_COUNTERS = 13
+_ZEROS = (0,) * N_COUNTERS
+
+INTERNAL_TYPES = frozenset({"winback_sent", "winback_responded"})
+CHURN_TYPES = frozenset({"subscription_cancelled", "account_deleted", "uninstall"})
+PAYMENT_TYPES = frozenset({"purchase", "subscription_started", "subscription_renewed"})
+FREE_PLANS = frozenset({"free", "trial", "freemium", "none"})
+_SLOT = {
+    "session_start": SESSIONS,
+    "payment_failed": PAY_FAIL,
+    "support_ticket": TICKETS,
+    "complaint": COMPLAINTS,
+    "plan_downgraded": DOWNGRADES,
+    "subscription_cancelled": CHURNS,
+    "account_deleted": CHURNS,
+    "uninstall": CHURNS,
+    "winback_sent": WB_SENT,
+    "winback_responded": WB_RESP,
+}
+
+Day = tuple[tuple[int, ...], frozenset[int]]  # (counters, hashed features used)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSettings:
+    """How features are kept. Windows must include the contract's 1/7/30/90 days."""
+
+    lateness_s: int = 48 * 3600
+    windows: tuple[int, ...] = (1, 7, 30, 90)
+    max_remembered_ids: int = 512
+
+    def __post_init__(self) -> None:
+        if self.lateness_s < 0 or self.max_remembered_ids < 1:
+            raise ValueError("lateness_s must be >= 0 and max_remembered_ids >= 1")
+        if not {1, 7, 30, 90} <= set(self.windows) or list(self.windows) != sorted(self.windows):
+            raise ValueError("windows must be ascending and include 1, 7, 30 and 90 days")
+
+    @property
+    def history_days(self) -> int:
+        return max(self.windows)
+
+
+@dataclass(slots=True)
+class UserState:
+    """One user's feature state. Treat as immutable: updates return a new one.
+
+    Times are whole UNIX seconds; 0 means "never" for the optional ones.
+    ``seen`` maps event-id hashes to the hour of their event time.
+    """
+
+    first_seen: int
+    last_seen: int  # newest event time of any kind: the lateness reference
+    last_active: int = 0  # newest user activity (recency)
+    engaged_at: int = 0  # newest user activity that is not an explicit churn
+    churn_at: int = 0  # newest subscription_cancelled / account_deleted / uninstall
+    uninstall_at: int = 0
+    signup_ts: int = 0
+    plan_at: int = 0
+    timezone: str | None = None
+    plan: str | None = None
+    last_type: str = ""
+    days: dict[int, Day] = field(default_factory=dict)
+    seen: dict[int, int] = field(default_factory=dict)
+
+
+def _hash64(text: str) -> int:
+    # Stable across processes, unlike hash(), so a restarted worker recognises ids.
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+@lru_cache(maxsize=4096)
+def _feature_hash(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=2).digest(), "little")
+
+
+def _is_paid(plan: str | None) -> bool:
+    return bool(plan) and str(plan).lower() not in FREE_PLANS
+
+
+def _bump_day(day: Day | None, event: UserEvent, *, user: bool) -> Day:
+    counts, feats = day or (_ZEROS, frozenset())
+    c = list(counts)
+    etype, props = event.type, event.properties
+    if user:
+        c[EVENTS] += 1
+    slot = _SLOT.get(etype)
+    if slot is not None:
+        c[slot] += 1
+    if etype in PAYMENT_TYPES:
+        c[PURCHASES] += 1
+        amount = event.amount
+        if math.isfinite(amount) and abs(amount) < 1e9:
+            c[REVENUE_C] += round(amount * 100)
+    elif etype == "session_end":
+        duration = props.get("duration_s")
+        if isinstance(duration, int | float) and 0 < duration < DAY_S:
+            c[SESSION_S] += round(duration)
+            c[TIMED] += 1
+    elif etype == "notification_opened" and "action_id" in props:
+        c[WB_RESP] += 1
+    feature = props.get("feature")
+    if isinstance(feature, str) and feature and len(feats) < MAX_FEATURES_PER_DAY:
+        feats = feats | {_feature_hash(feature)}
+    return tuple(c), feats
+
+
+def _plan_candidate(event: UserEvent, current: str | None) -> tuple[bool, str | None]:
+    plan = event.properties.get("plan")
+    if event.type == "subscription_cancelled":
+        return True, None
+    if isinstance(plan, str) and plan:
+        return True, plan[:32]
+    if event.type in ("subscription_started", "subscription_renewed"):
+        # Keep the plan's name when known; "paid" is all that can be said otherwise.
+        return True, current if _is_paid(current) else "paid"
+    return False, None
+
+
+def update_features(
+    state: UserState | None, event: UserEvent, *, settings: FeatureSettings
+) -> UserState:
+    """Fold one event into a new state; the input state is never modified.
+
+    >>> from datetime import datetime, UTC
+    >>> s = FeatureSettings()
+    >>> new = update_features(None, UserEvent("a", "u", "login",
+    ...     datetime(2026, 1, 5, tzinfo=UTC)), settings=s)
+    >>> update_features(new, UserEvent("b", "u", "login",
+    ...     datetime(2026, 1, 1, tzinfo=UTC)), settings=s)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    services.common.errors.LateEvent: event 'b' is 96.0 h older than ... (tolerance 48 h)
+    """
+    h = _hash64(event.event_id)
+    if state is not None and h in state.seen:
+        return state
+    ts = math.floor(event.ts)
+    old = state or UserState(first_seen=ts, last_seen=ts)
+    if ts < old.last_seen - settings.lateness_s:
+        raise LateEvent(
+            f"event {event.event_id!r} is {(old.last_seen - ts) / 3600:.1f} h older than the "
+            f"user's newest event (tolerance {settings.lateness_s / 3600:g} h)",
+            path="occurred_at",
+        )
+    etype = event.type
+    user = etype not in INTERNAL_TYPES
+    churn = etype in CHURN_TYPES
+    newest = ts > old.last_seen or (ts == old.last_seen and etype >= old.last_type)
+
+    ctx_tz = event.context.get("timezone")
+    tz = ctx_tz[:64] if isinstance(ctx_tz, str) and ctx_tz else None
+    state_tz = old.timezone
+    if tz is not None and (state_tz is None or newest):
+        state_tz = tz
+    day = day_index(ts, tz or state_tz)
+
+    days = dict(old.days)
+    cutoff = day_index(max(ts, old.last_seen), state_tz) - settings.history_days
+    if day >= cutoff:
+        days[day] = _bump_day(days.get(day), event, user=user)
+    if ts > old.last_seen and min(days, default=cutoff) < cutoff:
+        days = {d: v for d, v in days.items() if d >= cutoff}
+
+    plan, plan_at = old.plan, old.plan_at
+    has_plan, candidate = _plan_candidate(event, old.plan)
+    if has_plan and (ts, candidate or "") >= (plan_at, plan or ""):
+        plan, plan_at = candidate, ts
+
+    return UserState(
+        first_seen=min(old.first_seen, ts),
+        last_seen=max(old.last_seen, ts),
+        last_active=max(old.last_active, ts) if user else old.last_active,
+        engaged_at=max(old.engaged_at, ts) if user and not churn else old.engaged_at,
+        churn_at=max(old.churn_at, ts) if churn else old.churn_at,
+        uninstall_at=max(old.uninstall_at, ts) if etype == "uninstall" else old.uninstall_at,
+        signup_ts=min(old.signup_ts or ts, ts) if etype == "signup" else old.signup_ts,
+        plan_at=plan_at,
+        timezone=state_tz,
+        plan=plan,
+        last_type=etype[:32] if newest else old.last_type,
+        days=days,
+        seen=_remember(old.seen, h, ts, last_seen=max(old.last_seen, ts), settings=settings),
+    )
+
+
+def _remember(
+    seen: dict[int, int], h: int, ts: int, *, last_seen: int, settings: FeatureSettings
+) -> dict[int, int]:
+    out = dict(seen)
+    out[h] = ts // 3600
+    horizon = (last_seen - settings.lateness_s) // 3600
+    # Ids mostly arrive in time order, so the first entry is (nearly) the oldest:
+    # a cheap staleness test, and the cap drops from the front without sorting.
+    if next(iter(out.values())) < horizon:
+        out = {k: hour for k, hour in out.items() if hour >= horizon}
+    while len(out) > settings.max_remembered_ids:
+        del out[next(iter(out))]
+    return out
+
+
+def apply_batch(
+    state: UserState | None, events: Iterable[UserEvent], *, settings: FeatureSettings
+) -> tuple[UserState | None, list[tuple[UserEvent, LateEvent]]]:
+    """Fold one user's micro-batch in event-time order; late events are returned, not raised.
+
+    >>> from datetime import datetime, UTC
+    >>> e = UserEvent("a", "u", "login", datetime(2026, 1, 5, tzinfo=UTC))
+    >>> state, late = apply_batch(None, [e, e], settings=FeatureSettings())
+    >>> to_vector(state, e.ts)["events_1d"], late
+    (1.0, [])
+    """
+    late: list[tuple[UserEvent, LateEvent]] = []
+    for event in sorted(events, key=lambda e: e.occurred_at):
+        try:
+            state = update_features(state, event, settings=settings)
+        except LateEvent as exc:
+            late.append((event, exc))
+    return state, late
+
+
+@lru_cache(maxsize=64)
+def _window_key(name: str, days: int) -> str:
+    return f"{name}_{days}d"
+
+
+def _days_since_return(
+    state: UserState, newest_first: list[tuple[int, Day]], today: int, *, explicit_churn: bool
+) -> float:
+    """Days since the user came back after a long gap or an explicit churn; -1 if never."""
+    start: int | None = None
+    for d, (c, _) in newest_first:
+        if not c[EVENTS]:
+            continue
+        churned_that_day = c[CHURNS] > 0
+        if start is None and churned_that_day and not explicit_churn:
+            return float(today - d)  # churned and came back on the same day
+        if start is not None and (start - d >= RETURN_GAP_DAYS or churned_that_day):
+            return float(today - start)
+        start = d
+    if start is None:
+        return -1.0
+    # Pruned history: an empty stretch of RETURN_GAP_DAYS after the cut-off is still a gap.
+    tz = state.timezone
+    cutoff = day_index(state.last_seen, tz) - 90
+    if start - cutoff >= RETURN_GAP_DAYS and day_index(state.first_seen, tz) < start:
+        return float(today - start)
+    return -1.0
+
+
+def to_vector(
+    state: UserState, now: float, *, settings: FeatureSettings | None = None
+) -> dict[str, float]:
+    """The model's feature vector as of ``now`` (windows end with the local day of ``now``).
+
+    Days stamped after ``now`` (clock skew, replay watermarks) count as today.
+    Besides the contract keys it has ``events_<N>d``/``active_days_<N>d`` for
+    every configured window, ``explicit_churn`` (a cancel, delete or uninstall
+    not followed by activity) and ``days_since_return`` (days since the user
+    came back after >= 14 silent days or an explicit churn; -1 if not seen).
+
+    >>> from datetime import datetime, UTC
+    >>> e = UserEvent("a", "u", "purchase", datetime(2026, 1, 5, tzinfo=UTC),
+    ...               properties={"amount": 9.99})
+    >>> v = to_vector(update_features(None, e, settings=FeatureSettings()), e.ts)
+    >>> v["purchases_30d"], v["revenue_90d"], v["trend_7d_vs_30d"], v["tenure_days"]
+    (1.0, 9.99, 4.285714285714286, 0.0)
+    """
+    windows = (settings or _DEFAULT_SETTINGS).windows
+    today = day_index(now, state.timezone)
+    # Newest day first: window counts become running totals, one pass in all.
+    newest_first = sorted(state.days.items(), reverse=True)
+    ev = dict.fromkeys(windows, 0)
+    act = dict.fromkeys(windows, 0)
+    wi, run_events, run_active = 0, 0, 0
+    n_windows = len(windows)
+    last_30: list[tuple[int, ...]] = []
+    last_60: list[tuple[int, ...]] = []  # the 60 days before those 30
+    sessions_7 = sessions_prev_7 = 0
+    feats: set[int] = set()
+    for d, (c, f) in newest_first:
+        age = today - d if d < today else 0
+        n = c[EVENTS]
+        while wi < n_windows and age >= windows[wi]:
+            ev[windows[wi]], act[windows[wi]] = run_events, run_active
+            wi += 1
+        if n:
+            run_events += n
+            run_active += 1
+        if age < 30:
+            last_30.append(c)
+            if f:
+                feats.update(f)
+            if age < 7:
+                sessions_7 += c[SESSIONS]
+            elif age < 14:
+                sessions_prev_7 += c[SESSIONS]
+        elif age < 90:
+            last_60.append(c)
+    for w in windows[wi:]:
+        ev[w], act[w] = run_events, run_active
+    # Column sums in C (zip) rather than a Python loop per counter.
+    s30 = [sum(col) for col in zip(*last_30, strict=True)] if last_30 else _ZEROS
+    s90 = [sum(col) for col in zip(s30, *last_60, strict=True)] if last_60 else s30
+    e7, e30 = ev[7], ev[30]
+    explicit_churn = state.churn_at > state.engaged_at
+    vector = {
+        "recency_days": max(now - (state.last_active or state.first_seen), 0.0) / DAY_S,
+        "tenure_days": max(now - state.first_seen, 0.0) / DAY_S,
+        **{_window_key("events", w): float(ev[w]) for w in windows},
+        **{_window_key("active_days", w): float(act[w]) for w in windows},
+        "sessions_30d": float(s30[SESSIONS]),
+        "mean_session_s": s30[SESSION_S] / s30[TIMED] if s30[TIMED] else 0.0,
+        "distinct_features_30d": float(len(feats)),
+        "purchases_30d": float(s30[PURCHASES]),
+        "purchases_90d": float(s90[PURCHASES]),
+        "revenue_30d": s30[REVENUE_C] / 100,
+        "revenue_90d": s90[REVENUE_C] / 100,
+        "is_paid": float(_is_paid(state.plan)),
+        "payment_failures_30d": float(s30[PAY_FAIL]),
+        # No history at all reads as "steady", not as a collapse or a surge.
+        "trend_7d_vs_30d": e7 / (e30 * 7 / 30) if e30 else 1.0,
+        "sessions_change": float(sessions_7 - sessions_prev_7),
+        "support_tickets_30d": float(s30[TICKETS]),
+        "complaints_30d": float(s30[COMPLAINTS]),
+        "downgrades_90d": float(s90[DOWNGRADES]),
+        "uninstalled": float(state.uninstall_at > state.engaged_at),
+        "winback_sent_90d": float(s90[WB_SENT]),
+        "winback_responded_90d": float(s90[WB_RESP]),
+        "explicit_churn": float(explicit_churn),
+    }
+    vector["days_since_return"] = _days_since_return(
+        state, newest_first, today, explicit_churn=explicit_churn
+    )
+    return vector
+
+
+_DEFAULT_SETTINGS = FeatureSettings()
+
+
+def _ago(last_seen: int, ts: int) -> int:
+    return last_seen - ts if ts else -1
+
+
+def encode_state(state: UserState) -> bytes:
+    """Compact bytes for Redis: orjson of a packed list, times relative to ``last_seen``.
+
+    >>> from datetime import datetime, UTC
+    >>> e = UserEvent("a", "u", "login", datetime(2026, 1, 5, tzinfo=UTC))
+    >>> encode_state(update_features(None, e, settings=FeatureSettings()))[:20]
+    b'[1,1767571200,0,0,0,'
+    """
+    ls = state.last_seen
+    rows: list[list[object]] = []
+    base = prev = min(state.days, default=0)
+    for d in sorted(state.days):
+        counts, feats = state.days[d]
+        n = N_COUNTERS
+        while n and not counts[n - 1]:  # trailing zeros are implied
+            n -= 1
+        row: list[object] = [d - prev, *counts[:n]]
+        if feats:  # a trailing list, only on the days that have features
+            row.append(sorted(feats))
+        rows.append(row)
+        prev = d
+    flat = [x for k, hour in state.seen.items() for x in (k, max(ls // 3600 - hour, 0))]
+    seen = base64.b64encode(struct.pack("<" + "QH" * len(state.seen), *flat)).decode()
+    return orjson.dumps(
+        [
+            FORMAT_VERSION,
+            ls,
+            ls - state.first_seen,
+            *(_ago(ls, t) for t in (state.last_active, state.engaged_at, state.churn_at)),
+            *(_ago(ls, t) for t in (state.uninstall_at, state.signup_ts, state.plan_at)),
+            state.timezone or "",
+            state.plan or "",
+            state.last_type,
+            base,
+            rows,
+            seen,
+        ]
+    )
+
+
+def decode_state(data: bytes) -> UserState:
+    """Inverse of :func:`encode_state`; raises ``ValueError`` on an unknown format."""
+    packed = orjson.loads(data)
+    if not isinstance(packed, list) or not packed or packed[0] != FORMAT_VERSION:
+        raise ValueError(f"unknown feature state format {packed[0] if packed else None!r}")
+    _, ls, first, active, engaged, churn, uninstall, signup, plan_at = packed[:9]
+    tz, plan, last_type, day, rows, seen_text = packed[9:]
+    days: dict[int, Day] = {}
+    for row in rows:
+        day += row[0]
+        feats = frozenset(row.pop()) if isinstance(row[-1], list) else frozenset()
+        counts = tuple(row[1:])
+        days[day] = (counts + _ZEROS[len(counts) :], feats)
+    raw = base64.b64decode(seen_text)
+    hour_now = ls // 3600
+    seen = {k: hour_now - back for k, back in struct.iter_unpack("<QH", raw)}
+    return UserState(
+        first_seen=ls - first,
+        last_seen=ls,
+        last_active=ls - active if active >= 0 else 0,
+        engaged_at=ls - engaged if engaged >= 0 else 0,
+        churn_at=ls - churn if churn >= 0 else 0,
+        uninstall_at=ls - uninstall if uninstall >= 0 else 0,
+        signup_ts=ls - signup if signup >= 0 else 0,
+        plan_at=ls - plan_at if plan_at >= 0 else 0,
+        timezone=tz or None,
+        plan=plan or None,
+        last_type=last_type,
+        days=days,
+        seen=seen,
+    )

@@ -1,0 +1,564 @@
+"""The churn model: a rule-based prior blended into a calibrated online River model.
+
+Pure logic, no I/O. A feature vector is the ``dict[str, float]`` of
+``features.to_vector`` (keys in docs/CONTRACTS.md); missing keys count as 0.
+
+- ``prior_risk`` scores users before any label exists (see ``PRIOR_RULES``);
+  its weight falls linearly to 0 over ``prior_weight_labels`` resolved labels.
+- The learner is ``FuncTransformer(log1p) | StandardScaler | LogisticRegression``,
+  class-weighted by a sample weight on positives (or an ARF forest).
+- Class weighting inflates probabilities, so ``BinCalibrator`` maps raw scores
+  to risks once it has seen enough resolved labels of both classes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import operator
+import pickle
+from bisect import bisect_right
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import Any, Literal
+
+import orjson
+import river
+from river import compose, forest, linear_model, optim, preprocessing
+
+from services.common.errors import ChurnwatchError, ConfigError
+
+__all__ = [
+    "LABELS",
+    "CheckpointError",
+    "ChurnModel",
+    "ModelSettings",
+    "Reason",
+    "Score",
+    "prior_risk",
+]
+
+LABELS: dict[str, str] = {
+    "recency_days": "days since last activity",
+    "tenure_days": "days since signup",
+    "events_1d": "activity in the last day",
+    "events_7d": "activity in the last 7 days",
+    "events_30d": "activity in the last 30 days",
+    "events_90d": "activity in the last 90 days",
+    "active_days_7d": "active days in the last 7 days",
+    "active_days_30d": "active days in the last 30 days",
+    "active_days_90d": "active days in the last 90 days",
+    "sessions_30d": "sessions in the last 30 days",
+    "mean_session_s": "average session length (seconds)",
+    "distinct_features_30d": "distinct features used in the last 30 days",
+    "purchases_30d": "purchases in the last 30 days",
+    "purchases_90d": "purchases in the last 90 days",
+    "revenue_30d": "revenue in the last 30 days",
+    "revenue_90d": "revenue in the last 90 days",
+    "is_paid": "on a paid plan",
+    "payment_failures_30d": "failed payments in the last 30 days",
+    "trend_7d_vs_30d": "activity trend (last 7 days vs. usual)",
+    "sessions_change": "change in sessions",
+    "support_tickets_30d": "support tickets in the last 30 days",
+    "complaints_30d": "complaints in the last 30 days",
+    "downgrades_90d": "plan downgrades in the last 90 days",
+    "uninstalled": "app uninstalled",
+    "winback_sent_90d": "win-back messages received in the last 90 days",
+    "winback_responded_90d": "win-back messages answered in the last 90 days",
+}
+FEATURES: tuple[str, ...] = tuple(LABELS)
+_MAGIC = b"churnwatch-model\n"
+_FORMAT = 1
+
+
+class CheckpointError(ChurnwatchError):
+    """A model checkpoint cannot be read by this build."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """How the model learns; validated on construction."""
+
+    kind: Literal["logreg", "forest"] = "logreg"
+    learning_rate: float = 0.05
+    l2: float = 1e-4
+    positive_weight: float = 3.0
+    prior_weight_labels: int = 500
+    calibration_bins: int = 20
+    calibration_min_labels: int = 200
+    calibration_window: int = 5000
+    forest_models: int = 10
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("logreg", "forest"):
+            raise ConfigError(f"model kind must be 'logreg' or 'forest', not {self.kind!r}")
+        if self.learning_rate <= 0 or self.positive_weight <= 0:
+            raise ConfigError("model learning_rate and positive_weight must be > 0")
+        if self.prior_weight_labels < 0 or self.calibration_bins < 2:
+            raise ConfigError("prior_weight_labels must be >= 0 and calibration_bins >= 2")
+        if self.calibration_window < 1 or self.forest_models < 1:
+            raise ConfigError("calibration_window and forest_models must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """``risk`` is what alerts use; the parts show how it was made."""
+
+    risk: float
+    raw: float
+    prior: float
+    weight_prior: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One feature pushing this user's risk up, in log-odds points."""
+
+    feature: str
+    label: str
+    contribution: float
+    value: float
+
+
+# The prior: log-odds points per rule, summed on ``PRIOR_BASE``; rules on one
+# feature add up. ``trend_7d_vs_30d`` is read as a ratio, 1.0 = the usual pace.
+PRIOR_BASE = -2.5  # nothing wrong: about 8 %
+PRIOR_RULES: tuple[tuple[str, str, float, float], ...] = (
+    ("recency_days", ">", 7.0, 1.0),  # a week away: 18 %
+    ("recency_days", ">", 14.0, 2.25),  # two weeks away: 68 %, high on its own
+    ("recency_days", ">", 30.0, 1.0),  # a month away: 85 %, critical
+    ("trend_7d_vs_30d", "<", 0.5, 1.0),  # this week under half the usual pace
+    ("active_days_30d", "<", 3.0, 0.75),  # rarely here
+    ("active_days_30d", ">=", 15.0, -1.0),  # a habit protects
+    ("payment_failures_30d", ">", 0.0, 1.0),
+    ("complaints_30d", ">", 0.0, 0.5),
+    ("support_tickets_30d", ">=", 3.0, 0.5),
+    ("downgrades_90d", ">", 0.0, 0.75),
+    ("uninstalled", ">", 0.0, 2.5),
+)
+_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt}
+_RULES = tuple((f, _OPS[op], t, pts) for f, op, t, pts in PRIOR_RULES)
+
+
+def prior_contributions(x: dict[str, float]) -> dict[str, float]:
+    """Log-odds points of the rules that fire, summed per feature.
+
+    >>> prior_contributions({"recency_days": 20.0, "active_days_30d": 1.0})
+    {'recency_days': 3.25, 'trend_7d_vs_30d': 1.0, 'active_days_30d': 0.75}
+    """
+    points: dict[str, float] = {}
+    for feature, op, threshold, pts in _RULES:
+        if op(x.get(feature, 0.0), threshold):
+            points[feature] = points.get(feature, 0.0) + pts
+    return points
+
+
+def prior_risk(x: dict[str, float]) -> float:
+    """The transparent rule-based churn probability used before labels exist.
+
+    >>> round(prior_risk({"trend_7d_vs_30d": 1.0, "active_days_30d": 20.0}), 3)
+    0.029
+    >>> round(prior_risk({"recency_days": 15.0, "trend_7d_vs_30d": 1.0, "active_days_30d": 5}), 3)
+    0.679
+    """
+    return _prior_from(prior_contributions(x))
+
+
+def _prior_from(points: dict[str, float]) -> float:
+    return 1.0 / (1.0 + math.exp(-(PRIOR_BASE + sum(points.values()))))
+
+
+def top_reasons(contributions: dict[str, float], x: dict[str, float], *, top: int) -> list[Reason]:
+    """The ``top`` positive contributions, largest first, with plain labels.
+
+    >>> [r.feature for r in top_reasons({"a": 0.2, "b": -1.0, "c": 0.5}, {}, top=3)]
+    ['c', 'a']
+    """
+    best = heapq.nlargest(top, ((c, k) for k, c in contributions.items() if c > 0))
+    return [Reason(k, LABELS.get(k, k), c, float(x.get(k, 0.0))) for c, k in best]
+
+
+class BinCalibrator:
+    """Online histogram binning of raw probabilities, kept monotone by pool-adjacent-violators.
+
+    Counts decay so that about ``window`` recent labels matter: the learner
+    moves, and old (raw, y) pairs describe a model that is gone. Between bin
+    centres the map is linear, so ranking survives inside a bin.
+
+    >>> cal = BinCalibrator(bins=4, window=1000)
+    >>> for raw, y in [(0.1, 0), (0.1, 0), (0.9, 1), (0.6, 1), (0.6, 0), (0.6, 0)] * 20:
+    ...     cal.learn(raw, y)
+    >>> cal.ready(100), [round(cal.predict(r), 2) for r in (0.1, 0.6, 0.9)]
+    (True, [0.01, 0.32, 0.97])
+    """
+
+    def __init__(self, *, bins: int, window: int) -> None:
+        self.bins = bins
+        self.keep = 1.0 - 1.0 / window
+        self.n = [0.0] * bins
+        self.pos = [0.0] * bins
+        self.labels = 0
+        self.positives = 0
+        self._knots: tuple[list[float], list[float]] | None = None
+
+    def learn(self, raw: float, y: bool | int) -> None:
+        keep = self.keep
+        self.n = [v * keep for v in self.n]
+        self.pos = [v * keep for v in self.pos]
+        b = min(int(raw * self.bins), self.bins - 1)
+        self.n[b] += 1.0
+        self.pos[b] += float(y)
+        self.labels += 1
+        self.positives += bool(y)
+        self._knots = None
+
+    def ready(self, min_labels: int) -> bool:
+        """Enough labels, and at least 10 of each class."""
+        return self.labels >= min_labels and 10 <= self.positives <= self.labels - 10
+
+    def predict(self, raw: float) -> float:
+        xs, ys = self._knots or self._fit()
+        if not xs:
+            return raw
+        i = bisect_right(xs, raw)
+        if i == 0:
+            return ys[0]
+        if i == len(xs):
+            return ys[-1]
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return y0 + (y1 - y0) * (raw - x0) / (x1 - x0)
+
+    def _fit(self) -> tuple[list[float], list[float]]:
+        # Half a pseudo-label per class keeps sparse bins off exactly 0 and 1.
+        blocks: list[list[Any]] = []
+        for i, (n, pos) in enumerate(zip(self.n, self.pos, strict=True)):
+            if n < 1e-6:
+                continue
+            blocks.append([pos + 0.5, n + 1.0, [i]])
+            while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] > blocks[-1][0] * blocks[-2][1]:
+                p, m, idx = blocks.pop()
+                blocks[-1][0] += p
+                blocks[-1][1] += m
+                blocks[-1][2] += idx
+        xs = [(i + 0.5) / self.bins for _, _, idx in blocks for i in idx]
+        ys = [p / m for p, m, idx in blocks for _ in idx]
+        self._knots = (xs, ys)
+        return self._knots
+
+
+def prepare(x: dict[str, float]) -> dict[str, float]:
+    """Keep the contract features, compressing heavy tails with a signed log1p.
+
+    >>> prepare({"events_7d": math.e - 1, "sessions_change": -(math.e - 1)})["sessions_change"]
+    -1.0
+    """
+    # Counts and money are heavy-tailed; the log keeps whales from owning the scale.
+    # Dense on purpose: the scaler only learns and scales the keys it is given.
+    get = x.get
+    return {k: math.copysign(math.log1p(abs(v := get(k, 0.0))), v) for k in FEATURES}
+
+
+def _build(settings: ModelSettings) -> compose.Pipeline:
+    if settings.kind == "forest":
+        learner: Any = forest.ARFClassifier(n_models=settings.forest_models, seed=settings.seed)
+        return compose.Pipeline(compose.FuncTransformer(prepare), learner)
+    learner = linear_model.LogisticRegression(
+        optimizer=optim.SGD(settings.learning_rate), l2=settings.l2
+    )
+    return compose.FuncTransformer(prepare) | preprocessing.StandardScaler() | learner
+
+
+class ChurnModel:
+    """Scores, learns from resolved labels, explains, checkpoints.
+
+    >>> model = ChurnModel()
+    >>> quiet = {"recency_days": 20.0, "trend_7d_vs_30d": 0.1, "active_days_30d": 1.0}
+    >>> s = model.score(quiet)
+    >>> s.weight_prior, s.risk == s.prior, s.risk > 0.5
+    (1.0, True, True)
+    >>> model.explain(quiet, top=1)[0].feature
+    'recency_days'
+    >>> model.version.startswith("logreg-0-")
+    True
+    """
+
+    def __init__(self, settings: ModelSettings | None = None) -> None:
+        self.settings = settings or ModelSettings()
+        self.pipeline = _build(self.settings)
+        self.calibrator = BinCalibrator(
+            bins=self.settings.calibration_bins, window=self.settings.calibration_window
+        )
+        self.learned = 0
+        self.positives = 0
+        # A running hash of settings and every label learned: the same history gives
+        # the same version, before and after a checkpoint round trip.
+        self.lineage = blake2b(repr(self.settings).encode(), digest_size=16).digest()
+
+    @property
+    def weight_prior(self) -> float:
+        """Share of the prior in the risk: 1 with no labels, 0 after ``prior_weight_labels``."""
+        n = self.settings.prior_weight_labels
+        return max(0.0, 1.0 - self.learned / n) if n else 0.0
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the calibrator has enough labels of both classes to be trusted."""
+        return self.calibrator.ready(self.settings.calibration_min_labels)
+
+    def raw(self, x: dict[str, float]) -> float:
+        """The learner's uncalibrated probability of churn (0.5 before it has learned)."""
+        return self._raw(x, self._scaled(x))
+
+    def score(self, x: dict[str, float]) -> Score:
+        """Risk = w * prior + (1 - w) * calibrated model, w = ``weight_prior``."""
+        return self._score(x, self._scaled(x), prior_contributions(x))
+
+    def explain(self, x: dict[str, float], top: int = 3) -> list[Reason]:
+        """Features pushing risk up most, in log-odds, blended like the risk.
+
+        The logistic part is ``weight * scaled value``; a forest has no cheap
+        additive attribution, so it is explained by the prior's rules.
+        """
+        return self._explain(x, self._scaled(x), prior_contributions(x), top)
+
+    def score_and_explain(self, x: dict[str, float], *, top: int = 3) -> tuple[Score, list[Reason]]:
+        """``score`` and ``explain`` sharing their work: the scorer's hot path."""
+        scaled, points = self._scaled(x), prior_contributions(x)
+        return self._score(x, scaled, points), self._explain(x, scaled, points, top)
+
+    def learn(self, raw: float, y: bool | int) -> None:
+        keep = self.keep
+        self.n = [v * keep for v in self.n]
+        self.pos = [v * keep for v in self.pos]
+        b = min(int(raw * self.bins), self.bins - 1)
+        self.n[b] += 1.0
+        self.pos[b] += float(y)
+        self.labels += 1
+        self.positives += bool(y)
+        self._knots = None
+
+    def ready(self, min_labels: int) -> bool:
+        """Enough labels, and at least 10 of each class."""
+        return self.labels >= min_labels and 10 <= self.positives <= self.labels - 10
+
+    def predict(self, raw: float) -> float:
+        xs, ys = self._knots or self._fit()
+        if not xs:
+            return raw
+        i = bisect_right(xs, raw)
+        if i == 0:
+            return ys[0]
+        if i == len(xs):
+            return ys[-1]
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return y0 + (y1 - y0) * (raw - x0) / (x1 - x0)
+
+    def _fit(self) -> tuple[list[float], list[float]]:
+        # Half a pseudo-label per class keeps sparse bins off exactly 0 and 1.
+        blocks: list[list[Any]] = []
+        for i, (n, pos) in enumerate(zip(self.n, self.pos, strict=True)):
+            if n < 1e-6:
+                continue
+            blocks.append([pos + 0.5, n + 1.0, [i]])
+            while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] > blocks[-1][0] * blocks[-2][1]:
+                p, m, idx = blocks.pop()
+                blocks[-1][0] += p
+                blocks[-1][1] += m
+                blocks[-1][2] += idx
+        xs = [(i + 0.5) / self.bins for _, _, idx in blocks for i in idx]
+        ys = [p / m for p, m, idx in blocks for _ in idx]
+        self._knots = (xs, ys)
+        return self._knots
+
+
+def prepare(x: dict[str, float]) -> dict[str, float]:
+    """Keep the contract features, compressing heavy tails with a signed log1p.
+
+    >>> prepare({"events_7d": math.e - 1, "sessions_change": -(math.e - 1)})["sessions_change"]
+    -1.0
+    """
+    # Counts and money are heavy-tailed; the log keeps whales from owning the scale.
+    # Dense on purpose: the scaler only learns and scales the keys it is given.
+    get = x.get
+    return {k: math.copysign(math.log1p(abs(v := get(k, 0.0))), v) for k in FEATURES}
+
+
+def _build(settings: ModelSettings) -> compose.Pipeline:
+    if settings.kind == "forest":
+        learner: Any = forest.ARFClassifier(n_models=settings.forest_models, seed=settings.seed)
+        return compose.Pipeline(compose.FuncTransformer(prepare), learner)
+    learner = linear_model.LogisticRegression(
+        optimizer=optim.SGD(settings.learning_rate), l2=settings.l2
+    )
+    return compose.FuncTransformer(prepare) | preprocessing.StandardScaler() | learner
+
+
+class ChurnModel:
+    """Scores, learns from resolved labels, explains, checkpoints.
+
+    >>> model = ChurnModel()
+    >>> quiet = {"recency_days": 20.0, "trend_7d_vs_30d": 0.1, "active_days_30d": 1.0}
+    >>> s = model.score(quiet)
+    >>> s.weight_prior, s.risk == s.prior, s.risk > 0.5
+    (1.0, True, True)
+    >>> model.explain(quiet, top=1)[0].feature
+    'recency_days'
+    >>> model.version.startswith("logreg-0-")
+    True
+    """
+
+    def __init__(self, settings: ModelSettings | None = None) -> None:
+        self.settings = settings or ModelSettings()
+        self.pipeline = _build(self.settings)
+        self.calibrator = BinCalibrator(
+            bins=self.settings.calibration_bins, window=self.settings.calibration_window
+        )
+        self.learned = 0
+        self.positives = 0
+        # A running hash of settings and every label learned: the same history gives
+        # the same version, before and after a checkpoint round trip.
+        self.lineage = blake2b(repr(self.settings).encode(), digest_size=16).digest()
+
+    @property
+    def weight_prior(self) -> float:
+        """Share of the prior in the risk: 1 with no labels, 0 after ``prior_weight_labels``."""
+        n = self.settings.prior_weight_labels
+        return max(0.0, 1.0 - self.learned / n) if n else 0.0
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the calibrator has enough labels of both classes to be trusted."""
+        return self.calibrator.ready(self.settings.calibration_min_labels)
+
+    def raw(self, x: dict[str, float]) -> float:
+        """The learner's uncalibrated probability of churn (0.5 before it has learned)."""
+        proba = self.pipeline.predict_proba_one(x)
+        # A forest that has only seen survivors returns {False: 1.0}: that is P(churn) = 0.
+        return proba.get(True, 0.0) if proba else 0.5
+
+    def score(self, x: dict[str, float]) -> Score:
+        """Risk = w * prior + (1 - w) * calibrated model, w = ``weight_prior``."""
+        prior = prior_risk(x)
+        raw = self.raw(x)
+        w = self.weight_prior
+        if w >= 1.0:
+            return Score(prior, raw, prior, 1.0)
+        learned = self.calibrator.predict(raw) if self.calibrated else raw
+        return Score(w * prior + (1.0 - w) * learned, raw, prior, w)
+
+    def learn(self, x: dict[str, float], y: bool | int) -> None:
+        """Learn one resolved label; ``x`` must be the features as they were at the snapshot."""
+        label = bool(y)
+        # Calibrate on the prediction made before learning: an honest, out-of-sample pair.
+        self.calibrator.learn(self.raw(x), label)
+        weight = self.settings.positive_weight if label else 1.0
+        if self.settings.kind == "logreg":
+            self.pipeline.learn_one(x, label, w=weight)
+        else:
+            # ARF takes no sample weight; repeating a positive is the weighting it supports.
+            for _ in range(max(1, round(weight))):
+                self.pipeline.learn_one(x, label)
+        self.learned += 1
+        self.positives += label
+        step = orjson.dumps([x, label], option=orjson.OPT_SORT_KEYS)
+        self.lineage = blake2b(self.lineage + step, digest_size=16).digest()
+
+    def _scaled(self, x: dict[str, float]) -> dict[str, float] | None:
+        if self.settings.kind != "logreg":
+            return None
+        scaled: dict[str, float] = self.pipeline["StandardScaler"].transform_one(prepare(x))
+        return scaled
+
+    def _raw(self, x: dict[str, float], scaled: dict[str, float] | None) -> float:
+        # The pipeline's own steps, split so that explain can reuse the scaled vector.
+        if scaled is not None:
+            p: float = self.pipeline["LogisticRegression"].predict_proba_one(scaled)[True]
+            return p
+        proba = self.pipeline.predict_proba_one(x)
+        # A forest that has only seen survivors returns {False: 1.0}: that is P(churn) = 0.
+        return proba.get(True, 0.0) if proba else 0.5
+
+    def _score(
+        self, x: dict[str, float], scaled: dict[str, float] | None, points: dict[str, float]
+    ) -> Score:
+        prior = _prior_from(points)
+        raw = self._raw(x, scaled)
+        w = self.weight_prior
+        if w >= 1.0:
+            return Score(prior, raw, prior, 1.0)
+        learned = self.calibrator.predict(raw) if self.calibrated else raw
+        return Score(w * prior + (1.0 - w) * learned, raw, prior, w)
+
+    def _explain(
+        self,
+        x: dict[str, float],
+        scaled: dict[str, float] | None,
+        points: dict[str, float],
+        top: int,
+    ) -> list[Reason]:
+        w = self.weight_prior if scaled is not None else 1.0
+        contributions = {k: w * v for k, v in points.items()} if w else {}
+        if scaled is not None and w < 1.0:
+            weights = self.pipeline["LogisticRegression"]._weights
+            for k, v in scaled.items():
+                c = (1.0 - w) * weights.get(k, 0.0) * v
+                contributions[k] = contributions.get(k, 0.0) + c
+        return top_reasons(contributions, x, top=top)
+
+    @property
+    def version(self) -> str:
+        """``{kind}-{labels learned}-{hash of settings and labels learned}``."""
+        return f"{self.settings.kind}-{self.learned}-{self.lineage[:4].hex()}"
+
+    def _state(self) -> bytes:
+        state = {
+            "settings": self.settings,
+            "pipeline": self.pipeline,
+            "calibrator": self.calibrator,
+            "learned": self.learned,
+            "positives": self.positives,
+            "lineage": self.lineage,
+            "river": river.__version__,
+        }
+        return pickle.dumps(state, protocol=5)
+
+    def to_bytes(self) -> bytes:
+        """A checkpoint: a magic line, a 2-byte format number, then a pickle.
+
+        Pickle is only safe from a trusted store; checkpoints come from our own Redis.
+        """
+        return _MAGIC + _FORMAT.to_bytes(2, "big") + self._state()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ChurnModel:
+        """Restore ``to_bytes`` output; raise ``CheckpointError`` on anything else.
+
+        >>> ChurnModel.from_bytes(ChurnModel().to_bytes()).learned
+        0
+        >>> ChurnModel.from_bytes(b"junk")
+        Traceback (most recent call last):
+        ...
+        services.scorer.core.model.CheckpointError: not a churnwatch model checkpoint
+        """
+        if not data.startswith(_MAGIC):
+            raise CheckpointError("not a churnwatch model checkpoint")
+        fmt = int.from_bytes(data[len(_MAGIC) : len(_MAGIC) + 2], "big")
+        if fmt != _FORMAT:
+            raise CheckpointError(
+                f"model checkpoint format {fmt} is not supported (this build reads {_FORMAT});"
+                " start from a fresh model or run the matching churnwatch version"
+            )
+        try:
+            state = pickle.loads(data[len(_MAGIC) + 2 :])
+        except Exception as exc:
+            raise CheckpointError(
+                f"model checkpoint cannot be unpickled with river {river.__version__}: {exc}"
+            ) from exc
+        model = cls(state["settings"])
+        model.pipeline = state["pipeline"]
+        model.calibrator = state["calibrator"]
+        model.learned = state["learned"]
+        model.positives = state["positives"]
+        model.lineage = state["lineage"]
+        return model

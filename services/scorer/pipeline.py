@@ -1,0 +1,145 @@
+"""One micro-batch through the scorer: decode → features → score → policy → write.
+
+This module holds the orchestration and nothing that knows Faust: the agent in
+:mod:`services.scorer.agents` hands it raw records and publishes what it
+returns. The store is a port, so the fast tests run it on a fake.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import orjson
+
+from services.common.clock import Clock
+from services.common.errors import InvalidEvent
+from services.common.events import UserEvent, parse_event
+from services.common.messages import ChurnAlert, DeadLetter, dead_letter
+from services.common.schemas import validate
+from services.scorer.adapters.redis_store import StoredUser, UserWrite
+from services.scorer.core.features import (
+    FeatureSettings,
+    UserState,
+    apply_batch,
+    decode_state,
+    encode_state,
+)
+from services.scorer.scoring import ScoringCore, UserScore
+
+log = logging.getLogger("churnwatch.scorer")
+
+
+class UserStore(Protocol):
+    async def load(self, user_ids: list[str]) -> dict[str, StoredUser]: ...
+
+    async def save(self, writes: list[UserWrite]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A raw Kafka record, as the agent received it."""
+
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class Outcome:
+    alerts: list[ChurnAlert] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    events: int = 0
+    users: int = 0
+    duplicates: int = 0
+
+
+def decode_record(record: Record) -> UserEvent:
+    """Bytes → validated event, or InvalidEvent saying what is wrong."""
+    if not record.value:
+        raise InvalidEvent("empty message")
+    try:
+        raw = orjson.loads(record.value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    if isinstance(raw, dict) and raw.get("schema_version", 1) != 1:
+        raise InvalidEvent(
+            f"unknown schema_version {raw.get('schema_version')!r}; this scorer reads 1",
+            path="schema_version")
+    errors = validate("user-event", raw)
+    if errors:
+        raise InvalidEvent(errors[0].message, path=errors[0].path)
+    return parse_event(raw)
+
+
+class BatchScorer:
+    def __init__(self, *, store: UserStore, core: ScoringCore, clock: Clock,
+                 features: FeatureSettings) -> None:
+        self.store = store
+        self.core = core
+        self.clock = clock
+        self.features = features
+
+    def _dead(self, record: Record, exc: Exception) -> DeadLetter:
+        return dead_letter(record.value, exc, stage="scorer", topic=record.topic,
+                           partition=record.partition, offset=record.offset, key=record.key)
+
+    async def handle(self, records: list[Record]) -> Outcome:
+        out = Outcome(events=len(records))
+        by_user: dict[str, list[tuple[Record, UserEvent]]] = defaultdict(list)
+        for record in records:
+            try:
+                event = decode_record(record)
+            except InvalidEvent as exc:
+                out.dead.append(self._dead(record, exc))
+                continue
+            by_user[event.user_id].append((record, event))
+            observe = getattr(self.clock, "observe", None)
+            if observe is not None:
+                observe(event.ts)
+        if not by_user:
+            return out
+        stored = await self.store.load(list(by_user))
+        now = self.clock.now()
+        writes: list[UserWrite] = []
+        for uid, items in by_user.items():
+            row = stored[uid]
+            before = decode_state(row.features) if row.features else None
+            state, late = apply_batch(before, [e for _, e in items], settings=self.features)
+            records_by_event = {id(e): r for r, e in items}
+            for event, exc in late:
+                out.dead.append(self._dead(records_by_event[id(event)], exc))
+            if state is None or state is before:
+                out.duplicates += len(items) - len(late)
+                continue
+            result = self.core.score_user(uid, state, row, now=now)
+            days = {datetime.fromtimestamp(e.ts, UTC).strftime("%Y%m%d") for _, e in items}
+            writes.append(user_write(uid, state, result, active_days=tuple(sorted(days))))
+            if result.alert is not None:
+                out.alerts.append(result.alert)
+        out.users = len(writes)
+        if writes:
+            await self.store.save(writes)
+        return out
+
+
+def user_write(uid: str, state: UserState, result: UserScore, *,
+               active_days: tuple[str, ...] = ()) -> UserWrite:
+    """What to store for one scored user."""
+    return UserWrite(
+        user_id=uid,
+        features=encode_state(state),
+        policy=result.policy,
+        record=result.record,
+        last_active=float(state.last_active or state.last_seen),
+        risk=result.risk,
+        snapshot=result.snapshot,
+        snapshot_day=result.snapshot_day,
+        alert=orjson.dumps(result.alert.to_dict()) if result.alert else None,
+        active_days=active_days,
+    )

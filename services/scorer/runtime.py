@@ -1,0 +1,127 @@
+"""The scorer's wiring: builds the adapters and the core from settings, once.
+
+``bootstrap`` work happens on the worker's event loop (Redis asyncio client),
+the first time the agent asks for it; nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+from services.common.clock import Clock, EventTimeClock, WallClock
+from services.scorer.adapters.redis_store import RedisUserStore
+from services.scorer.config import ScorerSettings
+from services.scorer.core.features import FeatureSettings, decode_state
+from services.scorer.core.labels import LabelSettings
+from services.scorer.core.model import ChurnModel, ModelSettings
+from services.scorer.core.policy import PolicySettings, Thresholds
+from services.scorer.core.segments import RfmQuantiles, SegmentSettings
+from services.scorer.pipeline import BatchScorer, Outcome, user_write
+from services.scorer.scoring import ScoringCore
+
+log = logging.getLogger("churnwatch.scorer")
+DAY = 86_400.0
+
+
+def make_clock(settings: ScorerSettings) -> Clock:
+    if settings.scorer_clock == "replay":
+        return EventTimeClock(allowed_lateness_s=0.0)
+    return WallClock()
+
+
+def make_core(settings: ScorerSettings, model: ChurnModel | None = None) -> ScoringCore:
+    thresholds = Thresholds(
+        medium=settings.scorer_band_medium, high=settings.scorer_band_high,
+        critical=settings.scorer_band_critical, rearm_below=settings.scorer_rearm_below)
+    return ScoringCore(
+        model=model or ChurnModel(ModelSettings(kind=settings.scorer_model)),
+        quantiles=RfmQuantiles(),
+        policy=PolicySettings(thresholds=thresholds,
+                              cooldown_days=max(1.0, settings.scorer_cooldown_s / DAY)),
+        segments=SegmentSettings(),
+        labels=LabelSettings(horizon_days=settings.scorer_horizon_days,
+                             inactivity_days=settings.scorer_inactivity_days,
+                             snapshot_ttl_days=settings.scorer_horizon_days
+                             + settings.scorer_inactivity_days + 1))
+
+
+class Runtime:
+    def __init__(self, settings: ScorerSettings) -> None:
+        self.settings = settings
+        self.clock = make_clock(settings)
+        self._scorer: BatchScorer | None = None
+        self._lock = asyncio.Lock()
+        self._last_sweep: float | None = None
+        self._last_checkpoint = time.monotonic()
+
+    async def scorer(self) -> BatchScorer:
+        async with self._lock:
+            if self._scorer is None:
+                self._scorer = await self._bootstrap()
+            return self._scorer
+
+    async def _bootstrap(self) -> BatchScorer:
+        s = self.settings
+        client = aioredis.Redis.from_url(s.redis_url, socket_timeout=5,
+                                         health_check_interval=10)
+        labels = make_core(s).labels
+        self.store = RedisUserStore(client, prefix=s.key_prefix,
+                                    user_ttl_s=s.scorer_user_ttl_days * int(DAY),
+                                    snapshot_ttl_s=labels.snapshot_ttl_s)
+        model = None
+        saved = await self.store.load_checkpoint(s.scorer_worker_name)
+        if saved:
+            model = ChurnModel.from_bytes(saved)
+            log.info("model restored", extra={"model_version": model.version})
+        self.core = make_core(s, model)
+        return BatchScorer(store=self.store, core=self.core, clock=self.clock,
+                           features=FeatureSettings(lateness_s=int(s.scorer_lateness_s)))
+
+    async def after_batch(self, outcome: Outcome) -> None:
+        """Hook for per-batch bookkeeping (checkpoint cadence)."""
+
+    async def checkpoint(self) -> None:
+        if self._scorer is None:
+            return
+        await self.store.save_checkpoint(self.settings.scorer_worker_name,
+                                         self.core.model.to_bytes())
+        self._last_checkpoint = time.monotonic()
+
+    async def sweep(self) -> Outcome:
+        """Re-score users whose recency crossed a day boundary since the last sweep.
+
+        For each whole number of days k, the users whose last activity lies in
+        [previous sweep - k days, now - k days) just turned k days silent: one
+        range query per k on the last-activity index, never a scan.
+        """
+        scorer = await self.scorer()
+        now = self.clock.now()
+        prev, self._last_sweep = self._last_sweep, now
+        out = Outcome()
+        if prev is None or now <= prev:
+            return out
+        horizon = self.settings.scorer_inactivity_days + self.settings.scorer_horizon_days
+        users: list[str] = []
+        for k in range(1, horizon + 1):
+            users += await self.store.silent_since(prev - k * DAY, now - k * DAY, limit=100_000)
+        for start in range(0, len(users), 1000):
+            chunk = users[start:start + 1000]
+            rows = await self.store.load(chunk)
+            writes = []
+            for uid in chunk:
+                row = rows[uid]
+                if row.features is None:
+                    continue
+                state = decode_state(row.features)
+                result = self.core.score_user(uid, state, row, now=now)
+                writes.append(user_write(uid, state, result))
+                if result.alert is not None:
+                    out.alerts.append(result.alert)
+            if writes:
+                await scorer.store.save(writes)
+            out.users += len(writes)
+        return out

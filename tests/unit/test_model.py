@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import random
+from collections import deque
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.common.errors import ConfigError
+from services.scorer.core.model import (
+    FEATURES,
+    LABELS,
+    CheckpointError,
+    ChurnModel,
+    ModelSettings,
+    prior_risk,
+)
+from services.scorer.core.quality import QualityTracker
+
+
+def synthetic_user(rng: random.Random) -> tuple[dict[str, float], bool]:
+    """One user: churners are quieter, slipping, longer away and fail payments more.
+
+    Every distribution overlaps between the classes, and some features are pure noise.
+    """
+    churner = rng.random() < 0.15
+    level = rng.lognormvariate(1.2 if churner else 2.0, 0.7)
+    trend = max(0.0, rng.gauss(0.55 if churner else 1.0, 0.35))
+    return {
+        "recency_days": rng.expovariate(1 / (8.0 if churner else 3.0)),
+        "tenure_days": rng.uniform(1, 700),
+        "events_7d": level * trend * rng.uniform(0.5, 1.5),
+        "events_30d": level * 4.3 * rng.uniform(0.7, 1.3),
+        "active_days_30d": min(30.0, level * rng.uniform(0.5, 2.0)),
+        "trend_7d_vs_30d": trend,
+        "payment_failures_30d": float(rng.random() < (0.2 if churner else 0.06)),
+        "support_tickets_30d": float(rng.random() < (0.2 if churner else 0.12)),
+        "revenue_30d": rng.expovariate(1 / 20),
+        "is_paid": float(rng.random() < 0.4),
+    }, churner
+
+
+def run_delayed(model: ChurnModel, rng: random.Random, *, labels: int, delay: int = 100):
+    """Score each user now, learn its label ``delay`` users later, judging the earlier risk."""
+    quality, prior_quality = QualityTracker(), QualityTracker()
+    pending: deque = deque()
+    while quality.positives + quality.negatives < labels:
+        x, y = synthetic_user(rng)
+        pending.append((x, y, model.score(x)))
+        if len(pending) > delay:
+            x0, y0, s0 = pending.popleft()
+            quality.update(s0.risk, y0)
+            prior_quality.update(s0.prior, y0)
+            model.learn(x0, y0)
+    return quality, prior_quality
+
+
+@pytest.mark.parametrize("kind", ["logreg", "forest"])
+def test_progressive_auc_after_2000_labels_is_above_0_8(kind: str) -> None:
+    model = ChurnModel(ModelSettings(kind=kind))
+    quality, _ = run_delayed(model, random.Random(1), labels=2000)
+    measured = quality.roc_auc
+    assert measured is not None and measured > 0.8, measured
+    assert model.calibrated and model.weight_prior == 0.0
+
+
+def test_learned_model_beats_prior_and_is_calibrated() -> None:
+    model = ChurnModel()
+    rng = random.Random(2)
+    run_delayed(model, rng, labels=2000)
+    fresh = [synthetic_user(rng) for _ in range(3000)]
+    scores = [model.score(x) for x, _ in fresh]
+    learned, prior = QualityTracker(), QualityTracker()
+    for (_, y), s in zip(fresh, scores, strict=True):
+        learned.update(s.risk, y)
+        prior.update(s.prior, y)
+    assert learned.roc_auc is not None and prior.roc_auc is not None
+    assert learned.roc_auc > prior.roc_auc + 0.02
+    churn_rate = sum(y for _, y in fresh) / len(fresh)
+    mean_risk = sum(s.risk for s in scores) / len(scores)
+    mean_raw = sum(s.raw for s in scores) / len(scores)
+    # Class weighting inflates the raw probability; the calibrator brings it back.
+    assert abs(mean_risk - churn_rate) < 0.03
+    assert mean_raw > churn_rate + 0.05
+
+
+def test_fresh_model_scores_with_the_prior_and_blends_it_out_linearly() -> None:
+    model = ChurnModel(ModelSettings(prior_weight_labels=10))
+    x = {"recency_days": 20.0, "trend_7d_vs_30d": 0.1}
+    s = model.score(x)
+    assert s.weight_prior == 1.0 and s.risk == s.prior == prior_risk(x)
+    rng = random.Random(3)
+    for _ in range(4):
+        model.learn(*synthetic_user(rng))
+    assert model.score(x).weight_prior == pytest.approx(0.6)
+    for _ in range(6):
+        model.learn(*synthetic_user(rng))
+    assert model.score(x).weight_prior == 0.0
+
+
+def test_prior_thresholds() -> None:
+    usual = {"recency_days": 1.0, "trend_7d_vs_30d": 1.0, "active_days_30d": 10.0}
+    assert prior_risk(usual) < 0.1
+    assert prior_risk({**usual, "recency_days": 15.0}) >= 0.65  # high on its own
+    assert prior_risk({**usual, "recency_days": 31.0}) >= 0.85  # critical
+    assert prior_risk({**usual, "payment_failures_30d": 1.0}) > prior_risk(usual)
+    assert prior_risk({**usual, "trend_7d_vs_30d": 0.2}) > prior_risk(usual)
+
+
+@given(st.dictionaries(st.sampled_from(FEATURES), st.floats(-1e9, 1e9), max_size=len(FEATURES)))
+def test_risk_is_a_probability_for_any_vector(x: dict[str, float]) -> None:
+    s = ChurnModel(ModelSettings(prior_weight_labels=0)).score(x)
+    assert 0.0 <= s.risk <= 1.0 and 0.0 <= s.prior <= 1.0
+
+
+@pytest.mark.parametrize("learned", [0, 2000])
+def test_a_decaying_user_is_explained_by_trend_or_recency(learned: int) -> None:
+    model = ChurnModel()
+    if learned:
+        run_delayed(model, random.Random(4), labels=learned)
+    decaying = {
+        "recency_days": 12.0,
+        "trend_7d_vs_30d": 0.15,
+        "events_7d": 1.0,
+        "events_30d": 25.0,
+        "active_days_30d": 9.0,
+        "revenue_30d": 20.0,
+    }
+    reasons = model.explain(decaying, top=3)
+    assert reasons[0].feature in {"trend_7d_vs_30d", "recency_days"}
+    assert reasons[0].label == LABELS[reasons[0].feature]
+    assert reasons[0].value == decaying[reasons[0].feature]
+    assert all(r.contribution > 0 for r in reasons)
+    assert [r.contribution for r in reasons] == sorted(
+        (r.contribution for r in reasons), reverse=True
+    )
+
+
+def test_a_healthy_user_has_no_prior_reasons() -> None:
+    healthy = {"recency_days": 0.5, "trend_7d_vs_30d": 1.2, "active_days_30d": 20.0}
+    assert ChurnModel().explain(healthy) == []
+
+
+@pytest.mark.parametrize("kind", ["logreg", "forest"])
+def test_checkpoint_round_trip_gives_identical_scores(kind: str) -> None:
+    model = ChurnModel(ModelSettings(kind=kind))
+    rng = random.Random(5)
+    run_delayed(model, rng, labels=600)
+    restored = ChurnModel.from_bytes(model.to_bytes())
+    users = [synthetic_user(rng)[0] for _ in range(200)]
+    assert [restored.score(x) for x in users] == [model.score(x) for x in users]
+    assert [restored.explain(x) for x in users] == [model.explain(x) for x in users]
+    assert restored.version == model.version
+    # Both keep learning the same way.
+    x, y = synthetic_user(rng)
+    model.learn(x, y)
+    restored.learn(x, y)
+    assert restored.score(users[0]) == model.score(users[0])
+
+
+def test_checkpoint_refuses_unknown_formats() -> None:
+    data = ChurnModel().to_bytes()
+    magic = data.split(b"\n", 1)[0] + b"\n"
+    with pytest.raises(CheckpointError, match="format 99 is not supported"):
+        ChurnModel.from_bytes(magic + (99).to_bytes(2, "big") + data[len(magic) + 2 :])
+    with pytest.raises(CheckpointError, match="not a churnwatch model"):
+        ChurnModel.from_bytes(b"PK\x03\x04")
+    with pytest.raises(CheckpointError, match="cannot be unpickled"):
+        ChurnModel.from_bytes(data[: len(magic) + 2] + b"garbage")
+
+
+def test_version_names_kind_labels_and_state() -> None:
+    model = ChurnModel()
+    first = model.version
+    assert first.startswith("logreg-0-") and model.version == first
+    model.learn({"recency_days": 3.0}, 0)
+    assert model.version.startswith("logreg-1-") and model.version != first
+
+
+def test_scoring_learns_nothing() -> None:
+    model = ChurnModel()
+    rng = random.Random(6)
+    run_delayed(model, rng, labels=300)
+    probes = [synthetic_user(rng)[0] for _ in range(20)]
+    before = [model.score(x) for x in probes]
+    for _ in range(200):
+        model.score(synthetic_user(rng)[0])
+    assert [model.score(x) for x in probes] == before
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"kind": "svm"}, {"learning_rate": 0.0}, {"prior_weight_labels": -1}, {"calibration_bins": 1}],
+)
+def test_bad_settings_fail_loudly(bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        ModelSettings(**bad)
