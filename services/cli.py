@@ -69,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.set_defaults(handler=_stack)
 
-    for name, helptext in (("ingest", "the HTTP ingest service"),
-                           ("scorer", "the Faust scoring worker"),
-                           ("notifier", "the Faust win-back notifier"),
-                           ("api", "the risk query API and dashboard")):
+    for name, helptext in (
+        ("ingest", "the HTTP ingest service"),
+        ("scorer", "the Faust scoring worker"),
+        ("notifier", "the Faust win-back notifier"),
+        ("api", "the risk query API and dashboard"),
+    ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--port", type=int, default=None, help="override the service's port")
         p.set_defaults(handler=_service("scorer" if name == "api" else name), role=name)

@@ -38,18 +38,30 @@ SERVICES = ("ingest", "scorer", "notifier", "api")
 class Services:
     """The four services as child processes, logs under $CHURNWATCH_HOME/logs."""
 
-    def __init__(self, settings: CommonSettings, env: dict[str, str]) -> None:
-        self.logs = settings.home.resolve() / "logs"
+    def __init__(
+        self,
+        settings: CommonSettings,
+        env: dict[str, str],
+        *,
+        names: tuple[str, ...] = SERVICES,
+        logs: Path | None = None,
+    ) -> None:
+        self.logs = logs or settings.home.resolve() / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = env
+        self.names = names
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
-        for name in SERVICES:
+        for name in self.names:
             log = (self.logs / f"{name}.log").open("ab")
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", name], stdout=log,
-                stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+                [sys.executable, "-m", "services.cli", name],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
             print(f"started {name:8} pid {self.procs[name].pid}  log {self.logs / name}.log")
 
     def check(self) -> None:
@@ -78,10 +90,16 @@ class Watcher(threading.Thread):
         self.alerts = 0
         self.actions: Counter[str] = Counter()
         self.stopping = threading.Event()
-        self.consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                      enable_auto_commit=False, consumer_timeout_ms=500)
-        parts = [TopicPartition(t, p) for t in (settings.topic_alerts, settings.topic_actions)
-                 for p in self.consumer.partitions_for_topic(t) or ()]
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            consumer_timeout_ms=500,
+        )
+        parts = [
+            TopicPartition(t, p)
+            for t in (settings.topic_alerts, settings.topic_actions)
+            for p in self.consumer.partitions_for_topic(t) or ()
+        ]
         self.consumer.assign(parts)
         self.consumer.seek_to_end(*parts)
         for tp in parts:
@@ -98,14 +116,19 @@ class Watcher(threading.Thread):
         if topic == self.settings.topic_alerts:
             self.alerts += 1
             reasons = ", ".join(r["label"] for r in value["reasons"][:2])
-            print(f"  ALERT  {value['user_id']}  {value['band']:8} score {value['score']:3}"
-                  f"  {value['segment']['stage']}/{value['segment']['tier']}  ({reasons})",
-                  flush=True)
+            print(
+                f"  ALERT  {value['user_id']}  {value['band']:8} score {value['score']:3}"
+                f"  {value['segment']['stage']}/{value['segment']['tier']}  ({reasons})",
+                flush=True,
+            )
         else:
             self.actions[value["status"]] += 1
             why = f" ({value['reason']})" if value.get("reason") else ""
-            print(f"  ACTION {value['user_id']}  {value['channel']:7} {value['status']}"
-                  f"  {value['playbook']}{why}", flush=True)
+            print(
+                f"  ACTION {value['user_id']}  {value['channel']:7} {value['status']}"
+                f"  {value['playbook']}{why}",
+                flush=True,
+            )
 
 
 def noon_zone(now: float) -> str:
@@ -124,9 +147,14 @@ def register_contacts(settings: CommonSettings, users: list[SimUser]) -> None:
     zone = noon_zone(time.time())
     pipe = r.pipeline(transaction=False)
     for u in users:
-        pipe.hset(f"{settings.key_prefix}:{{{u.user_id}}}:contact",
-                  mapping={"email": f"{u.user_id}@example.test", "timezone": zone,
-                           "locale": "zh-CN" if u.timezone == "Asia/Shanghai" else "en"})
+        pipe.hset(
+            f"{settings.key_prefix}:{{{u.user_id}}}:contact",
+            mapping={
+                "email": f"{u.user_id}@example.test",
+                "timezone": zone,
+                "locale": "zh-CN" if u.timezone == "Asia/Shanghai" else "en",
+            },
+        )
         pipe.hset(f"{settings.key_prefix}:{{{u.user_id}}}:consent", mapping={"email": 1})
     pipe.execute()
 
@@ -164,8 +192,10 @@ def run_demo(*, duration: float, users: int, rate: float) -> int:
     LocalStack(settings).up()
     smtp_port = int(os.environ.get("CHURNWATCH_SMTP_PORT", "2525"))
     catcher = MailCatcher("127.0.0.1", smtp_port).start()
-    env = env_for(settings) | {"CHURNWATCH_SMTP_PORT": str(smtp_port),
-                               "CHURNWATCH_LOG_LEVEL": "warning"}
+    env = env_for(settings) | {
+        "CHURNWATCH_SMTP_PORT": str(smtp_port),
+        "CHURNWATCH_LOG_LEVEL": "warning",
+    }
     services = Services(settings, env)
     watcher = Watcher(settings)
     watcher.start()
@@ -189,23 +219,40 @@ def run_demo(*, duration: float, users: int, rate: float) -> int:
             if batch:
                 sent += post(client, f"{ingest}/v1/events", batch)
             print(f"backfill done: {sent} events; live traffic for {duration:.0f} s ...")
-            sent += live_traffic(client, f"{ingest}/v1/events", population,
-                                 duration=duration, rate=rate, services=services)
+            sent += live_traffic(
+                client,
+                f"{ingest}/v1/events",
+                population,
+                duration=duration,
+                rate=rate,
+                services=services,
+            )
         time.sleep(5)  # let the last alerts reach the notifier
     finally:
         watcher.stopping.set()
         services.stop()
         watcher.join(timeout=5)
         catcher.stop()
-    summary = {"events": sent, "alerts": watcher.alerts, "actions": dict(watcher.actions),
-               "emails_received": catcher.inbox.received,
-               "logs": str(services.logs)}
+    summary = {
+        "events": sent,
+        "alerts": watcher.alerts,
+        "actions": dict(watcher.actions),
+        "emails_received": catcher.inbox.received,
+        "logs": str(services.logs),
+    }
     print(orjson.dumps(summary).decode(), flush=True)
     return 0
 
 
-def live_traffic(client: httpx.Client, url: str, population: list[SimUser], *,
-                 duration: float, rate: float, services: Services) -> int:
+def live_traffic(
+    client: httpx.Client,
+    url: str,
+    population: list[SimUser],
+    *,
+    duration: float,
+    rate: float,
+    services: Services,
+) -> int:
     """Active users keep using the product; frustrated ones pile up friction."""
     rng = random.Random(11)
     end = time.monotonic() + duration
@@ -219,11 +266,17 @@ def live_traffic(client: httpx.Client, url: str, population: list[SimUser], *,
             seq += 1
             if friction and rng.random() < 0.1:
                 user = rng.choice(friction)
-                kind = rng.choice(("payment_failed", "complaint", "support_ticket",
-                                   "plan_downgraded", "uninstall"))
+                kind = rng.choice(
+                    (
+                        "payment_failed",
+                        "complaint",
+                        "support_ticket",
+                        "plan_downgraded",
+                        "uninstall",
+                    )
+                )
             else:
-                user, kind = rng.choice(active), rng.choice(("login", "page_view",
-                                                             "feature_used"))
+                user, kind = rng.choice(active), rng.choice(("login", "page_view", "feature_used"))
             batch.append(event(user, kind, time.time(), seq))
         sent += post(client, url, batch)
         if time.monotonic() - last_report > 10:

@@ -7,6 +7,7 @@ translated into :class:`BrokerUnavailable` here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -21,8 +22,12 @@ log = logging.getLogger(__name__)
 
 
 def all_topics(settings: CommonSettings) -> list[str]:
-    return [settings.topic_events, settings.topic_alerts, settings.topic_actions,
-            settings.topic_dlq]
+    return [
+        settings.topic_events,
+        settings.topic_alerts,
+        settings.topic_actions,
+        settings.topic_dlq,
+    ]
 
 
 def broker_answers(bootstrap: str, *, timeout_ms: int = 3000) -> bool:
@@ -44,8 +49,9 @@ def ensure_topics(settings: CommonSettings, topics: list[str] | None = None) -> 
     """Create the deployment's topics if they are missing (idempotent)."""
     wanted = topics or all_topics(settings)
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
-                                 request_timeout_ms=10_000)
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000
+        )
     except (KafkaError, OSError) as exc:
         raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
     try:
@@ -56,10 +62,9 @@ def ensure_topics(settings: CommonSettings, topics: list[str] | None = None) -> 
             if name not in existing
         ]
         if missing:
-            try:
+            # A concurrent process may have created one first: that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # a concurrent process created it first
             log.info("created topics", extra={"topics": [t.name for t in missing]})
     except KafkaError as exc:
         raise BrokerUnavailable(f"could not create topics: {exc}") from exc

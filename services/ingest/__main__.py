@@ -18,11 +18,13 @@ def main(args: argparse.Namespace | None = None) -> int:
     port = getattr(args, "port", None)
     settings = load_settings(IngestSettings, **({"ingest_port": port} if port else {}))
     setup_logging(settings.log_level, settings.log_format)
-    publisher = KafkaPublisher(settings, topic=settings.topic_events,
-                               timeout_s=settings.ingest_produce_timeout_s)
+    publisher = KafkaPublisher(
+        settings, topic=settings.topic_events, timeout_s=settings.ingest_produce_timeout_s
+    )
     app = create_app(settings, publisher)
-    uvicorn.run(app, host=settings.ingest_host, port=settings.ingest_port, log_config=None,
-                access_log=False)
+    uvicorn.run(
+        app, host=settings.ingest_host, port=settings.ingest_port, log_config=None, access_log=False
+    )
     return 0
 
 

@@ -74,15 +74,19 @@ def create_app(settings: IngestSettings, publisher: EventPublisher) -> FastAPI:
     async def readyz() -> JSONResponse:
         if await run_in_threadpool(publisher.ready):
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "kafka unreachable"}, status_code=503,
-                            headers={"Retry-After": str(settings.ingest_retry_after_s)})
+        return JSONResponse(
+            {"status": "kafka unreachable"},
+            status_code=503,
+            headers={"Retry-After": str(settings.ingest_retry_after_s)},
+        )
 
     @app.get("/v1/schemas/{name}", summary="A wire contract as JSON Schema")
     def get_schema(name: str) -> JSONResponse:
         if name not in SCHEMA_NAMES:
             return JSONResponse(
                 {"error": f"unknown schema {name!r}; known: {', '.join(SCHEMA_NAMES)}"},
-                status_code=404)
+                status_code=404,
+            )
         return JSONResponse(load_schema(name))
 
     @app.post("/v1/events", summary="Send one event, a JSON array of events, or NDJSON")
@@ -103,28 +107,38 @@ def create_app(settings: IngestSettings, publisher: EventPublisher) -> FastAPI:
             REJECTED.labels("too_large").inc()
             return _error(413, f"body over {settings.ingest_max_body_bytes} bytes; split it")
         try:
-            items = parse_body(body, request.headers.get("content-type", ""),
-                               max_events=settings.ingest_max_events)
+            items = parse_body(
+                body, request.headers.get("content-type", ""), max_events=settings.ingest_max_events
+            )
         except BadRequest as exc:
-            REJECTED.labels({400: "bad_json", 413: "too_many", 415: "content_type"}.get(
-                exc.status, "bad_request")).inc()
+            REJECTED.labels(
+                {400: "bad_json", 413: "too_many", 415: "content_type"}.get(
+                    exc.status, "bad_request"
+                )
+            ).inc()
             return _error(exc.status, str(exc))
         checked = check_items(items)
         if checked.rejected:
             REJECTED.labels("invalid").inc(len(checked.rejected))
         now = time.monotonic()
-        fresh = [(i, k, v) for (i, k, v), eid in zip(checked.records, checked.event_ids,
-                                                      strict=True)
-                 if not recent.seen(eid, now)]
+        fresh = [
+            (i, k, v)
+            for (i, k, v), eid in zip(checked.records, checked.event_ids, strict=True)
+            if not recent.seen(eid, now)
+        ]
         duplicates = len(checked.records) - len(fresh)
         DUPLICATES.inc(duplicates)
         started = time.perf_counter()
         results = await run_in_threadpool(publisher.publish, [(k, v) for _, k, v in fresh])
         PRODUCE_LATENCY.observe(time.perf_counter() - started)
-        not_taken = [{"index": i, "error": str(err) or type(err).__name__}
-                     for (i, _, _), err in zip(fresh, results, strict=True) if err is not None]
-        by_index = {i: eid for (i, _, _), eid in zip(checked.records, checked.event_ids,
-                                                      strict=True)}
+        not_taken = [
+            {"index": i, "error": str(err) or type(err).__name__}
+            for (i, _, _), err in zip(fresh, results, strict=True)
+            if err is not None
+        ]
+        by_index = {
+            i: eid for (i, _, _), eid in zip(checked.records, checked.event_ids, strict=True)
+        }
         for (i, _, _), err in zip(fresh, results, strict=True):
             if err is None:
                 recent.add(by_index[i], now)
@@ -139,10 +153,15 @@ def create_app(settings: IngestSettings, publisher: EventPublisher) -> FastAPI:
             UNAVAILABLE.inc()
             log.warning("kafka did not take events", extra={"not_taken": len(not_taken)})
             body_out["not_taken"] = not_taken
-            body_out["error"] = "Kafka is unavailable: the items in not_taken were not stored; " \
-                                "send them again after Retry-After seconds"
-            return JSONResponse(body_out, status_code=503,
-                                headers={"Retry-After": str(settings.ingest_retry_after_s)})
+            body_out["error"] = (
+                "Kafka is unavailable: the items in not_taken were not stored; "
+                "send them again after Retry-After seconds"
+            )
+            return JSONResponse(
+                body_out,
+                status_code=503,
+                headers={"Retry-After": str(settings.ingest_retry_after_s)},
+            )
         status = 200 if not checked.rejected else (207 if accepted else 422)
         return JSONResponse(body_out, status_code=status)
 

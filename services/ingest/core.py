@@ -5,10 +5,11 @@ Nothing here talks to Kafka or HTTP; :mod:`services.ingest.app` does.
 >>> items = parse_body(b'{"a": 1}\\n{"b": 2}\\n', "application/x-ndjson", max_events=10)
 >>> items
 [{'a': 1}, {'b': 2}]
->>> parse_body(b'[1, 2', "application/json", max_events=10)
-Traceback (most recent call last):
-...
-services.ingest.core.BadRequest: body is not valid JSON: unexpected end of data: line 1 column 6 (char 5)
+>>> try:
+...     parse_body(b'[1, 2', "application/json", max_events=10)
+... except BadRequest as exc:
+...     print(exc.status, exc)
+400 body is not valid JSON: unexpected end of data: line 1 column 6 (char 5)
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from services.common.events import parse_time
 from services.common.errors import ChurnwatchError, InvalidEvent
+from services.common.events import parse_time
 from services.common.schemas import validate
 
 JSON_TYPES = ("application/json",)

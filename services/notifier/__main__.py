@@ -20,13 +20,18 @@ def main(args: argparse.Namespace | None = None) -> int:
     port = getattr(args, "port", None)
     settings = load_settings(NotifierSettings, **({"notifier_metrics_port": port} if port else {}))
     setup_logging(settings.log_level, settings.log_format)
-    ensure_topics(settings, [settings.topic_alerts, settings.topic_actions,
-                             settings.topic_notifier_dlq])
+    ensure_topics(
+        settings, [settings.topic_alerts, settings.topic_actions, settings.topic_notifier_dlq]
+    )
     runtime = NotifierRuntime(settings)
     if settings.notifier_metrics_port:
         start_http_server(settings.notifier_metrics_port, addr="127.0.0.1")
-    worker = faust.Worker(create_app(settings, runtime), loglevel=settings.log_level,
-                          quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(
+        create_app(settings, runtime),
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+    )
     worker.execute_from_commandline()
     return 0
 

@@ -40,13 +40,14 @@ def create_app(settings: NotifierSettings, runtime: NotifierRuntime) -> faust.Ap
         broker_commit_interval=1.0,
     )
     alerts = app.topic(settings.topic_alerts, key_serializer="raw", value_serializer="raw")
-    actions_topic = app.topic(settings.topic_actions, key_serializer="raw",
-                              value_serializer="raw")
+    actions_topic = app.topic(settings.topic_actions, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(settings.topic_notifier_dlq, key_serializer="raw", value_serializer="raw")
 
     async def publish(actions: list[WinbackAction]) -> None:
-        pending = [await actions_topic.send(key=a.user_id.encode(),
-                                            value=orjson.dumps(a.to_dict())) for a in actions]
+        pending = [
+            await actions_topic.send(key=a.user_id.encode(), value=orjson.dumps(a.to_dict()))
+            for a in actions
+        ]
         if pending:
             await asyncio.gather(*pending)
 
@@ -60,9 +61,15 @@ def create_app(settings: NotifierSettings, runtime: NotifierRuntime) -> faust.Ap
                 alert = _decode(message.value)
             except InvalidEvent as exc:
                 metrics.INVALID.inc()
-                dead = dead_letter(message.value, exc, stage="notifier", topic=message.topic,
-                                   partition=message.partition, offset=message.offset,
-                                   key=message.key)
+                dead = dead_letter(
+                    message.value,
+                    exc,
+                    stage="notifier",
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                    key=message.key,
+                )
                 await (await dlq.send(key=message.key, value=orjson.dumps(dead.to_dict())))
                 continue
             actions = await _until_stored(notifier.handle_alert, alert)

@@ -5,15 +5,26 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 ALERTS = Counter("churnwatch_notifier_alerts_total", "Alerts consumed from churn-alerts")
-ACTIONS = Counter("churnwatch_notifier_actions_total", "Win-back decisions, by channel and status",
-                  ["channel", "status"])
-SEND_SECONDS = Histogram("churnwatch_notifier_send_seconds", "Delivery time including retries",
-                         ["channel"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-                                               5, 10, 30, 60))
+ACTIONS = Counter(
+    "churnwatch_notifier_actions_total",
+    "Win-back decisions, by channel and status",
+    ["channel", "status"],
+)
+SEND_SECONDS = Histogram(
+    "churnwatch_notifier_send_seconds",
+    "Delivery time including retries",
+    ["channel"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 RETRIES = Counter("churnwatch_notifier_retries_total", "Delivery retries, by channel", ["channel"])
-DEAD_LETTERS = Counter("churnwatch_notifier_dead_letters_total",
-                       "Deliveries given up after the last attempt, by channel", ["channel"])
-REPEATS = Counter("churnwatch_notifier_repeats_total",
-                  "Alert and channel pairs seen again and not sent twice (idempotency)")
+DEAD_LETTERS = Counter(
+    "churnwatch_notifier_dead_letters_total",
+    "Deliveries given up after the last attempt, by channel",
+    ["channel"],
+)
+REPEATS = Counter(
+    "churnwatch_notifier_repeats_total",
+    "Alert and channel pairs seen again and not sent twice (idempotency)",
+)
 DEFERRED = Gauge("churnwatch_notifier_deferred_depth", "Actions waiting in the deferred queue")
 INVALID = Counter("churnwatch_notifier_invalid_alerts_total", "Alerts that failed validation")

@@ -20,19 +20,33 @@ from services.notifier.service import Notifier
 def build_channels(s: NotifierSettings, client: httpx.AsyncClient) -> dict[str, Channel]:
     """Email always; SMS, push and the webhook only where an endpoint is configured."""
     channels: dict[str, Channel] = {
-        "email": SmtpChannel(host=s.smtp_host, port=s.smtp_port, sender=s.smtp_sender,
-                             timeout_s=s.smtp_timeout_s, starttls=s.smtp_starttls,
-                             username=s.smtp_username, password=s.smtp_password)}
+        "email": SmtpChannel(
+            host=s.smtp_host,
+            port=s.smtp_port,
+            sender=s.smtp_sender,
+            timeout_s=s.smtp_timeout_s,
+            starttls=s.smtp_starttls,
+            username=s.smtp_username,
+            password=s.smtp_password,
+        )
+    }
     if s.sms_url:
-        channels["sms"] = SmsChannel(url=s.sms_url, client=client, sender=s.sms_sender,
-                                     account=s.sms_account, token=s.sms_token,
-                                     timeout_s=s.http_timeout_s)
+        channels["sms"] = SmsChannel(
+            url=s.sms_url,
+            client=client,
+            sender=s.sms_sender,
+            account=s.sms_account,
+            token=s.sms_token,
+            timeout_s=s.http_timeout_s,
+        )
     if s.push_url:
-        channels["push"] = PushChannel(url=s.push_url, client=client, token=s.push_token,
-                                       timeout_s=s.http_timeout_s)
+        channels["push"] = PushChannel(
+            url=s.push_url, client=client, token=s.push_token, timeout_s=s.http_timeout_s
+        )
     if s.webhook_url:
-        channels["webhook"] = WebhookChannel(url=s.webhook_url, client=client,
-                                             secret=s.webhook_secret, timeout_s=s.http_timeout_s)
+        channels["webhook"] = WebhookChannel(
+            url=s.webhook_url, client=client, secret=s.webhook_secret, timeout_s=s.http_timeout_s
+        )
     return channels
 
 
@@ -50,9 +64,15 @@ class NotifierRuntime:
                 client = aioredis.Redis.from_url(s.redis_url, socket_timeout=5)
                 self.directory = RedisDirectory(client, prefix=s.key_prefix)
                 self._notifier = Notifier(
-                    book=self.book, directory=self.directory,
+                    book=self.book,
+                    directory=self.directory,
                     channels=build_channels(s, httpx.AsyncClient()),
-                    renderer=Renderer(), brand=Brand(name=s.brand_name, url=s.brand_url),
-                    retry=RetryPolicy(attempts=s.notifier_attempts, base_s=s.notifier_backoff_s,
-                                      cap_s=s.notifier_backoff_cap_s))
+                    renderer=Renderer(),
+                    brand=Brand(name=s.brand_name, url=s.brand_url),
+                    retry=RetryPolicy(
+                        attempts=s.notifier_attempts,
+                        base_s=s.notifier_backoff_s,
+                        cap_s=s.notifier_backoff_cap_s,
+                    ),
+                )
             return self._notifier

@@ -31,8 +31,14 @@ class Directory(Protocol):
 
     async def already_done(self, user_id: str, action_id: str) -> str | None: ...
 
-    async def record(self, user_id: str, action: dict[str, Any], *, contacted: bool,
-                     winback: dict[str, Any] | None) -> None: ...
+    async def record(
+        self,
+        user_id: str,
+        action: dict[str, Any],
+        *,
+        contacted: bool,
+        winback: dict[str, Any] | None,
+    ) -> None: ...
 
     async def defer(self, job: dict[str, Any], not_before: float) -> None: ...
 
@@ -46,9 +52,16 @@ def address_for(channel: str, contact: Mapping[str, str]) -> str | None:
 
 
 class Notifier:
-    def __init__(self, *, book: PlaybookBook, directory: Directory,
-                 channels: Mapping[str, Channel], renderer: Renderer, brand: Brand,
-                 retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        *,
+        book: PlaybookBook,
+        directory: Directory,
+        channels: Mapping[str, Channel],
+        renderer: Renderer,
+        brand: Brand,
+        retry: RetryPolicy,
+    ) -> None:
         self.book = book
         self.directory = directory
         self.channels = channels
@@ -56,103 +69,180 @@ class Notifier:
         self.brand = brand
         self.retry = retry
 
-    async def handle_alert(self, alert: dict[str, Any], *, now: float | None = None
-                           ) -> list[WinbackAction]:
+    async def handle_alert(
+        self, alert: dict[str, Any], *, now: float | None = None
+    ) -> list[WinbackAction]:
         now = time.time() if now is None else now
         segment = alert["segment"]
         playbook = self.book.match(segment["stage"], segment["tier"], alert["band"])
         if playbook is None:
-            action = self._action(alert, "none", "none", "suppressed",
-                                  reason="no playbook matches", now=now)
-            await self.directory.record(alert["user_id"], action.to_dict(), contacted=False,
-                                        winback=None)
+            action = self._action(
+                alert, "none", "none", "suppressed", reason="no playbook matches", now=now
+            )
+            await self.directory.record(
+                alert["user_id"], action.to_dict(), contacted=False, winback=None
+            )
             return [action]
         contact, consent, sends = await self.directory.profile(alert["user_id"])
         contacts = {ch: address_for(ch, contact) is not None for ch in self.channels}
         contacts["webhook"] = "webhook" in self.channels
         alert_view = {**alert, "timezone": contact.get("timezone") or alert.get("timezone")}
-        decisions = plan_actions(alert_view, playbook, contacts=contacts, consent=consent,
-                                 recent_sends=sends, now=now, settings=self.book.defaults)
+        decisions = plan_actions(
+            alert_view,
+            playbook,
+            contacts=contacts,
+            consent=consent,
+            recent_sends=sends,
+            now=now,
+            settings=self.book.defaults,
+        )
         actions = []
         for decision in decisions:
-            actions.append(await self.carry_out(alert, decision, playbook=playbook.name,
-                                                contact=contact, now=now))
+            actions.append(
+                await self.carry_out(
+                    alert, decision, playbook=playbook.name, contact=contact, now=now
+                )
+            )
         return actions
 
-    async def carry_out(self, alert: dict[str, Any], decision: Decision, *, playbook: str,
-                        contact: Mapping[str, str], now: float) -> WinbackAction:
+    async def carry_out(
+        self,
+        alert: dict[str, Any],
+        decision: Decision,
+        *,
+        playbook: str,
+        contact: Mapping[str, str],
+        now: float,
+    ) -> WinbackAction:
         """Execute one decision exactly once per alert and channel."""
         uid = alert["user_id"]
         action_id = make_action_id(alert["alert_id"], decision.channel)
         done = await self.directory.already_done(uid, action_id)
         if done is not None:
             metrics.REPEATS.inc()
-            return self._action(alert, decision.channel, playbook, done, decision=decision,
-                                reason="already handled", now=now)
-        status, reason = decision.status, decision.reason
-        if status == "defer" and decision.not_before is not None:
+            return self._action(
+                alert,
+                decision.channel,
+                playbook,
+                done,
+                decision=decision,
+                reason="already handled",
+                now=now,
+            )
+        status: str = decision.status  # control and suppressed are recorded as they are
+        reason = decision.reason
+        if decision.status == "defer" and decision.not_before is not None:
             job = {"alert": alert, "playbook": playbook, "decision": asdict(decision)}
             await self.directory.defer(job, decision.not_before)
             status = "deferred"
-        elif status == "send":
-            status, reason = await self._deliver(alert, decision, contact=contact,
-                                                 action_id=action_id)
-        action = self._action(alert, decision.channel, playbook, status, decision=decision,
-                              reason=reason, now=now)
+        elif decision.status == "send":
+            status, reason = await self._deliver(
+                alert, decision, contact=contact, action_id=action_id
+            )
+        action = self._action(
+            alert, decision.channel, playbook, status, decision=decision, reason=reason, now=now
+        )
         winback = None
         if status in ("sent", "control"):
-            winback = {"alert_id": alert["alert_id"], "playbook": playbook, "at": now,
-                       "group": "control" if status == "control" else "treated"}
-        await self.directory.record(uid, action.to_dict(), winback=winback,
-                                    contacted=status == "sent" and decision.channel != "webhook")
+            winback = {
+                "alert_id": alert["alert_id"],
+                "playbook": playbook,
+                "at": now,
+                "group": "control" if status == "control" else "treated",
+            }
+        await self.directory.record(
+            uid,
+            action.to_dict(),
+            winback=winback,
+            contacted=status == "sent" and decision.channel != "webhook",
+        )
         return action
 
-    async def run_deferred(self, job: dict[str, Any], *, now: float | None = None
-                           ) -> WinbackAction:
+    async def run_deferred(self, job: dict[str, Any], *, now: float | None = None) -> WinbackAction:
         """Send a deferred action now that its time has come (quiet hours over, delay done)."""
         now = time.time() if now is None else now
         alert = job["alert"]
         decision = replace(Decision(**job["decision"]), status="send", not_before=None)
         contact, _, _ = await self.directory.profile(alert["user_id"])
-        return await self.carry_out(alert, decision, playbook=job["playbook"], contact=contact,
-                                    now=now)
+        return await self.carry_out(
+            alert, decision, playbook=job["playbook"], contact=contact, now=now
+        )
 
-    async def _deliver(self, alert: dict[str, Any], decision: Decision, *,
-                       contact: Mapping[str, str], action_id: str) -> tuple[str, str | None]:
+    async def _deliver(
+        self,
+        alert: dict[str, Any],
+        decision: Decision,
+        *,
+        contact: Mapping[str, str],
+        action_id: str,
+    ) -> tuple[str, str | None]:
         channel = self.channels[decision.channel]
         to = address_for(decision.channel, contact)
         if to is None or decision.template is None:
             return "suppressed", f"no contact for {decision.channel}"
-        rendered = self.renderer.render(decision.template, decision.channel,
-                                        locale=contact.get("locale"), alert=alert,
-                                        offer=decision.offer, brand=self.brand)
-        message = Message(to=to, subject=rendered.subject or "", text=rendered.text,
-                          html=rendered.html, idempotency_key=action_id,
-                          metadata={"alert_id": alert["alert_id"], "user_id": alert["user_id"],
-                                    "band": alert["band"], "offer": decision.offer or ""})
+        rendered = self.renderer.render(
+            decision.template,
+            decision.channel,
+            locale=contact.get("locale"),
+            alert=alert,
+            offer=decision.offer,
+            brand=self.brand,
+        )
+        message = Message(
+            to=to,
+            subject=rendered.subject or "",
+            text=rendered.text,
+            html=rendered.html,
+            idempotency_key=action_id,
+            metadata={
+                "alert_id": alert["alert_id"],
+                "user_id": alert["user_id"],
+                "band": alert["band"],
+                "offer": decision.offer or "",
+            },
+        )
         started = time.perf_counter()
         try:
             await deliver_with_retries(
-                lambda: channel.send(message), policy=self.retry,
-                on_retry=lambda n, exc: metrics.RETRIES.labels(decision.channel).inc())
+                lambda: channel.send(message),
+                policy=self.retry,
+                on_retry=lambda n, exc: metrics.RETRIES.labels(decision.channel).inc(),
+            )
         except DeliveryFailed as exc:
             metrics.DEAD_LETTERS.labels(decision.channel).inc()
-            log.warning("delivery failed", extra={"channel": decision.channel,
-                                                  "action_id": action_id, "error": str(exc)})
+            log.warning(
+                "delivery failed",
+                extra={"channel": decision.channel, "action_id": action_id, "error": str(exc)},
+            )
             return "failed", str(exc)
         finally:
             metrics.SEND_SECONDS.labels(decision.channel).observe(time.perf_counter() - started)
         return "sent", None
 
-    def _action(self, alert: dict[str, Any], channel: str, playbook: str, status: str, *,
-                now: float, decision: Decision | None = None, reason: str | None = None) -> WinbackAction:
+    def _action(
+        self,
+        alert: dict[str, Any],
+        channel: str,
+        playbook: str,
+        status: str,
+        *,
+        now: float,
+        decision: Decision | None = None,
+        reason: str | None = None,
+    ) -> WinbackAction:
         action = WinbackAction(
-            action_id=make_action_id(alert["alert_id"], channel), alert_id=alert["alert_id"],
-            user_id=alert["user_id"], channel=channel, playbook=playbook, status=status,
+            action_id=make_action_id(alert["alert_id"], channel),
+            alert_id=alert["alert_id"],
+            user_id=alert["user_id"],
+            channel=channel,
+            playbook=playbook,
+            status=status,
             at=datetime.fromtimestamp(now, UTC),
             offer=decision.offer if decision else None,
             template=decision.template if decision else None,
-            reason=reason if status in ("deferred", "suppressed", "failed", "control") or reason
-            else None)
+            reason=reason
+            if status in ("deferred", "suppressed", "failed", "control") or reason
+            else None,
+        )
         metrics.ACTIONS.labels(channel, status).inc()
         return action

@@ -24,8 +24,7 @@ def run_worker(port: int | None) -> int:
     if settings.scorer_metrics_port:
         start_http_server(settings.scorer_metrics_port, addr="127.0.0.1")
     app = create_app(settings, Runtime(settings))
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True,
-                          redirect_stdouts=False)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 
@@ -38,8 +37,13 @@ def run_api(port: int | None) -> int:
 
     settings = load_settings(ApiSettings, **({"api_port": port} if port else {}))
     setup_logging(settings.log_level, settings.log_format)
-    uvicorn.run(build_api(settings), host=settings.api_host, port=settings.api_port,
-                log_config=None, access_log=False)
+    uvicorn.run(
+        build_api(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+    )
     return 0
 
 

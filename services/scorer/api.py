@@ -17,9 +17,12 @@ from services.scorer.core.features import decode_state, to_vector
 
 
 def build_api(settings: ApiSettings) -> FastAPI:
-    app = FastAPI(title="churnwatch risk API", version="1",
-                  description="Churn risk, reasons and history per user.",
-                  default_response_class=ORJSONResponse)
+    app = FastAPI(
+        title="churnwatch risk API",
+        version="1",
+        description="Churn risk, reasons and history per user.",
+        default_response_class=ORJSONResponse,
+    )
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
     prefix = settings.key_prefix
     app.mount("/metrics", make_asgi_app())
@@ -33,8 +36,9 @@ def build_api(settings: ApiSettings) -> FastAPI:
         try:
             await client.ping()
         except RedisError:
-            return JSONResponse({"status": "redis unreachable"}, status_code=503,
-                                headers={"Retry-After": "5"})
+            return JSONResponse(
+                {"status": "redis unreachable"}, status_code=503, headers={"Retry-After": "5"}
+            )
         return JSONResponse({"status": "ready"})
 
     @app.get("/v1/users/{user_id}", summary="A user's risk, reasons and features")
@@ -46,8 +50,9 @@ def build_api(settings: ApiSettings) -> FastAPI:
         if record is None or features is None:
             raise HTTPException(404, f"no user {user_id!r}: no event of theirs was scored")
         out: dict[str, Any] = {"user_id": user_id, **orjson.loads(record)}
-        out["reasons"] = [{"feature": f, "contribution": c, "value": v}
-                          for f, c, v in out.get("reasons", [])]
+        out["reasons"] = [
+            {"feature": f, "contribution": c, "value": v} for f, c, v in out.get("reasons", [])
+        ]
         out["features"] = to_vector(decode_state(features), out["updated_at"])
         return out
 

@@ -48,12 +48,16 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
     async def publish(outcome: Outcome) -> None:
         pending = []
         for alert in outcome.alerts:
-            pending.append(await alerts.send(key=alert.user_id.encode(),
-                                              value=orjson.dumps(alert.to_dict())))
+            pending.append(
+                await alerts.send(key=alert.user_id.encode(), value=orjson.dumps(alert.to_dict()))
+            )
             metrics.ALERTS.labels(alert.band, alert.trigger).inc()
         for dead in outcome.dead:
-            pending.append(await dlq.send(key=(dead.source.key or "").encode(),
-                                          value=orjson.dumps(dead.to_dict())))
+            pending.append(
+                await dlq.send(
+                    key=(dead.source.key or "").encode(), value=orjson.dumps(dead.to_dict())
+                )
+            )
             metrics.DEAD_LETTERED.labels(dead.stage + ":" + _reason_kind(dead.reason)).inc()
         if pending:
             await asyncio.gather(*pending)  # Kafka acknowledged every one
@@ -61,11 +65,20 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
     @app.agent(events)
     async def score_events(stream: Any) -> None:
         scorer = await runtime.scorer()
-        async for batch in stream.take_events(settings.scorer_batch_size,
-                                              within=settings.scorer_batch_within_s):
+        async for batch in stream.take_events(
+            settings.scorer_batch_size, within=settings.scorer_batch_within_s
+        ):
             started = time.perf_counter()
-            records = [Record(e.message.key, e.message.value, e.message.topic,
-                              e.message.partition, e.message.offset) for e in batch]
+            records = [
+                Record(
+                    e.message.key,
+                    e.message.value,
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                )
+                for e in batch
+            ]
             outcome = await _until_stored(scorer.handle, records)
             await publish(outcome)
             await runtime.after_batch(outcome)
@@ -95,8 +108,9 @@ async def _until_stored(fn: Any, *args: Any) -> Outcome:
             return result
         except StoreUnavailable as exc:
             metrics.STORE_ERRORS.inc()
-            log.warning("redis unavailable, retrying", extra={"error": str(exc),
-                                                                "retry_in_s": delay})
+            log.warning(
+                "redis unavailable, retrying", extra={"error": str(exc), "retry_in_s": delay}
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 

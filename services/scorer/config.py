@@ -1,4 +1,4 @@
-"""Settings of the scorer worker and the risk API (``CHURNWATCH_SCORER_*``, ``CHURNWATCH_API_*``)."""
+"""Settings of the scorer worker and the risk API (``CHURNWATCH_SCORER_*``, ``..._API_*``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from services.common.settings import CommonSettings
 
 
 class ScorerSettings(CommonSettings):
-    scorer_group: str = Field("churnwatch-scorer", description="Kafka consumer group (Faust app id)")
+    scorer_group: str = Field(
+        "churnwatch-scorer", description="Kafka consumer group (Faust app id)"
+    )
     scorer_worker_name: str = Field(
         default_factory=socket.gethostname,
         description="names this worker's model checkpoint; keep it stable across restarts",

@@ -6,20 +6,32 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("churnwatch_scorer_events_total", "Events consumed from user-events")
 DEAD_LETTERED = Counter(
-    "churnwatch_scorer_dead_letters_total", "Events sent to the dead-letter topic, by reason",
-    ["reason"])
+    "churnwatch_scorer_dead_letters_total",
+    "Events sent to the dead-letter topic, by reason",
+    ["reason"],
+)
 DUPLICATES = Counter("churnwatch_scorer_duplicates_total", "Events already applied (by event_id)")
-ALERTS = Counter("churnwatch_scorer_alerts_total", "Alerts published, by band and trigger",
-                 ["band", "trigger"])
+ALERTS = Counter(
+    "churnwatch_scorer_alerts_total", "Alerts published, by band and trigger", ["band", "trigger"]
+)
 BATCH_SECONDS = Histogram(
-    "churnwatch_scorer_batch_seconds", "Time to process one micro-batch end to end",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-BATCH_SIZE = Histogram("churnwatch_scorer_batch_events", "Events per micro-batch",
-                       buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
+    "churnwatch_scorer_batch_seconds",
+    "Time to process one micro-batch end to end",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BATCH_SIZE = Histogram(
+    "churnwatch_scorer_batch_events",
+    "Events per micro-batch",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+)
 REDIS_SECONDS = Histogram(
-    "churnwatch_scorer_redis_seconds", "Redis round trips of the scorer", ["op"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
-EVENT_LAG = Gauge("churnwatch_scorer_event_time_lag_seconds",
-                  "Wall clock minus the newest event time processed")
+    "churnwatch_scorer_redis_seconds",
+    "Redis round trips of the scorer",
+    ["op"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
+EVENT_LAG = Gauge(
+    "churnwatch_scorer_event_time_lag_seconds", "Wall clock minus the newest event time processed"
+)
 SCORES = Counter("churnwatch_scorer_scores_total", "Users scored, by band", ["band"])
 STORE_ERRORS = Counter("churnwatch_scorer_store_errors_total", "Redis failures (retried)")

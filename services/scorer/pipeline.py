@@ -70,7 +70,8 @@ def decode_record(record: Record) -> UserEvent:
     if isinstance(raw, dict) and raw.get("schema_version", 1) != 1:
         raise InvalidEvent(
             f"unknown schema_version {raw.get('schema_version')!r}; this scorer reads 1",
-            path="schema_version")
+            path="schema_version",
+        )
     errors = validate("user-event", raw)
     if errors:
         raise InvalidEvent(errors[0].message, path=errors[0].path)
@@ -78,16 +79,24 @@ def decode_record(record: Record) -> UserEvent:
 
 
 class BatchScorer:
-    def __init__(self, *, store: UserStore, core: ScoringCore, clock: Clock,
-                 features: FeatureSettings) -> None:
+    def __init__(
+        self, *, store: UserStore, core: ScoringCore, clock: Clock, features: FeatureSettings
+    ) -> None:
         self.store = store
         self.core = core
         self.clock = clock
         self.features = features
 
     def _dead(self, record: Record, exc: Exception) -> DeadLetter:
-        return dead_letter(record.value, exc, stage="scorer", topic=record.topic,
-                           partition=record.partition, offset=record.offset, key=record.key)
+        return dead_letter(
+            record.value,
+            exc,
+            stage="scorer",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+        )
 
     async def handle(self, records: list[Record]) -> Outcome:
         out = Outcome(events=len(records))
@@ -112,8 +121,8 @@ class BatchScorer:
             before = decode_state(row.features) if row.features else None
             state, late = apply_batch(before, [e for _, e in items], settings=self.features)
             records_by_event = {id(e): r for r, e in items}
-            for event, exc in late:
-                out.dead.append(self._dead(records_by_event[id(event)], exc))
+            for event, late_error in late:
+                out.dead.append(self._dead(records_by_event[id(event)], late_error))
             if state is None or state is before:
                 out.duplicates += len(items) - len(late)
                 continue
@@ -128,8 +137,9 @@ class BatchScorer:
         return out
 
 
-def user_write(uid: str, state: UserState, result: UserScore, *,
-               active_days: tuple[str, ...] = ()) -> UserWrite:
+def user_write(
+    uid: str, state: UserState, result: UserScore, *, active_days: tuple[str, ...] = ()
+) -> UserWrite:
     """What to store for one scored user."""
     return UserWrite(
         user_id=uid,

@@ -35,18 +35,24 @@ def make_clock(settings: ScorerSettings) -> Clock:
 
 def make_core(settings: ScorerSettings, model: ChurnModel | None = None) -> ScoringCore:
     thresholds = Thresholds(
-        medium=settings.scorer_band_medium, high=settings.scorer_band_high,
-        critical=settings.scorer_band_critical, rearm_below=settings.scorer_rearm_below)
+        medium=settings.scorer_band_medium,
+        high=settings.scorer_band_high,
+        critical=settings.scorer_band_critical,
+        rearm_below=settings.scorer_rearm_below,
+    )
     return ScoringCore(
         model=model or ChurnModel(ModelSettings(kind=settings.scorer_model)),
         quantiles=RfmQuantiles(),
-        policy=PolicySettings(thresholds=thresholds,
-                              cooldown_days=max(1.0, settings.scorer_cooldown_s / DAY)),
+        policy=PolicySettings(
+            thresholds=thresholds, cooldown_days=max(1.0, settings.scorer_cooldown_s / DAY)
+        ),
         segments=SegmentSettings(),
-        labels=LabelSettings(horizon_days=settings.scorer_horizon_days,
-                             inactivity_days=settings.scorer_inactivity_days,
-                             snapshot_ttl_days=settings.scorer_horizon_days
-                             + settings.scorer_inactivity_days + 1))
+        labels=LabelSettings(
+            horizon_days=settings.scorer_horizon_days,
+            inactivity_days=settings.scorer_inactivity_days,
+            snapshot_ttl_days=settings.scorer_horizon_days + settings.scorer_inactivity_days + 1,
+        ),
+    )
 
 
 class Runtime:
@@ -66,20 +72,26 @@ class Runtime:
 
     async def _bootstrap(self) -> BatchScorer:
         s = self.settings
-        client = aioredis.Redis.from_url(s.redis_url, socket_timeout=5,
-                                         health_check_interval=10)
+        client = aioredis.Redis.from_url(s.redis_url, socket_timeout=5, health_check_interval=10)
         labels = make_core(s).labels
-        self.store = RedisUserStore(client, prefix=s.key_prefix,
-                                    user_ttl_s=s.scorer_user_ttl_days * int(DAY),
-                                    snapshot_ttl_s=labels.snapshot_ttl_s)
+        self.store = RedisUserStore(
+            client,
+            prefix=s.key_prefix,
+            user_ttl_s=s.scorer_user_ttl_days * int(DAY),
+            snapshot_ttl_s=labels.snapshot_ttl_s,
+        )
         model = None
         saved = await self.store.load_checkpoint(s.scorer_worker_name)
         if saved:
             model = ChurnModel.from_bytes(saved)
             log.info("model restored", extra={"model_version": model.version})
         self.core = make_core(s, model)
-        return BatchScorer(store=self.store, core=self.core, clock=self.clock,
-                           features=FeatureSettings(lateness_s=int(s.scorer_lateness_s)))
+        return BatchScorer(
+            store=self.store,
+            core=self.core,
+            clock=self.clock,
+            features=FeatureSettings(lateness_s=int(s.scorer_lateness_s)),
+        )
 
     async def after_batch(self, outcome: Outcome) -> None:
         """Hook for per-batch bookkeeping (checkpoint cadence)."""
@@ -87,8 +99,9 @@ class Runtime:
     async def checkpoint(self) -> None:
         if self._scorer is None:
             return
-        await self.store.save_checkpoint(self.settings.scorer_worker_name,
-                                         self.core.model.to_bytes())
+        await self.store.save_checkpoint(
+            self.settings.scorer_worker_name, self.core.model.to_bytes()
+        )
         self._last_checkpoint = time.monotonic()
 
     async def sweep(self) -> Outcome:
@@ -109,7 +122,7 @@ class Runtime:
         for k in range(1, horizon + 1):
             users += await self.store.silent_since(prev - k * DAY, now - k * DAY, limit=100_000)
         for start in range(0, len(users), 1000):
-            chunk = users[start:start + 1000]
+            chunk = users[start : start + 1000]
             rows = await self.store.load(chunk)
             writes = []
             for uid in chunk:

@@ -49,48 +49,76 @@ def previous_stage(record: bytes | None) -> str | None:
 
 
 class ScoringCore:
-    def __init__(self, *, model: ChurnModel, quantiles: RfmQuantiles, policy: PolicySettings,
-                 segments: SegmentSettings, labels: LabelSettings) -> None:
+    def __init__(
+        self,
+        *,
+        model: ChurnModel,
+        quantiles: RfmQuantiles,
+        policy: PolicySettings,
+        segments: SegmentSettings,
+        labels: LabelSettings,
+    ) -> None:
         self.model = model
         self.quantiles = quantiles
         self.policy = policy
         self.segments = segments
         self.labels = labels
 
-    def score_user(self, user_id: str, state: UserState, row: StoredUser, *,
-                   now: float) -> UserScore:
+    def score_user(
+        self, user_id: str, state: UserState, row: StoredUser, *, now: float
+    ) -> UserScore:
         vector = to_vector(state, now)
-        stage = lifecycle_stage(vector, previous_stage=previous_stage(row.record),
-                                settings=self.segments)
+        stage = lifecycle_stage(
+            vector, previous_stage=previous_stage(row.record), settings=self.segments
+        )
         self.quantiles.update(vector)
         tier = value_tier(*self.quantiles.scores(vector))
         scored = self.model.score(vector)
         score = round(scored.risk * 100)
         prev = decode_policy(row.policy)
-        policy_state, trigger = decide_alert(prev, score=score, now=now, stage=stage,
-                                             settings=self.policy)
+        policy_state, trigger = decide_alert(
+            prev, score=score, now=now, stage=stage, settings=self.policy
+        )
         band = band_for(score, self.policy, stage=stage)
-        reasons = [Reason(r.feature, r.label, round(r.contribution, 4), round(r.value, 4))
-                   for r in self.model.explain(vector, top=3)]
+        reasons = [
+            Reason(r.feature, r.label, round(r.contribution, 4), round(r.value, 4))
+            for r in self.model.explain(vector, top=3)
+        ]
         version = self.model.version
         alert = None
         if trigger is not None:
             alert = ChurnAlert(
                 alert_id=make_alert_id(user_id, band, trigger, now),
-                user_id=user_id, risk=round(scored.risk, 6), score=score, band=band,
-                trigger=trigger, segment=Segment(stage, tier), reasons=tuple(reasons),
-                model_version=version, horizon_days=int(self.labels.horizon_days),
+                user_id=user_id,
+                risk=round(scored.risk, 6),
+                score=score,
+                band=band,
+                trigger=trigger,
+                segment=Segment(stage, tier),
+                reasons=tuple(reasons),
+                model_version=version,
+                horizon_days=int(self.labels.horizon_days),
                 occurred_at=datetime.fromtimestamp(now, UTC),
-                previous_band=prev.band if prev else None, timezone=state.timezone)
+                previous_band=prev.band if prev else None,
+                timezone=state.timezone,
+            )
         snapshot = snapshot_day = None
         day = int(now // 86_400)
         if should_snapshot(row.snapshot_day, day):
             snap = take_snapshot(user_id, vector, taken_at=now, raw=scored.raw, risk=scored.risk)
             snapshot, snapshot_day = orjson.dumps(snap.to_dict()), day
-        record = orjson.dumps({
-            "risk": round(scored.risk, 6), "score": score, "band": band, "stage": stage,
-            "tier": tier, "reasons": [[r.feature, r.contribution, r.value] for r in reasons],
-            "model_version": version, "updated_at": round(now, 3),
-        })
-        return UserScore(scored.risk, encode_policy(policy_state), record, alert,
-                         snapshot, snapshot_day)
+        record = orjson.dumps(
+            {
+                "risk": round(scored.risk, 6),
+                "score": score,
+                "band": band,
+                "stage": stage,
+                "tier": tier,
+                "reasons": [[r.feature, r.contribution, r.value] for r in reasons],
+                "model_version": version,
+                "updated_at": round(now, 3),
+            }
+        )
+        return UserScore(
+            scored.risk, encode_policy(policy_state), record, alert, snapshot, snapshot_day
+        )

@@ -47,14 +47,20 @@ def make_users(n: int, *, seed: int, prefix: str = "user") -> list[SimUser]:
     for i in range(n):
         kind = rng.choices(ARCHETYPES, WEIGHTS)[0]
         rate = {"loyal": 2.0, "casual": 0.6, "fading": 1.2, "frustrated": 0.9}[kind]
-        users.append(SimUser(f"{prefix}-{i:05d}", kind, rng.choice(ZONES),
-                             rng.choice(("free", "basic", "premium")), rate))
+        users.append(
+            SimUser(
+                f"{prefix}-{i:05d}",
+                kind,
+                rng.choice(ZONES),
+                rng.choice(("free", "basic", "premium")),
+                rate,
+            )
+        )
     return users
 
 
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def event(user: SimUser, kind: str, ts: float, seq: int, **props: Any) -> dict[str, Any]:
@@ -97,12 +103,24 @@ def history(user: SimUser, *, start: float, days: int, seed: int) -> Iterator[di
                 yield event(user, "feature_used", ts, seq, feature=rng.choice(FEATURES))
             ts += rng.uniform(30, 600)
             seq += 1
-            yield event(user, "session_end", ts, seq, session_id=sid,
-                        duration_s=round(rng.uniform(60, 1800), 1))
+            yield event(
+                user,
+                "session_end",
+                ts,
+                seq,
+                session_id=sid,
+                duration_s=round(rng.uniform(60, 1800), 1),
+            )
             if user.plan != "free" and rng.random() < 0.03:
                 seq += 1
-                yield event(user, "purchase", ts + 5, seq, amount=round(rng.uniform(5, 60), 2),
-                            currency="USD")
+                yield event(
+                    user,
+                    "purchase",
+                    ts + 5,
+                    seq,
+                    amount=round(rng.uniform(5, 60), 2),
+                    currency="USD",
+                )
         if user.archetype == "frustrated" and day > days * 0.5:
             for kind in ("payment_failed", "support_ticket", "complaint"):
                 if rng.random() < 0.25:

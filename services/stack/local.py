@@ -117,11 +117,18 @@ class LocalStack:
             raise ConfigError("Maven (mvn) is needed to fetch Kafka: apt-get install maven")
         libs.mkdir(parents=True, exist_ok=True)
         self.say("fetching Kafka jars from Maven Central (first run only) ...")
-        cmd = ["mvn", "-B", "-f", str(DEPLOY_LOCAL / "pom.xml"), "dependency:copy-dependencies",
-               f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
+        cmd = [
+            "mvn",
+            "-B",
+            "-f",
+            str(DEPLOY_LOCAL / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs}",
+            "-DincludeScope=runtime",
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
-        downloaded, tail = 0, []
+        downloaded, tail = 0, list[str]()
         for line in proc.stdout:
             tail = [*tail[-30:], line.rstrip()]
             if "Downloaded from" in line:
@@ -139,9 +146,16 @@ class LocalStack:
         java = shutil.which("java")
         if java is None:
             raise ConfigError("a JDK (java) is needed to run Kafka: apt-get install openjdk-17-jdk")
-        return [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC",
-                f"-Dlog4j2.configurationFile={DEPLOY_LOCAL / 'log4j2.properties'}",
-                "-cp", f"{libs}/*", *args]
+        return [
+            java,
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            f"-Dlog4j2.configurationFile={DEPLOY_LOCAL / 'log4j2.properties'}",
+            "-cp",
+            f"{libs}/*",
+            *args,
+        ]
 
     def start_kafka(self) -> None:
         pid_file = self.kafka_dir / "kafka.pid"
@@ -151,24 +165,45 @@ class LocalStack:
         if self.kafka.answers():
             raise ConfigError(
                 f"port {self.kafka.port} is taken by a process this stack did not start; "
-                "stop it or set CHURNWATCH_KAFKA_BOOTSTRAP to another port")
+                "stop it or set CHURNWATCH_KAFKA_BOOTSTRAP to another port"
+            )
         libs = self.fetch_kafka()
         data = self.kafka_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         props = self.kafka_dir / "server.properties"
-        _render("server.properties.template", props, host=self.kafka.host, port=self.kafka.port,
-                controller_port=self.kafka.port + 1, data_dir=data,
-                partitions=self.settings.topic_partitions)
+        _render(
+            "server.properties.template",
+            props,
+            host=self.kafka.host,
+            port=self.kafka.port,
+            controller_port=self.kafka.port + 1,
+            data_dir=data,
+            partitions=self.settings.topic_partitions,
+        )
         if not (data / "meta.properties").exists():
-            cluster_id = subprocess.run(
-                self._java(libs, "kafka.tools.StorageTool", "random-uuid"),
-                check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            cluster_id = (
+                subprocess.run(
+                    self._java(libs, "kafka.tools.StorageTool", "random-uuid"),
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             subprocess.run(
-                self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                           "-c", str(props)), check=True, capture_output=True)
+                self._java(
+                    libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)
+                ),
+                check=True,
+                capture_output=True,
+            )
             self.say(f"formatted KRaft storage (cluster {cluster_id})")
-        _spawn(self._java(libs, "kafka.Kafka", str(props)),
-               log=self.kafka_dir / "kafka.log", pid_file=pid_file)
+        _spawn(
+            self._java(libs, "kafka.Kafka", str(props)),
+            log=self.kafka_dir / "kafka.log",
+            pid_file=pid_file,
+        )
         self.say(f"starting Kafka on {self.kafka.host}:{self.kafka.port} ...")
         wait_until(self.kafka_ready, what="Kafka", timeout=90, say=self.say)
 
@@ -187,9 +222,16 @@ class LocalStack:
         if os.geteuid() != 0:
             raise ConfigError("redis-server is missing: run `sudo apt-get install redis-server`")
         self.say("installing redis-server with apt-get ...")
-        for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "redis-server"]):
-            done = subprocess.run(cmd, capture_output=True, text=True,
-                                  env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        for cmd in (
+            ["apt-get", "update", "-q"],
+            ["apt-get", "install", "-y", "-q", "redis-server"],
+        ):
+            done = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
             if done.returncode != 0:
                 raise ConfigError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
         return shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -202,13 +244,15 @@ class LocalStack:
         if self.redis.answers():
             raise ConfigError(
                 f"port {self.redis.port} is taken by a process this stack did not start; "
-                "stop it or set CHURNWATCH_REDIS_URL to another port")
+                "stop it or set CHURNWATCH_REDIS_URL to another port"
+            )
         server = self.install_redis()
         data = self.redis_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         conf = self.redis_dir / "redis.conf"
-        _render("redis.conf.template", conf, host=self.redis.host, port=self.redis.port,
-                data_dir=data)
+        _render(
+            "redis.conf.template", conf, host=self.redis.host, port=self.redis.port, data_dir=data
+        )
         _spawn([server, str(conf)], log=self.redis_dir / "redis.log", pid_file=pid_file)
         self.say(f"starting Redis on {self.redis.host}:{self.redis.port} ...")
         wait_until(self.redis_ready, what="Redis", timeout=30, say=self.say)
@@ -227,7 +271,8 @@ class LocalStack:
             if not _is_loopback(endpoint.host):
                 raise ConfigError(
                     f"{name} is configured at {endpoint.host}, not on loopback: the local stack "
-                    "only runs on this machine. Use your own servers without `stack up`.")
+                    "only runs on this machine. Use your own servers without `stack up`."
+                )
         self.home.mkdir(parents=True, exist_ok=True)
         self.kafka_dir.mkdir(exist_ok=True)
         self.redis_dir.mkdir(exist_ok=True)
@@ -239,8 +284,10 @@ class LocalStack:
         self.say("stack is up")
 
     def down(self) -> None:
-        for pid_file, marker in ((self.kafka_dir / "kafka.pid", "kafka.Kafka"),
-                                 (self.redis_dir / "redis.pid", "redis-server")):
+        for pid_file, marker in (
+            (self.kafka_dir / "kafka.pid", "kafka.Kafka"),
+            (self.redis_dir / "redis.pid", "redis-server"),
+        ):
             pid = pid_alive(pid_file, marker)
             if pid is None:
                 pid_file.unlink(missing_ok=True)

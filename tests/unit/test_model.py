@@ -196,3 +196,14 @@ def test_scoring_learns_nothing() -> None:
 def test_bad_settings_fail_loudly(bad: dict) -> None:
     with pytest.raises(ConfigError):
         ModelSettings(**bad)
+
+
+@pytest.mark.parametrize("labels", [0, 300, 1000])
+def test_score_and_explain_matches_the_separate_calls(labels: int) -> None:
+    model = ChurnModel()
+    rng = random.Random(7)
+    if labels:
+        run_delayed(model, rng, labels=labels)
+    for _ in range(50):
+        x = synthetic_user(rng)[0]
+        assert model.score_and_explain(x, top=3) == (model.score(x), model.explain(x, top=3))

@@ -1,13 +1,13 @@
 """The notifier's Redis adapter: contacts, consent, sends, idempotency, deferred queue.
 
-    P:{uid}:contact   hash  email, phone, push_token, locale, timezone (never copied elsewhere)
-    P:{uid}:consent   hash  <channel> = 1 | 0, preferred = <channel>
-    P:{uid}:sends     zset  action_id -> time of each contact (frequency cap)
-    P:{uid}:done      hash  action_id -> status once delivered (idempotency)
-    P:{uid}:actions   list  newest-first action history (capped)
-    P:{uid}:u         hash  wb = the latest win-back decision (the scorer resolves outcomes)
-    P:deferred        zset  JSON job -> not_before
-    P:winback:<playbook>:<group>:{treated,won}   counters of the uplift report
+P:{uid}:contact   hash  email, phone, push_token, locale, timezone (never copied elsewhere)
+P:{uid}:consent   hash  <channel> = 1 | 0, preferred = <channel>
+P:{uid}:sends     zset  action_id -> time of each contact (frequency cap)
+P:{uid}:done      hash  action_id -> status once delivered (idempotency)
+P:{uid}:actions   list  newest-first action history (capped)
+P:{uid}:u         hash  wb = the latest win-back decision (the scorer resolves outcomes)
+P:deferred        zset  JSON job -> not_before
+P:winback:<playbook>:<group>:{treated,won}   counters of the uplift report
 """
 
 from __future__ import annotations
@@ -45,8 +45,12 @@ class RedisDirectory:
             async with self.r.pipeline(transaction=False) as pipe:
                 pipe.hgetall(ukey(self.prefix, user_id, "contact"))
                 pipe.hgetall(ukey(self.prefix, user_id, "consent"))
-                pipe.zrangebyscore(ukey(self.prefix, user_id, "sends"),
-                                   time.time() - 90 * 86400, "+inf", withscores=True)
+                pipe.zrangebyscore(
+                    ukey(self.prefix, user_id, "sends"),
+                    time.time() - 90 * 86400,
+                    "+inf",
+                    withscores=True,
+                )
                 contact, consent, sends = await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
@@ -54,7 +58,8 @@ class RedisDirectory:
         raw = {_s(k): _s(v) for k, v in consent.items()}
         record = ConsentRecord(
             channels={k: v == "1" for k, v in raw.items() if k != "preferred"},
-            preferred=raw.get("preferred"))
+            preferred=raw.get("preferred"),
+        )
         return contact, record, [float(score) for _, score in sends]
 
     async def already_done(self, user_id: str, action_id: str) -> str | None:
@@ -64,8 +69,14 @@ class RedisDirectory:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return _s(done) if done is not None else None
 
-    async def record(self, user_id: str, action: dict[str, Any], *, contacted: bool,
-                     winback: dict[str, Any] | None) -> None:
+    async def record(
+        self,
+        user_id: str,
+        action: dict[str, Any],
+        *,
+        contacted: bool,
+        winback: dict[str, Any] | None,
+    ) -> None:
         """Remember one decision: idempotency mark, history, cap window, uplift counters."""
         action_id = action["action_id"]
         try:
@@ -81,8 +92,9 @@ class RedisDirectory:
                 pipe.ltrim(history, 0, self.history - 1)
                 if winback is not None:
                     pipe.hset(ukey(self.prefix, user_id, "u"), "wb", orjson.dumps(winback))
-                    pipe.incr(f"{self.prefix}:winback:{winback['playbook']}:"
-                              f"{winback['group']}:treated")
+                    pipe.incr(
+                        f"{self.prefix}:winback:{winback['playbook']}:{winback['group']}:treated"
+                    )
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
@@ -100,8 +112,9 @@ class RedisDirectory:
             found = await self.r.zrangebyscore(key, "-inf", now, start=0, num=limit)
             jobs = []
             for member in found:
-                if await self.r.zrem(key, member):  # whoever removes it owns it
-                    jobs.append(orjson.loads(member))
+                raw = member if isinstance(member, bytes | str) else str(member)
+                if await self.r.zrem(key, raw):  # whoever removes it owns it
+                    jobs.append(orjson.loads(raw))
             return jobs
         except RedisError as exc:
             raise StoreUnavailable(f"Redis deferred queue failed: {exc}") from exc

@@ -30,7 +30,9 @@ from services.common.errors import StoreUnavailable
 
 
 def user_key(prefix: str, user_id: str, kind: str = "u") -> str:
-    """>>> user_key("cw", "u42")
+    """The key of one of a user's records, hash-tagged by user id.
+
+    >>> user_key("cw", "u42")
     'cw:{u42}:u'
     """
     return f"{prefix}:{{{user_id}}}:{kind}"
@@ -61,8 +63,15 @@ class UserWrite:
 class RedisUserStore:
     """Implements the scorer's ``UserStore`` port on Redis."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str, user_ttl_s: int,
-                 snapshot_ttl_s: int, alert_history: int = 50) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        user_ttl_s: int,
+        snapshot_ttl_s: int,
+        alert_history: int = 50,
+    ) -> None:
         self.r = client
         self.prefix = prefix
         self.user_ttl_s = user_ttl_s
@@ -119,18 +128,19 @@ class RedisUserStore:
     async def silent_since(self, low: float, high: float, *, limit: int) -> list[str]:
         """Users whose last activity lies in [low, high): one range query, no scan."""
         try:
-            found = await self.r.zrangebyscore(self.lastseen_key, low, f"({high}",
-                                               start=0, num=limit)
+            found = await self.r.zrangebyscore(
+                self.lastseen_key, low, f"({high}", start=0, num=limit
+            )
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
-        return [u.decode() if isinstance(u, bytes) else u for u in found]
+        return [u.decode() if isinstance(u, bytes) else str(u) for u in found]
 
     async def load_checkpoint(self, worker: str) -> bytes | None:
         try:
             data = await self.r.get(f"{self.prefix}:model:{worker}")
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
-        return bytes(data) if data is not None else None
+        return data.encode() if isinstance(data, str) else data
 
     async def save_checkpoint(self, worker: str, data: bytes) -> None:
         try:

@@ -60,6 +60,7 @@ MAX_FEATURES_PER_DAY = 64
 (DOWNGRADES, CHURNS, WB_SENT, WB_RESP) = range(9, 13)
 N_COUNTERS = 13
 _ZEROS = (0,) * N_COUNTERS
+_COMMON = TIMED + 1  # events, sessions, session seconds, timed sessions
 
 INTERNAL_TYPES = frozenset({"winback_sent", "winback_responded"})
 CHURN_TYPES = frozenset({"subscription_cancelled", "account_deleted", "uninstall"})
@@ -412,10 +413,10 @@ def encode_state(state: UserState) -> bytes:
     ls = state.last_seen
     rows: list[list[object]] = []
     base = prev = min(state.days, default=0)
-    for d in sorted(state.days):
-        counts, feats = state.days[d]
-        n = N_COUNTERS
-        while n and not counts[n - 1]:  # trailing zeros are implied
+    for d, (counts, feats) in sorted(state.days.items()):
+        # Trailing zeros are implied; most days only use the first few counters.
+        n = _COMMON if counts[_COMMON:] == _ZEROS[_COMMON:] else N_COUNTERS
+        while n and not counts[n - 1]:
             n -= 1
         row: list[object] = [d - prev, *counts[:n]]
         if feats:  # a trailing list, only on the days that have features
@@ -441,19 +442,23 @@ def encode_state(state: UserState) -> bytes:
     )
 
 
-def decode_state(data: bytes) -> UserState:
-    """Inverse of :func:`encode_state`; raises ``ValueError`` on an unknown format."""
+def decode_state(data: bytes | str) -> UserState:
+    """Inverse of :func:`encode_state` (bytes, or text from a decoding Redis client).
+
+    Raises ``ValueError`` on an unknown format version.
+    """
     packed = orjson.loads(data)
-    if not isinstance(packed, list) or not packed or packed[0] != FORMAT_VERSION:
-        raise ValueError(f"unknown feature state format {packed[0] if packed else None!r}")
+    version = packed[0] if isinstance(packed, list) and packed else None
+    if version != FORMAT_VERSION:
+        raise ValueError(f"unknown feature state format {version!r}")
     _, ls, first, active, engaged, churn, uninstall, signup, plan_at = packed[:9]
     tz, plan, last_type, day, rows, seen_text = packed[9:]
     days: dict[int, Day] = {}
+    empty: frozenset[int] = frozenset()
     for row in rows:
         day += row[0]
-        feats = frozenset(row.pop()) if isinstance(row[-1], list) else frozenset()
-        counts = tuple(row[1:])
-        days[day] = (counts + _ZEROS[len(counts) :], feats)
+        feats = frozenset(row.pop()) if type(row[-1]) is list else empty
+        days[day] = (tuple(row[1:]) + _ZEROS[len(row) - 1 :], feats)
     raw = base64.b64decode(seen_text)
     hour_now = ls // 3600
     seen = {k: hour_now - back for k, back in struct.iter_unpack("<QH", raw)}

@@ -9,18 +9,22 @@ Pure logic, no I/O. A feature vector is the ``dict[str, float]`` of
   class-weighted by a sample weight on positives (or an ARF forest).
 - Class weighting inflates probabilities, so ``BinCalibrator`` maps raw scores
   to risks once it has seen enough resolved labels of both classes.
+- Scoring never updates the model (not even the scaler): only ``learn`` does,
+  with a resolved label. ``score_and_explain`` is the cheap hot path.
+
+The prior and the calibrator live here too, to keep the model in one place;
+they are separable (``prior.py``, ``calibration.py``) if this module grows.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import operator
 import pickle
 from bisect import bisect_right
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 import river
@@ -101,8 +105,7 @@ class ModelSettings:
             raise ConfigError("calibration_window and forest_models must be >= 1")
 
 
-@dataclass(frozen=True, slots=True)
-class Score:
+class Score(NamedTuple):
     """``risk`` is what alerts use; the parts show how it was made."""
 
     risk: float
@@ -111,8 +114,7 @@ class Score:
     weight_prior: float
 
 
-@dataclass(frozen=True, slots=True)
-class Reason:
+class Reason(NamedTuple):
     """One feature pushing this user's risk up, in log-odds points."""
 
     feature: str
@@ -175,8 +177,12 @@ def top_reasons(contributions: dict[str, float], x: dict[str, float], *, top: in
     >>> [r.feature for r in top_reasons({"a": 0.2, "b": -1.0, "c": 0.5}, {}, top=3)]
     ['c', 'a']
     """
-    best = heapq.nlargest(top, ((c, k) for k, c in contributions.items() if c > 0))
-    return [Reason(k, LABELS.get(k, k), c, float(x.get(k, 0.0))) for c, k in best]
+    best = sorted([kc for kc in contributions.items() if kc[1] > 0], key=_by_value, reverse=True)
+    return [Reason(k, LABELS.get(k, k), c, float(x.get(k, 0.0))) for k, c in best[:top]]
+
+
+def _by_value(item: tuple[str, float]) -> float:
+    return item[1]
 
 
 class BinCalibrator:
@@ -327,126 +333,6 @@ class ChurnModel:
         scaled, points = self._scaled(x), prior_contributions(x)
         return self._score(x, scaled, points), self._explain(x, scaled, points, top)
 
-    def learn(self, raw: float, y: bool | int) -> None:
-        keep = self.keep
-        self.n = [v * keep for v in self.n]
-        self.pos = [v * keep for v in self.pos]
-        b = min(int(raw * self.bins), self.bins - 1)
-        self.n[b] += 1.0
-        self.pos[b] += float(y)
-        self.labels += 1
-        self.positives += bool(y)
-        self._knots = None
-
-    def ready(self, min_labels: int) -> bool:
-        """Enough labels, and at least 10 of each class."""
-        return self.labels >= min_labels and 10 <= self.positives <= self.labels - 10
-
-    def predict(self, raw: float) -> float:
-        xs, ys = self._knots or self._fit()
-        if not xs:
-            return raw
-        i = bisect_right(xs, raw)
-        if i == 0:
-            return ys[0]
-        if i == len(xs):
-            return ys[-1]
-        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-        return y0 + (y1 - y0) * (raw - x0) / (x1 - x0)
-
-    def _fit(self) -> tuple[list[float], list[float]]:
-        # Half a pseudo-label per class keeps sparse bins off exactly 0 and 1.
-        blocks: list[list[Any]] = []
-        for i, (n, pos) in enumerate(zip(self.n, self.pos, strict=True)):
-            if n < 1e-6:
-                continue
-            blocks.append([pos + 0.5, n + 1.0, [i]])
-            while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] > blocks[-1][0] * blocks[-2][1]:
-                p, m, idx = blocks.pop()
-                blocks[-1][0] += p
-                blocks[-1][1] += m
-                blocks[-1][2] += idx
-        xs = [(i + 0.5) / self.bins for _, _, idx in blocks for i in idx]
-        ys = [p / m for p, m, idx in blocks for _ in idx]
-        self._knots = (xs, ys)
-        return self._knots
-
-
-def prepare(x: dict[str, float]) -> dict[str, float]:
-    """Keep the contract features, compressing heavy tails with a signed log1p.
-
-    >>> prepare({"events_7d": math.e - 1, "sessions_change": -(math.e - 1)})["sessions_change"]
-    -1.0
-    """
-    # Counts and money are heavy-tailed; the log keeps whales from owning the scale.
-    # Dense on purpose: the scaler only learns and scales the keys it is given.
-    get = x.get
-    return {k: math.copysign(math.log1p(abs(v := get(k, 0.0))), v) for k in FEATURES}
-
-
-def _build(settings: ModelSettings) -> compose.Pipeline:
-    if settings.kind == "forest":
-        learner: Any = forest.ARFClassifier(n_models=settings.forest_models, seed=settings.seed)
-        return compose.Pipeline(compose.FuncTransformer(prepare), learner)
-    learner = linear_model.LogisticRegression(
-        optimizer=optim.SGD(settings.learning_rate), l2=settings.l2
-    )
-    return compose.FuncTransformer(prepare) | preprocessing.StandardScaler() | learner
-
-
-class ChurnModel:
-    """Scores, learns from resolved labels, explains, checkpoints.
-
-    >>> model = ChurnModel()
-    >>> quiet = {"recency_days": 20.0, "trend_7d_vs_30d": 0.1, "active_days_30d": 1.0}
-    >>> s = model.score(quiet)
-    >>> s.weight_prior, s.risk == s.prior, s.risk > 0.5
-    (1.0, True, True)
-    >>> model.explain(quiet, top=1)[0].feature
-    'recency_days'
-    >>> model.version.startswith("logreg-0-")
-    True
-    """
-
-    def __init__(self, settings: ModelSettings | None = None) -> None:
-        self.settings = settings or ModelSettings()
-        self.pipeline = _build(self.settings)
-        self.calibrator = BinCalibrator(
-            bins=self.settings.calibration_bins, window=self.settings.calibration_window
-        )
-        self.learned = 0
-        self.positives = 0
-        # A running hash of settings and every label learned: the same history gives
-        # the same version, before and after a checkpoint round trip.
-        self.lineage = blake2b(repr(self.settings).encode(), digest_size=16).digest()
-
-    @property
-    def weight_prior(self) -> float:
-        """Share of the prior in the risk: 1 with no labels, 0 after ``prior_weight_labels``."""
-        n = self.settings.prior_weight_labels
-        return max(0.0, 1.0 - self.learned / n) if n else 0.0
-
-    @property
-    def calibrated(self) -> bool:
-        """Whether the calibrator has enough labels of both classes to be trusted."""
-        return self.calibrator.ready(self.settings.calibration_min_labels)
-
-    def raw(self, x: dict[str, float]) -> float:
-        """The learner's uncalibrated probability of churn (0.5 before it has learned)."""
-        proba = self.pipeline.predict_proba_one(x)
-        # A forest that has only seen survivors returns {False: 1.0}: that is P(churn) = 0.
-        return proba.get(True, 0.0) if proba else 0.5
-
-    def score(self, x: dict[str, float]) -> Score:
-        """Risk = w * prior + (1 - w) * calibrated model, w = ``weight_prior``."""
-        prior = prior_risk(x)
-        raw = self.raw(x)
-        w = self.weight_prior
-        if w >= 1.0:
-            return Score(prior, raw, prior, 1.0)
-        learned = self.calibrator.predict(raw) if self.calibrated else raw
-        return Score(w * prior + (1.0 - w) * learned, raw, prior, w)
-
     def learn(self, x: dict[str, float], y: bool | int) -> None:
         """Learn one resolved label; ``x`` must be the features as they were at the snapshot."""
         label = bool(y)
@@ -498,12 +384,12 @@ class ChurnModel:
         top: int,
     ) -> list[Reason]:
         w = self.weight_prior if scaled is not None else 1.0
-        contributions = {k: w * v for k, v in points.items()} if w else {}
-        if scaled is not None and w < 1.0:
-            weights = self.pipeline["LogisticRegression"]._weights
-            for k, v in scaled.items():
-                c = (1.0 - w) * weights.get(k, 0.0) * v
-                contributions[k] = contributions.get(k, 0.0) + c
+        if scaled is None or w >= 1.0:
+            return top_reasons(points, x, top=top)
+        get, share = self.pipeline["LogisticRegression"]._weights.get, 1.0 - w
+        contributions = {k: share * get(k, 0.0) * v for k, v in scaled.items()}
+        for k, v in points.items():
+            contributions[k] = contributions.get(k, 0.0) + w * v
         return top_reasons(contributions, x, top=top)
 
     @property
