@@ -35,3 +35,8 @@ EVENT_LAG = Gauge(
 )
 SCORES = Counter("churnwatch_scorer_scores_total", "Users scored, by band", ["band"])
 STORE_ERRORS = Counter("churnwatch_scorer_store_errors_total", "Redis failures (retried)")
+LABELS = Counter("churnwatch_scorer_labels_total", "Resolved labels learned, by class", ["label"])
+QUALITY = Gauge("churnwatch_model_quality", "Progressive validation on resolved labels", ["metric"])
+CHECKPOINT_AGE = Gauge(
+    "churnwatch_model_checkpoint_age_seconds", "Seconds since this worker last saved its model"
+)

@@ -152,4 +152,5 @@ def user_write(
         snapshot_day=result.snapshot_day,
         alert=orjson.dumps(result.alert.to_dict()) if result.alert else None,
         active_days=active_days,
+        label_due=result.label_due,
     )

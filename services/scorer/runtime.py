@@ -10,16 +10,20 @@ import asyncio
 import logging
 import time
 
+import orjson
 import redis.asyncio as aioredis
 
 from services.common.clock import Clock, EventTimeClock, WallClock
+from services.scorer import metrics
 from services.scorer.adapters.redis_store import RedisUserStore
 from services.scorer.config import ScorerSettings
 from services.scorer.core.features import FeatureSettings, decode_state
 from services.scorer.core.labels import LabelSettings
 from services.scorer.core.model import ChurnModel, ModelSettings
 from services.scorer.core.policy import PolicySettings, Thresholds
+from services.scorer.core.quality import QualityTracker
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings
+from services.scorer.labelling import Learned, resolve_labels
 from services.scorer.pipeline import BatchScorer, Outcome, user_write
 from services.scorer.scoring import ScoringCore
 
@@ -62,6 +66,8 @@ class Runtime:
         self._scorer: BatchScorer | None = None
         self._lock = asyncio.Lock()
         self._last_sweep: float | None = None
+        self._learned_since_checkpoint = 0
+        self.quality = QualityTracker(threshold=settings.scorer_band_high / 100)
         self._last_checkpoint = time.monotonic()
 
     async def scorer(self) -> BatchScorer:
@@ -97,12 +103,47 @@ class Runtime:
         """Hook for per-batch bookkeeping (checkpoint cadence)."""
 
     async def checkpoint(self) -> None:
+        """Save the model (and its quality figures) under this worker's name."""
         if self._scorer is None:
             return
-        await self.store.save_checkpoint(
-            self.settings.scorer_worker_name, self.core.model.to_bytes()
+        name = self.settings.scorer_worker_name
+        await self.store.save_checkpoint(name, self.core.model.to_bytes())
+        await self.store.save_quality(
+            name,
+            orjson.dumps(
+                {
+                    "model_version": self.core.model.version,
+                    "saved_at": time.time(),
+                    **self.quality.to_dict(),
+                    "metrics": quality_figures(self.quality),
+                }
+            ),
         )
+        self._learned_since_checkpoint = 0
+        metrics.CHECKPOINT_AGE.set(0)
         self._last_checkpoint = time.monotonic()
+
+    async def learn(self) -> Learned:
+        """Resolve the labels that are due and learn from them; checkpoint every N learns."""
+        await self.scorer()
+        learned = await resolve_labels(
+            self.store,
+            model=self.core.model,
+            quality=self.quality,
+            now=self.clock.now(),
+            settings=self.core.labels,
+        )
+        if learned.total:
+            metrics.LABELS.labels("1").inc(learned.positives)
+            metrics.LABELS.labels("0").inc(learned.negatives)
+            for name, value in quality_figures(self.quality).items():
+                if value is not None:
+                    metrics.QUALITY.labels(name).set(value)
+            self._learned_since_checkpoint += learned.total
+            if self._learned_since_checkpoint >= self.settings.scorer_checkpoint_every:
+                await self.checkpoint()
+        metrics.CHECKPOINT_AGE.set(time.monotonic() - self._last_checkpoint)
+        return learned
 
     async def sweep(self) -> Outcome:
         """Re-score users whose recency crossed a day boundary since the last sweep.
@@ -137,4 +178,14 @@ class Runtime:
             if writes:
                 await scorer.store.save(writes)
             out.users += len(writes)
+        await self.learn()
         return out
+
+
+def quality_figures(quality: QualityTracker) -> dict[str, float | None]:
+    return {
+        "roc_auc": quality.roc_auc,
+        "log_loss": quality.log_loss,
+        "precision": quality.precision,
+        "recall": quality.recall,
+    }

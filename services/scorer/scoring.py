@@ -34,6 +34,7 @@ class UserScore:
     alert: ChurnAlert | None
     snapshot: bytes | None
     snapshot_day: int | None
+    label_due: float | None = None
 
 
 def encode_policy(state: AlertState) -> bytes:
@@ -119,6 +120,19 @@ class ScoringCore:
                 "updated_at": round(now, 3),
             }
         )
+        # A churn event lets the user's pending labels resolve at the next sweep; a new
+        # snapshot can resolve H days from now at the earliest.
+        label_due = None
+        if state.churn_at and state.churn_at >= now - self.labels.horizon_days * 86_400:
+            label_due = now
+        elif snapshot is not None:
+            label_due = now + self.labels.horizon_days * 86_400
         return UserScore(
-            scored.risk, encode_policy(policy_state), record, alert, snapshot, snapshot_day
+            scored.risk,
+            encode_policy(policy_state),
+            record,
+            alert,
+            snapshot,
+            snapshot_day,
+            label_due,
         )

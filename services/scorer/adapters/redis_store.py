@@ -11,8 +11,9 @@ user's keys in one slot:
     P:{uid}:alerts     list  newest-first alert history (capped)
     P:lastseen         zset  user -> last activity (the silent-user sweep's index)
     P:atrisk           zset  user -> current risk (the API's at-risk index)
+    P:snapdue          zset  user -> earliest time one of its snapshots may get its label
     P:hll:d:YYYYMMDD   HLL   users active that day (DAU/WAU/MAU by PFCOUNT/PFMERGE)
-    P:model:<worker>   str   model checkpoint of one worker
+    P:model:<worker>   str   model checkpoint of one worker (+ ":quality", its metrics)
 
 Every per-user key gets a TTL of ``user_ttl_days`` on each write, so a user
 gone for good stops costing memory.
@@ -58,6 +59,7 @@ class UserWrite:
     snapshot_day: int | None = None
     alert: bytes | None = None
     active_days: tuple[str, ...] = ()
+    label_due: float | None = None
 
 
 class RedisUserStore:
@@ -79,6 +81,7 @@ class RedisUserStore:
         self.alert_history = alert_history
         self.lastseen_key = f"{prefix}:lastseen"
         self.atrisk_key = f"{prefix}:atrisk"
+        self.snapdue_key = f"{prefix}:snapdue"
 
     async def load(self, user_ids: Sequence[str]) -> dict[str, StoredUser]:
         try:
@@ -111,6 +114,8 @@ class RedisUserStore:
             pipe.rpush(snap_key, w.snapshot)
             pipe.expire(snap_key, self.snapshot_ttl_s)
             fields["sd"] = w.snapshot_day
+        if w.label_due is not None:  # LT keeps the earliest time a label may resolve
+            pipe.zadd(self.snapdue_key, {w.user_id: w.label_due}, lt=True)
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.expire(key, self.user_ttl_s)
         pipe.zadd(self.lastseen_key, {w.user_id: w.last_active})
@@ -134,6 +139,52 @@ class RedisUserStore:
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return [u.decode() if isinstance(u, bytes) else str(u) for u in found]
+
+    async def users_with_labels_due(self, now: float, *, limit: int) -> list[str]:
+        """Users with a snapshot whose label may resolve by ``now`` (a range query)."""
+        try:
+            found = await self.r.zrangebyscore(self.snapdue_key, "-inf", now, start=0, num=limit)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        return [u.decode() if isinstance(u, bytes) else str(u) for u in found]
+
+    async def load_snapshots(
+        self, user_ids: Sequence[str]
+    ) -> dict[str, tuple[bytes | None, list[bytes]]]:
+        """Each user's feature state and pending snapshots, in one round trip."""
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for uid in user_ids:
+                    pipe.hget(user_key(self.prefix, uid), "f")
+                    pipe.lrange(user_key(self.prefix, uid, "snap"), 0, -1)
+                rows = await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        return {uid: (rows[2 * i], rows[2 * i + 1]) for i, uid in enumerate(user_ids)}
+
+    async def keep_snapshots(self, remaining: dict[str, tuple[list[bytes], float | None]]) -> None:
+        """Replace each user's pending snapshots with what is left, and its next due time."""
+        try:
+            async with self.r.pipeline(transaction=True) as pipe:
+                for uid, (snaps, due) in remaining.items():
+                    key = user_key(self.prefix, uid, "snap")
+                    pipe.delete(key)
+                    if snaps:
+                        pipe.rpush(key, *snaps)
+                        pipe.expire(key, self.snapshot_ttl_s)
+                    if due is None:
+                        pipe.zrem(self.snapdue_key, uid)
+                    else:
+                        pipe.zadd(self.snapdue_key, {uid: due})
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+    async def save_quality(self, worker: str, data: bytes) -> None:
+        try:
+            await self.r.set(f"{self.prefix}:model:{worker}:quality", data)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
     async def load_checkpoint(self, worker: str) -> bytes | None:
         try:

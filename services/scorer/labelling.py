@@ -1,0 +1,132 @@
+"""Resolve delayed labels and learn from them (the timer's second job).
+
+Users whose snapshots may have an answer are found with one range query on
+``P:snapdue``. For each: an explicit churn, or an inactivity churn confirmed by
+the clock, labels the pending snapshots (core.labels.resolve_on_churn); the rest
+resolve by time (resolve_by_time). Every resolved snapshot is first scored for
+progressive validation with the risk it had *when it was taken*, then learned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from services.scorer.core.features import decode_state
+from services.scorer.core.labels import (
+    LabelSettings,
+    Snapshot,
+    inactivity_churn_ts,
+    resolve_by_time,
+    resolve_on_churn,
+)
+from services.scorer.core.model import ChurnModel
+from services.scorer.core.quality import QualityTracker
+
+DAY = 86_400.0
+
+
+class SnapshotStore(Protocol):
+    async def users_with_labels_due(self, now: float, *, limit: int) -> list[str]: ...
+
+    async def load_snapshots(
+        self, user_ids: list[str]
+    ) -> dict[str, tuple[bytes | None, list[bytes]]]: ...
+
+    async def keep_snapshots(
+        self, remaining: dict[str, tuple[list[bytes], float | None]]
+    ) -> None: ...
+
+
+@dataclass
+class Learned:
+    positives: int = 0
+    negatives: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.positives + self.negatives
+
+
+def label_user(
+    snaps: list[Snapshot],
+    *,
+    churn_at: float,
+    last_active: float,
+    now: float,
+    settings: LabelSettings,
+) -> tuple[list[tuple[Snapshot, int]], list[Snapshot]]:
+    """All labels one user's snapshots can get at ``now``, and the ones still waiting.
+
+    >>> from services.scorer.core.labels import take_snapshot
+    >>> s = LabelSettings()
+    >>> snap = take_snapshot("u", {}, taken_at=0.0, raw=0.5, risk=0.5)
+    >>> label_user([snap], churn_at=5 * DAY, last_active=4 * DAY, now=6 * DAY, settings=s)
+    ([(Snapshot(user_id='u', taken_at=0.0, day=0, features={}, raw=0.5, risk=0.5), 1)], [])
+    """
+    resolved: list[tuple[Snapshot, int]] = []
+    pending = snaps
+    if churn_at and any(s.taken_at <= churn_at for s in pending):
+        resolved += resolve_on_churn(pending, churn_at, settings=settings)
+        pending = [s for s in pending if s.taken_at > churn_at]
+    confirmed = inactivity_churn_ts(last_active, now, settings=settings) if last_active else None
+    if confirmed is not None and pending:
+        resolved += resolve_on_churn(pending, confirmed, settings=settings, departed_at=last_active)
+        pending = [s for s in pending if s.taken_at > confirmed]
+    by_time, pending = resolve_by_time(pending, now, settings=settings, last_seen=last_active)
+    return resolved + by_time, pending
+
+
+def next_due(pending: list[Snapshot], now: float, settings: LabelSettings) -> float | None:
+    """When to look at a user's remaining snapshots again (daily once past the horizon)."""
+    if not pending:
+        return None
+    first = min(s.taken_at for s in pending) + settings.horizon_days * DAY
+    return first if first > now else now + DAY
+
+
+async def resolve_labels(
+    store: SnapshotStore,
+    *,
+    model: ChurnModel,
+    quality: QualityTracker,
+    now: float,
+    settings: LabelSettings,
+    limit: int = 10_000,
+) -> Learned:
+    learned = Learned()
+    users = await store.users_with_labels_due(now, limit=limit)
+    for start in range(0, len(users), 500):
+        chunk = users[start : start + 500]
+        rows = await store.load_snapshots(chunk)
+        remaining: dict[str, tuple[list[bytes], float | None]] = {}
+        for uid in chunk:
+            features, raw_snaps = rows[uid]
+            snaps = [Snapshot.from_dict(orjson.loads(s)) for s in raw_snaps]
+            if features is None:  # the user's state expired: nothing to learn against
+                remaining[uid] = ([], None)
+                continue
+            state = decode_state(features)
+            last_active = float(state.last_active or state.last_seen)
+            resolved, pending = label_user(
+                snaps,
+                churn_at=float(state.churn_at),
+                last_active=last_active,
+                now=now,
+                settings=settings,
+            )
+            for snap, y in sorted(resolved, key=lambda pair: pair[0].taken_at):
+                quality.update(snap.risk, y)
+                model.learn(snap.features, y)
+                if y:
+                    learned.positives += 1
+                else:
+                    learned.negatives += 1
+            remaining[uid] = (
+                [orjson.dumps(s.to_dict()) for s in pending],
+                next_due(pending, now, settings),
+            )
+        await store.keep_snapshots(remaining)
+    return learned
