@@ -96,6 +96,13 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
     async def checkpoint() -> None:
         await runtime.checkpoint()
 
+    @app.on_before_shutdown.connect
+    async def checkpoint_on_shutdown(sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
+        try:
+            await runtime.checkpoint()
+        except StoreUnavailable as exc:
+            log.error("final checkpoint failed", extra={"error": str(exc)})
+
     return app
 
 
