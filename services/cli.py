@@ -4,6 +4,11 @@
     churnwatch ingest|scorer|notifier|api   run one service
     churnwatch demo [--duration S]      everything, with simulated traffic
     churnwatch mailcatcher              a loopback SMTP server that counts mail
+    churnwatch keys create --scope S    a new API key, printed once
+    churnwatch bench ingest             the ingest throughput benchmark
+    churnwatch bench scorer|memory|sweep   scorer throughput, Redis bytes per user, sweep time
+    churnwatch simulate --users N --days D --seed S --out DIR   simulated events and labels
+    churnwatch evaluate --run DIR --labels LABELS.csv   quality report of a replay
 
 Settings come from ``CHURNWATCH_*`` environment variables; flags override the
 few that people expect as flags (ports, duration). A bad setting or a missing
@@ -16,6 +21,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from services.common.errors import ChurnwatchError
 
@@ -54,11 +60,51 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(duration=args.duration, users=args.users, rate=args.rate)
 
 
+def _replay(args: argparse.Namespace) -> int:
+    import orjson
+
+    from services.replay import run_replay
+
+    summary = run_replay(args.events, out=args.out, as_of=args.as_of or [], keep=args.keep)
+    print(orjson.dumps(summary).decode())
+    return 0
+
+
 def _mailcatcher(args: argparse.Namespace) -> int:
     from services.notifier.mailcatcher import serve_forever
 
     serve_forever(host=args.host, port=args.port)
     return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from services.common.auth import RedisKeyStore, create_key
+    from services.common.settings import CommonSettings, load_settings
+
+    settings = load_settings(CommonSettings)
+    store = RedisKeyStore(settings.redis_url, key_prefix=settings.key_prefix)
+    key = create_key(store, scopes=args.scope, name=args.name)
+    print(key)
+    print(
+        f"scopes {', '.join(sorted(set(args.scope)))}; stored hashed in Redis "
+        f"({settings.key_prefix}:apikeys): this is the only time the key is shown",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    # bench/ is not part of the installed package; it lives next to services/.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    if args.name != "ingest":  # the others dispatch through bench/registry.py
+        from bench.registry import run
+
+        return run(args.name, [] if args.size is None else ["--size", str(args.size)])
+    from bench.ingest import run_bench
+
+    return run_bench(duration=args.duration, connections=args.connections, batch=args.batch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,10 +131,47 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=200.0, help="events per second")
     demo.set_defaults(handler=_demo)
 
+    replay = sub.add_parser("replay", help="feed a history through the real pipeline")
+    replay.add_argument("events", type=Path, help="schema-v1 events, JSON lines")
+    replay.add_argument("--out", type=Path, required=True, help="output directory")
+    replay.add_argument(
+        "--as-of",
+        action="append",
+        metavar="TIME",
+        help="also write the scores as of this RFC 3339 time (repeatable)",
+    )
+    replay.add_argument("--keep", action="store_true", help="keep the replay's topics and keys")
+    replay.set_defaults(handler=_replay)
+
     mail = sub.add_parser("mailcatcher", help="loopback SMTP server that counts what it gets")
     mail.add_argument("--host", default="127.0.0.1")
     mail.add_argument("--port", type=int, default=2525)
     mail.set_defaults(handler=_mailcatcher)
+
+    keys = sub.add_parser("keys", help="API keys")
+    keys.add_argument("action", choices=["create"])
+    keys.add_argument(
+        "--scope", action="append", required=True, choices=["ingest", "read", "admin"],
+        help="a scope of the new key (repeat for several; admin implies all)",
+    )  # fmt: skip
+    keys.add_argument("--name", default="", help="who or what the key is for")
+    keys.set_defaults(handler=_keys)
+
+    bench = sub.add_parser("bench", help="benchmarks on the real local stack")
+    bench.add_argument("name", choices=["ingest", "scorer", "memory", "sweep"])
+    bench.add_argument(
+        "--size", type=int, default=None, help="events (scorer) or users (memory, sweep)"
+    )
+    bench.add_argument("--duration", type=float, default=15.0, help="seconds of load per target")
+    bench.add_argument("--connections", type=int, default=4, help="concurrent HTTP connections")
+    bench.add_argument("--batch", type=int, default=500, help="events per request")
+    bench.set_defaults(handler=_bench)
+
+    from services.evaluate.cli import add_parser as add_evaluate
+    from services.sim.cli import add_parser as add_simulate
+
+    add_simulate(sub)
+    add_evaluate(sub)
     return parser
 
 

@@ -163,7 +163,14 @@ def post(client: httpx.Client, url: str, events: list[dict[str, Any]]) -> int:
     body = b"\n".join(orjson.dumps(e) for e in events)
     for _ in range(20):
         try:
-            r = client.post(url, content=body, headers={"Content-Type": "application/x-ndjson"})
+            r = client.post(
+                url,
+                content=body,
+                headers={
+                    "Content-Type": "application/x-ndjson",
+                    "Authorization": "Bearer dev-key",  # development mode's key
+                },
+            )
         except httpx.TransportError:
             time.sleep(0.5)
             continue

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, ORJSONResponse
+from fastapi.responses import ORJSONResponse
 from prometheus_client import Counter, Gauge, Histogram, make_asgi_app
 
+from services.common.auth import ApiKeys, install_auth, keys_from_settings, require_scope
 from services.common.schemas import SCHEMA_NAMES, load_schema
 from services.ingest.config import IngestSettings
 from services.ingest.core import BadRequest, check_items, parse_body
@@ -56,13 +59,25 @@ class RecentIds:
             self._seen.popitem(last=False)
 
 
-def create_app(settings: IngestSettings, publisher: EventPublisher) -> FastAPI:
+def create_app(
+    settings: IngestSettings, publisher: EventPublisher, *, keys: ApiKeys | None = None
+) -> FastAPI:
+    """The ingest app; ``keys`` defaults to the Redis key store (``dev-key`` in development)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("ingest ready", extra={"env": settings.env, "topic": settings.topic_events})
+        yield
+        await run_in_threadpool(publisher.close)  # flush what Kafka has not acknowledged yet
+
     app = FastAPI(
         title="churnwatch ingest",
         version="1",
         description="Takes user activity events (schema v1) and puts them on Kafka.",
         default_response_class=ORJSONResponse,
+        lifespan=lifespan,
     )
+    install_auth(app, keys or keys_from_settings(settings))
     recent = RecentIds(settings.ingest_dedup_window_s)
     app.mount("/metrics", make_asgi_app())
 
@@ -71,33 +86,41 @@ def create_app(settings: IngestSettings, publisher: EventPublisher) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", summary="Kafka is reachable")
-    async def readyz() -> JSONResponse:
+    async def readyz() -> ORJSONResponse:
         if await run_in_threadpool(publisher.ready):
-            return JSONResponse({"status": "ready"})
-        return JSONResponse(
+            return ORJSONResponse({"status": "ready"})
+        return ORJSONResponse(
             {"status": "kafka unreachable"},
             status_code=503,
             headers={"Retry-After": str(settings.ingest_retry_after_s)},
         )
 
-    @app.get("/v1/schemas/{name}", summary="A wire contract as JSON Schema")
-    def get_schema(name: str) -> JSONResponse:
+    @app.get(
+        "/v1/schemas/{name}",
+        summary="A wire contract as JSON Schema",
+        dependencies=[Depends(require_scope("read"))],
+    )
+    def get_schema(name: str) -> ORJSONResponse:
         if name not in SCHEMA_NAMES:
-            return JSONResponse(
+            return ORJSONResponse(
                 {"error": f"unknown schema {name!r}; known: {', '.join(SCHEMA_NAMES)}"},
                 status_code=404,
             )
-        return JSONResponse(load_schema(name))
+        return ORJSONResponse(load_schema(name))
 
-    @app.post("/v1/events", summary="Send one event, a JSON array of events, or NDJSON")
-    async def post_events(request: Request) -> JSONResponse:
+    @app.post(
+        "/v1/events",
+        summary="Send one event, a JSON array of events, or NDJSON",
+        dependencies=[Depends(require_scope("ingest"))],
+    )
+    async def post_events(request: Request) -> ORJSONResponse:
         IN_FLIGHT.inc()
         try:
             return await _handle(request)
         finally:
             IN_FLIGHT.dec()
 
-    async def _handle(request: Request) -> JSONResponse:
+    async def _handle(request: Request) -> ORJSONResponse:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.ingest_max_body_bytes:
             REJECTED.labels("too_large").inc()
@@ -121,13 +144,19 @@ def create_app(settings: IngestSettings, publisher: EventPublisher) -> FastAPI:
         if checked.rejected:
             REJECTED.labels("invalid").inc(len(checked.rejected))
         now = time.monotonic()
-        fresh = [
-            (i, k, v)
-            for (i, k, v), eid in zip(checked.records, checked.event_ids, strict=True)
-            if not recent.seen(eid, now)
-        ]
+        fresh: list[tuple[int, bytes, bytes]] = []
+        fresh_ids: list[str] = []
+        in_batch: set[str] = set()
+        for record, eid in zip(checked.records, checked.event_ids, strict=True):
+            # A retry inside the window, or the same id twice in this body: produce once.
+            if eid in in_batch or recent.seen(eid, now):
+                continue
+            in_batch.add(eid)
+            fresh.append(record)
+            fresh_ids.append(eid)
         duplicates = len(checked.records) - len(fresh)
-        DUPLICATES.inc(duplicates)
+        if duplicates:
+            DUPLICATES.inc(duplicates)
         started = time.perf_counter()
         results = await run_in_threadpool(publisher.publish, [(k, v) for _, k, v in fresh])
         PRODUCE_LATENCY.observe(time.perf_counter() - started)
@@ -136,12 +165,9 @@ def create_app(settings: IngestSettings, publisher: EventPublisher) -> FastAPI:
             for (i, _, _), err in zip(fresh, results, strict=True)
             if err is not None
         ]
-        by_index = {
-            i: eid for (i, _, _), eid in zip(checked.records, checked.event_ids, strict=True)
-        }
-        for (i, _, _), err in zip(fresh, results, strict=True):
+        for eid, err in zip(fresh_ids, results, strict=True):
             if err is None:
-                recent.add(by_index[i], now)
+                recent.add(eid, now)
         accepted = len(checked.records) - len(not_taken)
         ACCEPTED.inc(accepted - duplicates)
         body_out: dict[str, Any] = {
@@ -157,23 +183,19 @@ def create_app(settings: IngestSettings, publisher: EventPublisher) -> FastAPI:
                 "Kafka is unavailable: the items in not_taken were not stored; "
                 "send them again after Retry-After seconds"
             )
-            return JSONResponse(
+            return ORJSONResponse(
                 body_out,
                 status_code=503,
                 headers={"Retry-After": str(settings.ingest_retry_after_s)},
             )
         status = 200 if not checked.rejected else (207 if accepted else 422)
-        return JSONResponse(body_out, status_code=status)
-
-    @app.on_event("shutdown")
-    def _flush() -> None:
-        publisher.close()
+        return ORJSONResponse(body_out, status_code=status)
 
     return app
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str) -> ORJSONResponse:
+    return ORJSONResponse({"error": message}, status_code=status)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:

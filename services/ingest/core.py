@@ -80,6 +80,43 @@ class Checked:
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
+def stamp_now(now: datetime | None = None) -> str:
+    """``received_at`` as churnwatch writes it: UTC, milliseconds, ``Z``.
+
+    >>> stamp_now(datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC))
+    '2026-01-02T03:04:05.678Z'
+    """
+    return (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def prepare_event(item: Any, stamp: str) -> tuple[bytes, bytes]:
+    """Validate one event, stamp it, and encode it as a Kafka (key, value) pair.
+
+    Raises :class:`InvalidEvent` naming the first field to fix. ``item`` is
+    stamped in place (``received_at``, ``schema_version``).
+
+    >>> event = {"event_id": "e1", "user_id": "u1", "type": "login",
+    ...          "occurred_at": "2026-01-01T00:00:00Z"}
+    >>> key, value = prepare_event(event, "2026-01-01T00:00:01.000Z")
+    >>> key, orjson.loads(value)["received_at"]
+    (b'u1', '2026-01-01T00:00:01.000Z')
+    >>> try:
+    ...     prepare_event({"user_id": "u1"}, "2026-01-01T00:00:01.000Z")
+    ... except InvalidEvent as exc:
+    ...     print(exc.path)
+    event_id
+    """
+    errors = validate("user-event", item)
+    if errors:
+        first = errors[0]
+        raise InvalidEvent(first.message, path=first.path)
+    # The schema's pattern cannot see impossible dates such as 2026-02-30.
+    parse_time(item["occurred_at"], path="occurred_at")
+    item["received_at"] = stamp
+    item.setdefault("schema_version", 1)
+    return item["user_id"].encode(), orjson.dumps(item)
+
+
 def check_items(items: Sequence[Any], *, now: datetime | None = None) -> Checked:
     """Validate each item against the event schema and stamp ``received_at``.
 
@@ -91,22 +128,15 @@ def check_items(items: Sequence[Any], *, now: datetime | None = None) -> Checked
     >>> out.rejected[0]["index"], out.rejected[0]["path"]
     (1, 'event_id')
     """
-    stamp = (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = stamp_now(now)
     out = Checked()
+    records, event_ids = out.records, out.event_ids
     for index, item in enumerate(items):
-        errors = validate("user-event", item)
-        if not errors:
-            try:
-                parse_time(item["occurred_at"], path="occurred_at")
-            except InvalidEvent as exc:
-                out.rejected.append({"index": index, "path": exc.path, "message": exc.message})
-                continue
-        if errors:
-            first = errors[0]
-            out.rejected.append({"index": index, "path": first.path, "message": first.message})
+        try:
+            key, value = prepare_event(item, stamp)
+        except InvalidEvent as exc:
+            out.rejected.append({"index": index, "path": exc.path, "message": exc.message})
             continue
-        item["received_at"] = stamp
-        item.setdefault("schema_version", 1)
-        out.records.append((index, item["user_id"].encode(), orjson.dumps(item)))
-        out.event_ids.append(item["event_id"])
+        records.append((index, key, value))
+        event_ids.append(item["event_id"])
     return out

@@ -159,11 +159,18 @@ class Notifier:
         return action
 
     async def run_deferred(self, job: dict[str, Any], *, now: float | None = None) -> WinbackAction:
-        """Send a deferred action now that its time has come (quiet hours over, delay done)."""
+        """Send a deferred action now that its time has come (quiet hours over, delay done).
+
+        Consent is read again: a user who opted out while the action waited is not contacted.
+        """
         now = time.time() if now is None else now
         alert = job["alert"]
         decision = replace(Decision(**job["decision"]), status="send", not_before=None)
-        contact, _, _ = await self.directory.profile(alert["user_id"])
+        contact, consent, _ = await self.directory.profile(alert["user_id"])
+        if decision.channel != "webhook" and not consent.allows(decision.channel):
+            decision = replace(
+                decision, status="suppressed", reason=f"no consent for {decision.channel}"
+            )
         return await self.carry_out(
             alert, decision, playbook=job["playbook"], contact=contact, now=now
         )

@@ -87,14 +87,21 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
             metrics.BATCH_SIZE.observe(len(records))
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    @app.timer(interval=settings.scorer_sweep_interval_s)
-    async def sweep_silent_users() -> None:
-        outcome = await _until_stored(runtime.sweep)
-        await publish(outcome)
+    if settings.scorer_clock == "live":  # in replay, sweeps run at event-time ticks instead
+
+        @app.timer(interval=settings.scorer_sweep_interval_s)
+        async def sweep_silent_users() -> None:
+            outcome = await _until_stored(runtime.sweep)
+            await publish(outcome)
 
     @app.timer(interval=settings.scorer_checkpoint_interval_s)
     async def checkpoint() -> None:
         await runtime.checkpoint()
+
+    @app.timer(interval=1.0)
+    async def checkpoint_on_request() -> None:
+        """``churnwatch replay`` (or an operator) asks for a checkpoint through Redis."""
+        await runtime.checkpoint_if_requested()
 
     @app.on_before_shutdown.connect
     async def checkpoint_on_shutdown(sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:

@@ -11,6 +11,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Protocol
 
 import orjson
@@ -101,6 +102,7 @@ class BatchScorer:
     async def handle(self, records: list[Record]) -> Outcome:
         out = Outcome(events=len(records))
         by_user: dict[str, list[tuple[Record, UserEvent]]] = defaultdict(list)
+        observe = getattr(self.clock, "observe", None)
         for record in records:
             try:
                 event = decode_record(record)
@@ -108,7 +110,6 @@ class BatchScorer:
                 out.dead.append(self._dead(record, exc))
                 continue
             by_user[event.user_id].append((record, event))
-            observe = getattr(self.clock, "observe", None)
             if observe is not None:
                 observe(event.ts)
         if not by_user:
@@ -127,7 +128,7 @@ class BatchScorer:
                 out.duplicates += len(items) - len(late)
                 continue
             result = self.core.score_user(uid, state, row, now=now)
-            days = {datetime.fromtimestamp(e.ts, UTC).strftime("%Y%m%d") for _, e in items}
+            days = {_utc_day(int(e.ts // 86_400)) for _, e in items}
             writes.append(user_write(uid, state, result, active_days=tuple(sorted(days))))
             if result.alert is not None:
                 out.alerts.append(result.alert)
@@ -135,6 +136,16 @@ class BatchScorer:
         if writes:
             await self.store.save(writes)
         return out
+
+
+@lru_cache(maxsize=1024)
+def _utc_day(day: int) -> str:
+    """``YYYYMMDD`` of a UTC day number (the daily HLL's name), cached: days repeat a lot.
+
+    >>> _utc_day(20_000)
+    '20241004'
+    """
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y%m%d")
 
 
 def user_write(

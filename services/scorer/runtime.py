@@ -25,6 +25,7 @@ from services.scorer.core.quality import QualityTracker
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings
 from services.scorer.labelling import Learned, resolve_labels
 from services.scorer.pipeline import BatchScorer, Outcome, user_write
+from services.scorer.replay_mode import ReplayScorer
 from services.scorer.scoring import ScoringCore
 
 log = logging.getLogger("churnwatch.scorer")
@@ -92,12 +93,15 @@ class Runtime:
             model = ChurnModel.from_bytes(saved)
             log.info("model restored", extra={"model_version": model.version})
         self.core = make_core(s, model)
-        return BatchScorer(
-            store=self.store,
-            core=self.core,
-            clock=self.clock,
-            features=FeatureSettings(lateness_s=int(s.scorer_lateness_s)),
-        )
+        features = FeatureSettings(lateness_s=int(s.scorer_lateness_s))
+        if s.scorer_clock == "replay":
+            replay = ReplayScorer(
+                store=self.store, core=self.core, clock=self.clock, features=features
+            )
+            replay.sweep = self.sweep_at
+            replay.interval = s.scorer_sweep_interval_s
+            return replay
+        return BatchScorer(store=self.store, core=self.core, clock=self.clock, features=features)
 
     async def after_batch(self, outcome: Outcome) -> None:
         """Hook for per-batch bookkeeping (checkpoint cadence)."""
@@ -123,14 +127,26 @@ class Runtime:
         metrics.CHECKPOINT_AGE.set(0)
         self._last_checkpoint = time.monotonic()
 
-    async def learn(self) -> Learned:
+    async def checkpoint_if_requested(self) -> None:
+        """Checkpoint when ``P:control:checkpoint`` holds a request id; ack it in ``...:done``."""
+        if self._scorer is None:
+            return
+        key = f"{self.settings.key_prefix}:control:checkpoint"
+        request = await self.store.r.get(key)
+        if request is None:
+            return
+        await self.checkpoint()
+        await self.store.r.set(f"{key}:done", request)
+        await self.store.r.delete(key)
+
+    async def learn(self, now: float) -> Learned:
         """Resolve the labels that are due and learn from them; checkpoint every N learns."""
         await self.scorer()
         learned = await resolve_labels(
             self.store,
             model=self.core.model,
             quality=self.quality,
-            now=self.clock.now(),
+            now=now,
             settings=self.core.labels,
         )
         if learned.total:
@@ -146,22 +162,25 @@ class Runtime:
         return learned
 
     async def sweep(self) -> Outcome:
+        """The live timer: sweep at the clock's now."""
+        return await self.sweep_at(self.clock.now())
+
+    async def sweep_at(self, now: float) -> Outcome:
         """Re-score users whose recency crossed a day boundary since the last sweep.
 
         For each whole number of days k, the users whose last activity lies in
         [previous sweep - k days, now - k days) just turned k days silent: one
-        range query per k on the last-activity index, never a scan.
+        range query per k on the last-activity index (pipelined), never a scan.
+        Then resolve the labels that are due and learn from them.
         """
         scorer = await self.scorer()
-        now = self.clock.now()
         prev, self._last_sweep = self._last_sweep, now
         out = Outcome()
         if prev is None or now <= prev:
             return out
         horizon = self.settings.scorer_inactivity_days + self.settings.scorer_horizon_days
-        users: list[str] = []
-        for k in range(1, horizon + 1):
-            users += await self.store.silent_since(prev - k * DAY, now - k * DAY, limit=100_000)
+        ranges = [(prev - k * DAY, now - k * DAY) for k in range(1, horizon + 1)]
+        users = list(dict.fromkeys(await self.store.silent_between(ranges)))
         for start in range(0, len(users), 1000):
             chunk = users[start : start + 1000]
             rows = await self.store.load(chunk)
@@ -178,7 +197,7 @@ class Runtime:
             if writes:
                 await scorer.store.save(writes)
             out.users += len(writes)
-        await self.learn()
+        await self.learn(now)
         return out
 
 

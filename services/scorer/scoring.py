@@ -6,7 +6,7 @@ the RFM quantiles are the worker's own state (checkpointed by the agent).
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 
 import orjson
@@ -37,8 +37,12 @@ class UserScore:
     label_due: float | None = None
 
 
+_POLICY_FIELDS = tuple(f.name for f in fields(AlertState))
+
+
 def encode_policy(state: AlertState) -> bytes:
-    return orjson.dumps(astuple(state))
+    # The fields are scalars: no need for astuple's recursive deep copy (hot path).
+    return orjson.dumps([getattr(state, name) for name in _POLICY_FIELDS])
 
 
 def decode_policy(data: bytes | None) -> AlertState | None:
@@ -74,7 +78,7 @@ class ScoringCore:
         )
         self.quantiles.update(vector)
         tier = value_tier(*self.quantiles.scores(vector))
-        scored = self.model.score(vector)
+        scored, explained = self.model.score_and_explain(vector, top=3)
         score = round(scored.risk * 100)
         prev = decode_policy(row.policy)
         policy_state, trigger = decide_alert(
@@ -83,7 +87,7 @@ class ScoringCore:
         band = band_for(score, self.policy, stage=stage)
         reasons = [
             Reason(r.feature, r.label, round(r.contribution, 4), round(r.value, 4))
-            for r in self.model.explain(vector, top=3)
+            for r in explained
         ]
         version = self.model.version
         alert = None

@@ -69,7 +69,7 @@ def test_event_to_email(isolated: Isolated) -> None:
         reply = httpx.post(
             f"{isolated.url('ingest')}/v1/events",
             content=orjson.dumps(history_then_silence(user, time.time())),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Authorization": "Bearer dev-key"},
             timeout=30,
         )
         assert reply.status_code == 200, reply.text

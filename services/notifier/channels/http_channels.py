@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -21,12 +23,27 @@ from services.common.errors import DeliveryFailed
 from services.notifier.channels.base import Message, RetryAfter
 
 
-def _retry_after(response: httpx.Response) -> float:
-    value = response.headers.get("retry-after", "")
+def retry_after_seconds(value: str, *, now: float | None = None) -> float:
+    """Seconds to wait from a Retry-After value: delay-seconds or an HTTP date (RFC 9110).
+
+    >>> retry_after_seconds("2"), retry_after_seconds("soon")
+    (2.0, 1.0)
+    >>> retry_after_seconds("Thu, 01 Jan 1970 00:00:30 GMT", now=10.0)
+    20.0
+    """
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
         return 1.0
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def _retry_after(response: httpx.Response) -> float:
+    return retry_after_seconds(response.headers.get("retry-after", ""))
 
 
 class HttpChannel:

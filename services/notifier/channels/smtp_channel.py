@@ -69,7 +69,12 @@ class SmtpChannel:
                 f"SMTP {exc.smtp_code}", retryable=400 <= exc.smtp_code < 500
             ) from exc
         except smtplib.SMTPRecipientsRefused as exc:
-            raise DeliveryFailed("SMTP refused the recipient", retryable=False) from exc
+            # 4xx at RCPT (mailbox busy, greylisting) is temporary like any other 4xx.
+            codes = [code for code, _ in exc.recipients.values()]
+            raise DeliveryFailed(
+                f"SMTP refused the recipient ({', '.join(map(str, codes))})",
+                retryable=bool(codes) and all(400 <= c < 500 for c in codes),
+            ) from exc
         except _TRANSIENT as exc:
             raise DeliveryFailed(f"SMTP {self.host}:{self.port}: {type(exc).__name__}") from exc
 

@@ -7,7 +7,8 @@ user's keys in one slot:
     P:{uid}:u          hash  f = feature state (compact, see core.features.encode_state)
                               p = alert-policy state, r = latest score record (JSON),
                               sd = day of the last label snapshot
-    P:{uid}:snap       list  pending label snapshots (JSON), expires with the horizon
+    P:{uid}:snap       list  pending label snapshots (JSON, deflated: see pack_snapshot),
+                             expires with the horizon
     P:{uid}:alerts     list  newest-first alert history (capped)
     P:lastseen         zset  user -> last activity (the silent-user sweep's index)
     P:atrisk           zset  user -> current risk (the API's at-risk index)
@@ -21,6 +22,7 @@ gone for good stops costing memory.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +39,45 @@ def user_key(prefix: str, user_id: str, kind: str = "u") -> str:
     'cw:{u42}:u'
     """
     return f"{prefix}:{{{user_id}}}:{kind}"
+
+
+# Snapshots are most of a user's bytes (one JSON vector per scored day, kept until
+# its label resolves), and their keys repeat in every one of them. Deflate with
+# this preset dictionary stores the keys almost for free (~700 -> ~80 bytes).
+# Stored data depends on it: never edit it, add a new marker and dictionary.
+_SNAPSHOT_MARK = b"\x00s1"  # JSON never starts with a NUL byte
+_SNAPSHOT_ZDICT = (
+    b'{"user_id":"u-000000","taken_at":1767830400.0,"day":20461,"features":{'
+    b'"recency_days":0.0,"tenure_days":1.0,"events_1d":1.0,"events_7d":2.0,"events_30d":3.0,'
+    b'"events_90d":4.0,"active_days_1d":1.0,"active_days_7d":2.0,"active_days_30d":3.0,'
+    b'"active_days_90d":4.0,"sessions_30d":5.0,"mean_session_s":600.0,'
+    b'"distinct_features_30d":2.0,"purchases_30d":0.0,"purchases_90d":1.0,"revenue_30d":0.0,'
+    b'"revenue_90d":9.99,"is_paid":1.0,"payment_failures_30d":0.0,"trend_7d_vs_30d":1.0,'
+    b'"sessions_change":0.0,"support_tickets_30d":0.0,"complaints_30d":0.0,'
+    b'"downgrades_90d":0.0,"uninstalled":0.0,"winback_sent_90d":0.0,'
+    b'"winback_responded_90d":0.0,"explicit_churn":0.0,"days_since_return":-1.0},'
+    b'"raw":0.5,"risk":0.123456}'
+)
+
+
+def pack_snapshot(data: bytes) -> bytes:
+    """The stored form of one snapshot's JSON: deflated against a preset dictionary.
+
+    >>> raw = b'{"user_id":"u1","features":{"recency_days":2.5,"events_30d":3.0}}'
+    >>> packed = pack_snapshot(raw)
+    >>> len(packed) < len(raw), unpack_snapshot(packed) == raw, unpack_snapshot(raw) == raw
+    (True, True, True)
+    """
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _SNAPSHOT_ZDICT)
+    return _SNAPSHOT_MARK + deflate.compress(data) + deflate.flush()
+
+
+def unpack_snapshot(data: bytes) -> bytes:
+    """The snapshot's JSON again; plain JSON (written before packing existed) passes through."""
+    if not data.startswith(_SNAPSHOT_MARK):
+        return data
+    inflate = zlib.decompressobj(-15, _SNAPSHOT_ZDICT)
+    return inflate.decompress(data[len(_SNAPSHOT_MARK) :]) + inflate.flush()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,38 +138,55 @@ class RedisUserStore:
         }
 
     async def save(self, writes: Iterable[UserWrite]) -> None:
-        """Write a whole micro-batch atomically (MULTI/EXEC in one round trip)."""
+        """Write a whole micro-batch atomically (MULTI/EXEC in one round trip).
+
+        The shared indexes (last activity, risk, label due times, daily HLLs)
+        take one command per batch with every user in it, not one per user:
+        queueing commands is most of this adapter's CPU time.
+        """
+        lastseen: dict[str, float] = {}
+        atrisk: dict[str, float] = {}
+        due: dict[str, float] = {}
+        active: dict[str, list[str]] = {}
         try:
             async with self.r.pipeline(transaction=True) as pipe:
                 for w in writes:
                     self._queue(pipe, w)
+                    lastseen[w.user_id] = w.last_active
+                    atrisk[w.user_id] = w.risk
+                    if w.label_due is not None:
+                        due[w.user_id] = w.label_due
+                    for day in w.active_days:
+                        active.setdefault(day, []).append(w.user_id)
+                if lastseen:
+                    pipe.zadd(self.lastseen_key, lastseen)
+                    pipe.zadd(self.atrisk_key, atrisk)
+                if due:  # LT keeps the earliest time a label may resolve
+                    pipe.zadd(self.snapdue_key, due, lt=True)
+                for day, users in active.items():
+                    hll = f"{self.prefix}:hll:d:{day}"
+                    pipe.pfadd(hll, *users)
+                    pipe.expire(hll, 120 * 86400)
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
     def _queue(self, pipe: aioredis.client.Pipeline, w: UserWrite) -> None:
+        """The user's own keys; the shared indexes are written once per batch by ``save``."""
         key = user_key(self.prefix, w.user_id)
         fields: dict[str, bytes | int] = {"f": w.features, "p": w.policy, "r": w.record}
         if w.snapshot is not None and w.snapshot_day is not None:
             snap_key = user_key(self.prefix, w.user_id, "snap")
-            pipe.rpush(snap_key, w.snapshot)
+            pipe.rpush(snap_key, pack_snapshot(w.snapshot))
             pipe.expire(snap_key, self.snapshot_ttl_s)
             fields["sd"] = w.snapshot_day
-        if w.label_due is not None:  # LT keeps the earliest time a label may resolve
-            pipe.zadd(self.snapdue_key, {w.user_id: w.label_due}, lt=True)
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.expire(key, self.user_ttl_s)
-        pipe.zadd(self.lastseen_key, {w.user_id: w.last_active})
-        pipe.zadd(self.atrisk_key, {w.user_id: w.risk})
         if w.alert is not None:
             alerts_key = user_key(self.prefix, w.user_id, "alerts")
             pipe.lpush(alerts_key, w.alert)
             pipe.ltrim(alerts_key, 0, self.alert_history - 1)
             pipe.expire(alerts_key, self.user_ttl_s)
-        for day in w.active_days:
-            hll = f"{self.prefix}:hll:d:{day}"
-            pipe.pfadd(hll, w.user_id)
-            pipe.expire(hll, 120 * 86400)
 
     async def silent_since(self, low: float, high: float, *, limit: int) -> list[str]:
         """Users whose last activity lies in [low, high): one range query, no scan."""
@@ -139,6 +197,19 @@ class RedisUserStore:
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return [u.decode() if isinstance(u, bytes) else str(u) for u in found]
+
+    async def silent_between(
+        self, ranges: Sequence[tuple[float, float]], *, limit: int = 100_000
+    ) -> list[str]:
+        """Users whose last activity lies in any [low, high) of ``ranges``: one round trip."""
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for low, high in ranges:
+                    pipe.zrangebyscore(self.lastseen_key, low, f"({high}", start=0, num=limit)
+                found = await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        return [u.decode() if isinstance(u, bytes) else str(u) for part in found for u in part]
 
     async def users_with_labels_due(self, now: float, *, limit: int) -> list[str]:
         """Users with a snapshot whose label may resolve by ``now`` (a range query)."""
@@ -160,7 +231,10 @@ class RedisUserStore:
                 rows = await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
-        return {uid: (rows[2 * i], rows[2 * i + 1]) for i, uid in enumerate(user_ids)}
+        return {
+            uid: (rows[2 * i], [unpack_snapshot(snap) for snap in rows[2 * i + 1]])
+            for i, uid in enumerate(user_ids)
+        }
 
     async def keep_snapshots(self, remaining: dict[str, tuple[list[bytes], float | None]]) -> None:
         """Replace each user's pending snapshots with what is left, and its next due time."""
@@ -170,7 +244,7 @@ class RedisUserStore:
                     key = user_key(self.prefix, uid, "snap")
                     pipe.delete(key)
                     if snaps:
-                        pipe.rpush(key, *snaps)
+                        pipe.rpush(key, *(pack_snapshot(snap) for snap in snaps))
                         pipe.expire(key, self.snapshot_ttl_s)
                     if due is None:
                         pipe.zrem(self.snapdue_key, uid)

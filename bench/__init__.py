@@ -1,0 +1,1 @@
+"""Benchmarks: ``churnwatch bench NAME`` (see :mod:`bench.registry`), figures in BENCHMARKS.md."""

@@ -1,0 +1,241 @@
+"""API keys with scopes, for every churnwatch HTTP service.
+
+A key is a random string shown once, when it is created; Redis keeps only its
+sha256, in the hash ``<key_prefix>:apikeys`` (field = hash, value = JSON
+``{"scopes": [...], "name": ..., "created": ...}``). Scopes are ``ingest``,
+``read`` and ``admin``; ``admin`` implies the others.
+
+A route asks for a scope with ``Depends(require_scope("read"))``; the app
+carries its :class:`ApiKeys` in ``app.state.api_keys`` (see
+:func:`install_auth`). Lookups are cached in-process for a few seconds, so the
+hot path does not ask Redis per request. In development mode the key
+``dev-key`` is accepted with every scope; in production there is no default key.
+
+>>> keys = ApiKeys(MemoryKeyStore(), allow_dev_key=True)
+>>> keys.lookup("dev-key").allows("ingest"), keys.lookup("nope")
+(True, None)
+>>> secret = create_key(keys.store, scopes=["read"], name="ops")
+>>> found = keys.lookup(secret)
+>>> found.allows("read"), found.allows("ingest")
+(True, False)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from services.common.errors import ChurnwatchError, ConfigError, StoreUnavailable
+from services.common.settings import CommonSettings
+
+log = logging.getLogger("churnwatch.auth")
+
+SCOPES = ("ingest", "read", "admin")
+DEV_KEY = "dev-key"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """What a key may do; never holds the key itself."""
+
+    name: str
+    scopes: frozenset[str]
+    created: str = ""
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key.
+
+    >>> hash_key("dev-key")[:12]
+    '7e9f8fd11180'
+    """
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyStore(Protocol):
+    def get(self, key_hash: str) -> ApiKey | None:
+        """The key with this hash, or None; raises StoreUnavailable."""
+
+    def put(self, key_hash: str, key: ApiKey) -> None:
+        """Store (or replace) a key under its hash."""
+
+
+class MemoryKeyStore:
+    """In-memory :class:`KeyStore` for tests."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, ApiKey] = {}
+        self.gets = 0
+
+    def get(self, key_hash: str) -> ApiKey | None:
+        self.gets += 1
+        return self.keys.get(key_hash)
+
+    def put(self, key_hash: str, key: ApiKey) -> None:
+        self.keys[key_hash] = key
+
+
+class RedisKeyStore:
+    """Keys in the Redis hash ``<key_prefix>:apikeys``; connects on first use."""
+
+    def __init__(self, redis_url: str, *, key_prefix: str) -> None:
+        import redis
+
+        self.name = f"{key_prefix}:apikeys"
+        self._redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+
+    def get(self, key_hash: str) -> ApiKey | None:
+        try:
+            raw = self._redis.hget(self.name, key_hash)
+        except self._errors as exc:
+            raise StoreUnavailable(f"key store: {exc}") from exc
+        if raw is None:
+            return None
+        data = orjson.loads(raw)
+        return ApiKey(data.get("name", ""), frozenset(data["scopes"]), data.get("created", ""))
+
+    def put(self, key_hash: str, key: ApiKey) -> None:
+        value = {"scopes": sorted(key.scopes), "name": key.name, "created": key.created}
+        try:
+            self._redis.hset(self.name, key_hash, orjson.dumps(value))
+        except self._errors as exc:
+            raise StoreUnavailable(f"key store: {exc}") from exc
+
+
+def create_key(store: KeyStore, *, scopes: Iterable[str], name: str = "") -> str:
+    """Make a new random key with ``scopes``, store its hash, return the key (shown once)."""
+    wanted = frozenset(scopes)
+    unknown = wanted - set(SCOPES)
+    if not wanted or unknown:
+        raise ConfigError(f"scopes must be some of {', '.join(SCOPES)}; got {sorted(wanted)}")
+    key = secrets.token_urlsafe(32)
+    created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    store.put(hash_key(key), ApiKey(name, wanted, created))
+    return key
+
+
+class ApiKeys:
+    """Resolves presented keys, caching answers (found or not) for ``ttl_s`` seconds."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        allow_dev_key: bool,
+        ttl_s: float = 5.0,
+        max_cached: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.allow_dev_key = allow_dev_key
+        self.ttl_s = ttl_s
+        self.max_cached = max_cached
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, key: str) -> tuple[bool, ApiKey | None]:
+        """(hit, answer) from the cache only; never blocks on the store."""
+        if self.allow_dev_key and key == DEV_KEY:
+            return True, ApiKey("development key", frozenset(SCOPES))
+        entry = self._cache.get(key)
+        if entry is not None and entry[0] > time.monotonic():
+            return True, entry[1]
+        return False, None
+
+    def lookup(self, key: str) -> ApiKey | None:
+        """The key's grant, or None when unknown; raises StoreUnavailable."""
+        hit, found = self.cached(key)
+        if hit:
+            return found
+        found = self.store.get(hash_key(key))
+        with self._lock:
+            if len(self._cache) >= self.max_cached:
+                self._cache.clear()  # a flood of unknown keys must not grow memory
+            self._cache[key] = (time.monotonic() + self.ttl_s, found)
+        return found
+
+
+def keys_from_settings(settings: CommonSettings) -> ApiKeys:
+    """Redis-backed keys; ``dev-key`` only in development mode."""
+    store = RedisKeyStore(settings.redis_url, key_prefix=settings.key_prefix)
+    return ApiKeys(store, allow_dev_key=not settings.is_production)
+
+
+class AuthFailed(ChurnwatchError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def install_auth(app: FastAPI, keys: ApiKeys) -> None:
+    """Attach ``keys`` to ``app`` and answer auth failures with ``{"error": ...}``."""
+    app.state.api_keys = keys
+
+    async def _failed(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AuthFailed)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status == 503:
+            headers = {"Retry-After": "5"}
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+
+    app.add_exception_handler(AuthFailed, _failed)
+    if keys.allow_dev_key:
+        log.warning(
+            "development mode: the API key %r is accepted with every scope; "
+            "set CHURNWATCH_ENV=production to refuse it",
+            DEV_KEY,
+        )
+
+
+def presented_key(headers: Any) -> str | None:
+    """The key from ``Authorization: Bearer <key>`` or ``X-API-Key``."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return str(value.strip())
+    key = headers.get("x-api-key")
+    return str(key).strip() or None if key else None
+
+
+def require_scope(scope: str) -> Callable[[Request], Awaitable[ApiKey]]:
+    """A FastAPI dependency: the caller's key must grant ``scope`` (401/403 otherwise)."""
+    if scope not in SCOPES:
+        raise ConfigError(f"unknown scope {scope!r}: choose one of {', '.join(SCOPES)}")
+
+    async def check(request: Request) -> ApiKey:
+        keys: ApiKeys = request.app.state.api_keys
+        key = presented_key(request.headers)
+        if key is None:
+            raise AuthFailed(
+                401, "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+            )
+        hit, found = keys.cached(key)
+        if not hit:
+            try:
+                found = await run_in_threadpool(keys.lookup, key)
+            except StoreUnavailable:
+                log.warning("key store unavailable")
+                raise AuthFailed(503, "the key store is unavailable; retry later") from None
+        if found is None:
+            raise AuthFailed(401, "unknown API key: create one with 'churnwatch keys create'")
+        if not found.allows(scope):
+            raise AuthFailed(403, f"this API key does not have the {scope!r} scope")
+        return found
+
+    return check

@@ -1,0 +1,102 @@
+"""An in-memory contact directory: the fake the fast tests use instead of Redis.
+
+It keeps the same rules as :class:`~services.notifier.adapters.redis_directory.RedisDirectory`
+(which statuses count as done, which count against the frequency cap, who owns a
+due deferred job), so a service test that passes here means the same on Redis.
+
+>>> import asyncio
+>>> d = MemoryDirectory()
+>>> d.set_contact("u1", email="u1@example.test")
+>>> d.set_consent("u1", email=True)
+>>> contact, consent, sends = asyncio.run(d.profile("u1"))
+>>> contact["email"], consent.allows("email"), sends
+('u1@example.test', True, [])
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from copy import deepcopy
+from typing import Any
+
+from services.notifier.core.guardrails import ConsentRecord
+
+DONE_STATUSES = ("sent", "control", "suppressed")
+
+
+class MemoryDirectory:
+    """Contacts, consent, sends, done marks, action history and the deferred queue in dicts."""
+
+    def __init__(self, *, clock: Any = time.time, history: int = 50) -> None:
+        self.clock = clock
+        self.history = history
+        self.contacts: dict[str, dict[str, str]] = {}
+        self.consents: dict[str, dict[str, str]] = {}
+        self.sends: dict[str, dict[str, float]] = {}
+        self.done: dict[str, dict[str, str]] = {}
+        self.actions: dict[str, list[dict[str, Any]]] = {}
+        self.winback: dict[str, dict[str, Any]] = {}
+        self.counters: Counter[str] = Counter()
+        self.deferred: list[tuple[float, dict[str, Any]]] = []
+
+    # Set-up helpers: what the API or a bulk import writes in production.
+
+    def set_contact(self, user_id: str, **fields: str) -> None:
+        self.contacts.setdefault(user_id, {}).update(fields)
+
+    def set_consent(self, user_id: str, *, preferred: str | None = None, **channels: bool) -> None:
+        record = self.consents.setdefault(user_id, {})
+        record.update({ch: "1" if ok else "0" for ch, ok in channels.items()})
+        if preferred is not None:
+            record["preferred"] = preferred
+
+    # The Directory port used by the Notifier.
+
+    async def profile(self, user_id: str) -> tuple[dict[str, str], ConsentRecord, list[float]]:
+        raw = dict(self.consents.get(user_id, {}))
+        record = ConsentRecord(
+            channels={k: v == "1" for k, v in raw.items() if k != "preferred"},
+            preferred=raw.get("preferred"),
+        )
+        since = self.clock() - 90 * 86400
+        sends = [ts for ts in self.sends.get(user_id, {}).values() if ts >= since]
+        return dict(self.contacts.get(user_id, {})), record, sends
+
+    async def already_done(self, user_id: str, action_id: str) -> str | None:
+        return self.done.get(user_id, {}).get(action_id)
+
+    async def record(
+        self,
+        user_id: str,
+        action: dict[str, Any],
+        *,
+        contacted: bool,
+        winback: dict[str, Any] | None,
+    ) -> None:
+        if action["status"] in DONE_STATUSES:
+            self.done.setdefault(user_id, {})[action["action_id"]] = action["status"]
+        if contacted:
+            self.sends.setdefault(user_id, {})[action["action_id"]] = self.clock()
+        history = self.actions.setdefault(user_id, [])
+        history.insert(0, deepcopy(action))
+        del history[self.history :]
+        if winback is not None:
+            self.winback[user_id] = dict(winback)
+            self.counters[f"winback:{winback['playbook']}:{winback['group']}:treated"] += 1
+
+    async def defer(self, job: dict[str, Any], not_before: float) -> None:
+        job = deepcopy(job)
+        # Like a sorted set: the same job again only moves its time.
+        self.deferred = [(ts, j) for ts, j in self.deferred if j != job]
+        self.deferred.append((not_before, job))
+
+    async def due(self, now: float, *, limit: int = 500) -> list[dict[str, Any]]:
+        """Take the jobs due at ``now``, earliest first; each is handed out once."""
+        ready = sorted((p for p in self.deferred if p[0] <= now), key=lambda p: p[0])[:limit]
+        for pair in ready:
+            self.deferred.remove(pair)
+        return [job for _, job in ready]
+
+    async def deferred_depth(self) -> int:
+        return len(self.deferred)

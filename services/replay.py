@@ -1,0 +1,250 @@
+"""``churnwatch replay EVENTS.jsonl --out DIR [--as-of TIME ...]``.
+
+Feeds a file of schema-v1 events, in event-time order, through the real
+pipeline (Kafka → scorer worker → Redis → churn-alerts) with the scorer's clock
+in replay mode, then writes what came out:
+
+    DIR/alerts.jsonl          every alert as published (event-time occurred_at)
+    DIR/scores.csv            user_id,as_of,risk,score,band,stage,tier at the end
+    DIR/scores-<AS_OF>.csv    the same, as scores stood at each --as-of time
+
+A replay uses its own single-partition topics and its own Redis key prefix, so
+it starts from an empty state and never touches a live deployment's data; they
+are removed at the end unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from services.common.events import parse_time
+from services.common.kafka import ensure_topics, make_producer
+from services.common.settings import CommonSettings, env_for, load_settings
+from services.demo import Services
+from services.scorer.adapters.redis_store import user_key
+from services.scorer.core.features import decode_state, to_vector
+from services.scorer.core.model import ChurnModel
+from services.scorer.core.policy import PolicySettings, band_for
+from services.scorer.core.segments import SegmentSettings, lifecycle_stage
+
+SCORE_COLUMNS = ("user_id", "as_of", "risk", "score", "band", "stage", "tier")
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def read_sorted(path: Path) -> list[tuple[float, bytes]]:
+    """Every line with its event time, in event-time order (file order among equals)."""
+    out = []
+    with path.open("rb") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                ts = parse_time(orjson.loads(line)["occurred_at"], path="occurred_at").timestamp()
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                ts = float("-inf")  # still replayed, so the scorer dead-letters it with a reason
+            out.append((ts, line.rstrip(b"\n")))
+            if n % 200_000 == 0:
+                say(f"  read {n:,} lines")
+    out.sort(key=lambda pair: pair[0])
+    return out
+
+
+class Replay:
+    def __init__(self, base: CommonSettings, *, run: str | None = None) -> None:
+        self.run = run or uuid.uuid4().hex[:8]
+        names = {
+            "topic_events": f"replay-{self.run}.user-events",
+            "topic_alerts": f"replay-{self.run}.churn-alerts",
+            "topic_actions": f"replay-{self.run}.winback-actions",
+            "topic_dlq": f"replay-{self.run}.user-events.dlq",
+            "key_prefix": f"replay-{self.run}",
+        }
+        self.settings = base.model_copy(update={**names, "topic_partitions": 1})
+        self.group = f"replay-{self.run}-scorer"
+        self.env = env_for(self.settings) | {
+            "CHURNWATCH_SCORER_CLOCK": "replay",
+            "CHURNWATCH_SCORER_GROUP": self.group,
+            "CHURNWATCH_SCORER_WORKER_NAME": f"replay-{self.run}",
+            "CHURNWATCH_SCORER_METRICS_PORT": "0",
+            "CHURNWATCH_SCORER_SWEEP_INTERVAL_S": "3600",
+            "CHURNWATCH_SCORER_BATCH_SIZE": "5000",
+            "CHURNWATCH_LOG_LEVEL": "warning",
+        }
+        self.redis = redis.Redis.from_url(self.settings.redis_url)
+
+    def produce(self, lines: list[tuple[float, bytes]]) -> None:
+        producer = make_producer(self.settings, linger_ms=20)
+        for n, (_, line) in enumerate(lines, start=1):
+            producer.send(self.settings.topic_events, value=line)
+            if n % 100_000 == 0:
+                say(f"  produced {n:,} events")
+        producer.flush()
+        producer.close()
+
+    def wait_consumed(self, services: Services, *, timeout: float = 3600) -> None:
+        """Until the scorer's group has committed the end of the events topic."""
+        tp = TopicPartition(self.settings.topic_events, 0)
+        # Never subscribes, so it only reads the group's committed offset.
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+        )
+        end = consumer.end_offsets([tp])[tp]
+        deadline, shown = time.monotonic() + timeout, -1
+        try:
+            while time.monotonic() < deadline:
+                services.check()
+                done = consumer.committed(tp) or 0
+                if done >= end:
+                    return
+                if done // 50_000 != shown:
+                    shown = done // 50_000
+                    say(f"  scored {done:,} / {end:,} events")
+                time.sleep(0.5)
+            raise TimeoutError(f"the scorer did not finish within {timeout:.0f} s")
+        finally:
+            consumer.close()
+
+    def checkpoint(self, services: Services) -> ChurnModel:
+        """Ask the scorer for a checkpoint (through Redis) and load it."""
+        key = f"{self.settings.key_prefix}:control:checkpoint"
+        request = uuid.uuid4().hex
+        self.redis.set(key, request)
+        while self.redis.get(f"{key}:done") != request.encode():
+            services.check()
+            time.sleep(0.2)
+        data = self.redis.get(f"{self.settings.key_prefix}:model:replay-{self.run}")
+        assert isinstance(data, bytes)
+        return ChurnModel.from_bytes(data)
+
+    def scores_at(self, as_of: float, model: ChurnModel) -> list[dict[str, Any]]:
+        """Every user's score as of ``as_of``, from its stored state and the model of then."""
+        found = self.redis.zrange(f"{self.settings.key_prefix}:lastseen", 0, -1)
+        users = [u.decode() for u in found if isinstance(u, bytes)]
+        policy, segments = PolicySettings(), SegmentSettings()
+        rows = []
+        for start in range(0, len(users), 2000):
+            chunk = users[start : start + 2000]
+            pipe = self.redis.pipeline(transaction=False)
+            for uid in chunk:
+                pipe.hmget(user_key(self.settings.key_prefix, uid), "f", "r")
+            for uid, (features, record) in zip(chunk, pipe.execute(), strict=True):
+                if features is None:
+                    continue
+                before = orjson.loads(record) if record else {}
+                vector = to_vector(decode_state(features), as_of)
+                stage = lifecycle_stage(
+                    vector, previous_stage=before.get("stage"), settings=segments
+                )
+                risk = model.score(vector).risk
+                score = round(risk * 100)
+                rows.append(
+                    {
+                        "user_id": uid,
+                        "as_of": stamp(as_of),
+                        "risk": round(risk, 6),
+                        "score": score,
+                        "band": band_for(score, policy, stage=stage),
+                        "stage": stage,
+                        "tier": before.get("tier", "low"),
+                    }
+                )
+        return rows
+
+    def alerts(self) -> list[bytes]:
+        tp = TopicPartition(self.settings.topic_alerts, 0)
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            consumer_timeout_ms=2000,
+        )
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        out = []
+        for msg in consumer:
+            out.append(msg.value)
+            if msg.offset + 1 >= end:
+                break
+        consumer.close()
+        return out
+
+    def clean(self) -> None:
+        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        prefix = f"replay-{self.run}."
+        admin.delete_topics([t for t in admin.list_topics() if t.startswith(prefix)])
+        admin.close()
+        for key in self.redis.scan_iter(match=f"{self.settings.key_prefix}:*", count=5000):
+            self.redis.unlink(key)
+
+
+def stamp(ts: float) -> str:
+    """An RFC 3339 UTC stamp, also used in file names.
+
+    >>> stamp(0.0)
+    '1970-01-01T00:00:00Z'
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def write_scores(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SCORE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_replay(events: Path, *, out: Path, as_of: list[str], keep: bool = False) -> dict[str, Any]:
+    from services.stack.local import LocalStack
+
+    base = load_settings(CommonSettings)
+    LocalStack(base, say=say).up()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    say(f"reading {events} ...")
+    lines = read_sorted(events)
+    replay = Replay(base)
+    ensure_topics(replay.settings)
+    services = Services(replay.settings, replay.env, names=("scorer",), logs=out / "logs")
+    cuts = sorted(parse_time(t, path="--as-of").timestamp() for t in as_of)
+    say(f"replaying {len(lines):,} events (run {replay.run}) ...")
+    services.start()
+    try:
+        done = 0
+        for cut in [*cuts, float("inf")]:
+            phase = [pair for pair in lines[done:] if pair[0] < cut]
+            replay.produce(phase)
+            done += len(phase)
+            replay.wait_consumed(services)
+            model = replay.checkpoint(services)
+            if cut != float("inf"):
+                write_scores(out / f"scores-{stamp(cut)}.csv", replay.scores_at(cut, model))
+        end = max((ts for ts, _ in lines if ts != float("-inf")), default=0.0)
+        write_scores(out / "scores.csv", replay.scores_at(end, model))
+        alerts = replay.alerts()
+        (out / "alerts.jsonl").write_bytes(b"".join(a + b"\n" for a in alerts))
+    finally:
+        services.stop()
+        if not keep:
+            replay.clean()
+    seconds = time.monotonic() - started
+    return {
+        "events": len(lines),
+        "alerts": len(alerts),
+        "seconds": round(seconds, 1),
+        "events_per_s": round(len(lines) / seconds, 1),
+        "out": str(out),
+    }

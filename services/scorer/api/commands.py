@@ -1,0 +1,96 @@
+"""The risk API's writes: consent, contact details, and erasing a user.
+
+Contact and consent are the notifier's records (``notifier/adapters/redis_directory.py``);
+a PUT replaces the whole record in one transaction. Nothing here logs a value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services.common.errors import StoreUnavailable
+from services.scorer.adapters.redis_store import user_key
+
+# Every per-user key kind the scorer and the notifier write (all hash-tagged {uid}).
+USER_KINDS = ("u", "snap", "alerts", "contact", "consent", "sends", "done", "actions")
+USER_INDEXES = ("lastseen", "atrisk", "snapdue")
+
+
+class AdminCommands:
+    def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
+        self.r = client
+        self.prefix = prefix
+
+    async def _replace_hash(self, key: str, mapping: dict[str, str]) -> None:
+        try:
+            async with self.r.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+    async def save_consent(
+        self, user_id: str, channels: dict[str, bool], preferred: str | None
+    ) -> list[str]:
+        """Replace the user's consent: ``<channel> = 1|0`` and ``preferred``."""
+        mapping = {channel: "1" if granted else "0" for channel, granted in channels.items()}
+        if preferred is not None:
+            mapping["preferred"] = preferred
+        await self._replace_hash(user_key(self.prefix, user_id, "consent"), mapping)
+        return sorted(mapping)
+
+    async def save_contact(self, user_id: str, contact: dict[str, str | None]) -> list[str]:
+        """Replace the user's contact details with the fields given."""
+        mapping = {k: v for k, v in contact.items() if v is not None}
+        await self._replace_hash(user_key(self.prefix, user_id, "contact"), mapping)
+        return sorted(mapping)
+
+    async def erase(self, user_id: str) -> dict[str, Any]:
+        """Delete every key of the user, its index entries and its deferred win-back jobs.
+
+        What stays: the daily active-user HyperLogLogs (a sketch from which no
+        user can be read back or removed) and the aggregate win-back counters.
+        An event of the user that arrives later creates a new record: stop
+        sending them first.
+        """
+        kinds = [user_key(self.prefix, user_id, k) for k in USER_KINDS]
+        indexes = [f"{self.prefix}:{name}" for name in USER_INDEXES]
+        try:
+            jobs = await self._deferred_jobs_of(user_id)
+            async with self.r.pipeline(transaction=True) as pipe:
+                for key in kinds:
+                    pipe.delete(key)
+                for index in indexes:
+                    pipe.zrem(index, user_id)
+                if jobs:
+                    pipe.zrem(f"{self.prefix}:deferred", *jobs)
+                done = await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+        return {
+            "user_id": user_id,
+            "removed_keys": [k for k, n in zip(USER_KINDS, done, strict=False) if n],
+            "removed_from_indexes": [
+                name for name, n in zip(USER_INDEXES, done[len(USER_KINDS) :], strict=False) if n
+            ],
+            "removed_deferred_jobs": int(done[-1]) if jobs else 0,
+            "kept": "daily active-user HyperLogLogs and win-back counters (aggregates)",
+        }
+
+    async def _deferred_jobs_of(self, user_id: str) -> list[bytes]:
+        # The deferred queue is small (jobs waiting for quiet hours to end): read it whole.
+        found = []
+        async for member, _ in self.r.zscan_iter(f"{self.prefix}:deferred", count=500):
+            raw = member if isinstance(member, bytes) else str(member).encode()
+            try:
+                job = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(job, dict) and (job.get("alert") or {}).get("user_id") == user_id:
+                found.append(raw)
+        return found

@@ -1,0 +1,311 @@
+"""The Notifier service with the in-memory directory and recording channels.
+
+Plan → guard → render → deliver → record, with every port faked: consent,
+fall-through, frequency cap, quiet hours across a time-zone boundary (deferred,
+then sent by ``run_deferred``), control group, idempotency and the order of the
+high-value hand-off. Times are fixed; nothing here reads the wall clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from services.common.errors import DeliveryFailed
+from services.common.messages import ChurnAlert, Reason, Segment, make_action_id, make_alert_id
+from services.common.schemas import validate
+from services.notifier.adapters.memory_directory import MemoryDirectory
+from services.notifier.channels.base import Message, RetryPolicy
+from services.notifier.core.guardrails import in_control_group
+from services.notifier.core.playbooks import PlaybookBook, load_playbooks
+from services.notifier.core.templates import Brand, Renderer
+from services.notifier.service import Notifier
+
+T = TypeVar("T")
+LA = ZoneInfo("America/Los_Angeles")
+# 2026-01-15 14:00 in Los Angeles (22:00 UTC): daytime for the users below.
+NOW = datetime(2026, 1, 15, 14, 0, tzinfo=LA).timestamp()
+BOOK = load_playbooks()
+SHARE, SALT = BOOK.defaults.control_share, BOOK.defaults.control_salt
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def treated_user(prefix: str) -> str:
+    n = 0
+    while in_control_group(f"{prefix}-{n}", SHARE, salt=SALT):
+        n += 1
+    return f"{prefix}-{n}"
+
+
+def control_user(prefix: str) -> str:
+    n = 0
+    while not in_control_group(f"{prefix}-{n}", SHARE, salt=SALT):
+        n += 1
+    return f"{prefix}-{n}"
+
+
+def make_alert(
+    user_id: str, *, tier: str = "medium", band: str = "high", bucket: int = 1
+) -> dict[str, Any]:
+    alert = ChurnAlert(
+        alert_id=make_alert_id(user_id, band, bucket),
+        user_id=user_id,
+        risk=0.91 if band == "critical" else 0.7,
+        score=91 if band == "critical" else 70,
+        band=band,
+        trigger="band_up",
+        segment=Segment(stage="active", tier=tier),
+        reasons=(Reason("recency_days", "No visit for 12 days", 0.4, 12.0),),
+        model_version="test@1",
+        horizon_days=14,
+        occurred_at=datetime.fromtimestamp(NOW, UTC),
+        previous_band="medium",
+        timezone="Europe/London",
+    ).to_dict()
+    assert validate("churn-alert", alert) == []
+    return alert
+
+
+class Recorder:
+    """Every channel appends to one shared log, so the order across channels is visible."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Message]] = []
+        self.failing: set[str] = set()
+
+    def channel(self, name: str) -> RecordingChannel:
+        return RecordingChannel(name, self)
+
+    def on(self, channel: str) -> list[Message]:
+        return [m for ch, m in self.sent if ch == channel]
+
+
+class RecordingChannel:
+    def __init__(self, name: str, recorder: Recorder) -> None:
+        self.name = name
+        self.recorder = recorder
+        self.attempts = 0
+
+    async def send(self, message: Message) -> None:
+        self.attempts += 1
+        if self.name in self.recorder.failing:
+            raise DeliveryFailed(f"{self.name}: provider answered 500")
+        self.recorder.sent.append((self.name, message))
+
+
+class Rig:
+    def __init__(self, book: PlaybookBook = BOOK) -> None:
+        self.directory = MemoryDirectory(clock=lambda: NOW)
+        self.recorder = Recorder()
+        self.channels = {
+            ch: self.recorder.channel(ch) for ch in ("email", "sms", "push", "webhook")
+        }
+        self.notifier = Notifier(
+            book=book,
+            directory=self.directory,
+            channels=self.channels,
+            renderer=Renderer(),
+            brand=Brand(name="Acme", url="https://acme.example"),
+            retry=RetryPolicy(attempts=3, base_s=0.001, cap_s=0.01),
+        )
+
+    def user(
+        self,
+        uid: str,
+        *,
+        tz: str = "America/Los_Angeles",
+        preferred: str | None = None,
+        **consent: bool,
+    ) -> str:
+        self.directory.set_contact(uid, email=f"{uid}@example.test", timezone=tz, locale="en")
+        self.directory.set_consent(uid, preferred=preferred, **consent)
+        return uid
+
+    def handle(self, alert: dict[str, Any], *, now: float = NOW) -> list[tuple[str, str, Any]]:
+        actions = run(self.notifier.handle_alert(alert, now=now))
+        return [(a.channel, a.status, a.reason) for a in actions]
+
+
+def test_consent_is_honoured_before_any_send() -> None:
+    rig = Rig()
+    never_asked = rig.user(treated_user("never-asked"))
+    opted_out = rig.user(treated_user("opted-out"), email=False)
+
+    assert rig.handle(make_alert(never_asked)) == [("email", "suppressed", "no consent for email")]
+    assert rig.handle(make_alert(opted_out)) == [("email", "suppressed", "no consent for email")]
+    assert rig.recorder.sent == []
+    assert rig.channels["email"].attempts == 0
+
+
+def test_missing_contact_falls_through_to_the_next_action() -> None:
+    book = PlaybookBook.model_validate(
+        {
+            "defaults": BOOK.defaults.model_dump(),
+            "playbooks": [
+                {
+                    "name": "sms-then-email",
+                    "actions": [
+                        {"channel": "sms", "template": "offer_reminder", "offer": "SAVE15"},
+                        {"channel": "email", "template": "coupon_offer", "offer": "SAVE15"},
+                    ],
+                }
+            ],
+        }
+    )
+    rig = Rig(book)
+    uid = rig.user(treated_user("no-phone"), sms=True, email=True)  # consent, but no phone
+
+    assert rig.handle(make_alert(uid)) == [
+        ("sms", "suppressed", "no contact for sms"),
+        ("email", "sent", None),
+    ]
+    assert [ch for ch, _ in rig.recorder.sent] == ["email"]
+    history = rig.directory.actions[uid]
+    assert {(a["channel"], a["status"], a["reason"]) for a in history} == {
+        ("sms", "suppressed", "no contact for sms"),
+        ("email", "sent", None),
+    }
+
+
+def test_frequency_cap_stops_the_fourth_contact_in_the_window() -> None:
+    rig = Rig()
+    uid = rig.user(treated_user("capped"), email=True)
+    cap = BOOK.defaults.frequency_cap.max_contacts
+
+    for bucket in range(cap):
+        assert rig.handle(make_alert(uid, bucket=bucket)) == [("email", "sent", None)]
+    [(channel, status, reason)] = rig.handle(make_alert(uid, bucket=cap))
+
+    assert (channel, status) == ("email", "suppressed")
+    assert reason.startswith("frequency cap")
+    assert len(rig.recorder.on("email")) == cap
+    # Once the window has passed, the user may be contacted again.
+    later = NOW + BOOK.defaults.frequency_cap.window_days * 86400 + 1
+    assert rig.handle(make_alert(uid, bucket=cap + 1), now=later) == [("email", "sent", None)]
+
+
+def test_quiet_hours_across_a_time_zone_boundary_defer_then_send() -> None:
+    rig = Rig()
+    uid = rig.user(treated_user("night-owl"), tz="America/Los_Angeles", email=True)
+    # 05:30 UTC on Jan 16 is 21:30 on Jan 15 in Los Angeles: already tomorrow in UTC
+    # (and daytime in the alert's own Europe/London), but quiet hours for the user.
+    now = datetime(2026, 1, 16, 5, 30, tzinfo=UTC).timestamp()
+    ends = datetime(2026, 1, 16, 8, 0, tzinfo=LA).timestamp()  # 16:00 UTC
+
+    [(channel, status, reason)] = rig.handle(make_alert(uid), now=now)
+
+    assert (channel, status) == ("email", "deferred")
+    assert "quiet hours" in reason and "America/Los_Angeles" in reason
+    assert rig.recorder.sent == []
+    assert [ts for ts, _ in rig.directory.deferred] == [ends]
+    assert run(rig.directory.due(ends - 1)) == []
+
+    [job] = run(rig.directory.due(ends))
+    action = run(rig.notifier.run_deferred(job, now=ends))
+
+    assert (action.channel, action.status) == ("email", "sent")
+    [mail] = rig.recorder.on("email")
+    assert mail.to == f"{uid}@example.test"
+    assert mail.idempotency_key == make_action_id(job["alert"]["alert_id"], "email")
+    assert run(rig.directory.deferred_depth()) == 0
+
+
+def test_deferred_action_is_not_sent_after_the_user_opted_out() -> None:
+    rig = Rig()
+    uid = rig.user(treated_user("changed-mind"), email=True)
+    late_evening = datetime(2026, 1, 15, 22, 0, tzinfo=LA).timestamp()
+    assert rig.handle(make_alert(uid), now=late_evening)[0][1] == "deferred"
+
+    rig.directory.set_consent(uid, email=False)
+    [job] = run(rig.directory.due(late_evening + 86400))
+    action = run(rig.notifier.run_deferred(job, now=late_evening + 86400))
+
+    assert (action.status, action.reason) == ("suppressed", "no consent for email")
+    assert rig.recorder.sent == []
+
+
+def test_control_group_users_are_recorded_and_not_contacted() -> None:
+    rig = Rig()
+    uid = rig.user(control_user("held-out"), email=True, sms=True, push=True)
+
+    actions = run(rig.notifier.handle_alert(make_alert(uid, tier="high", band="critical")))
+
+    assert [(a.channel, a.status, a.reason) for a in actions] == [
+        ("none", "control", "control group")
+    ]
+    assert rig.recorder.sent == []
+    assert rig.directory.winback[uid]["group"] == "control"
+    assert rig.directory.counters["winback:high-value-critical:control:treated"] == 1
+    assert run(rig.directory.already_done(uid, actions[0].action_id)) == "control"
+
+
+def test_the_same_alert_twice_sends_once() -> None:
+    rig = Rig()
+    uid = rig.user(treated_user("twice"), email=True)
+    alert = make_alert(uid)
+
+    first = rig.handle(alert)
+    again = rig.handle(alert)
+
+    assert first == [("email", "sent", None)]
+    assert again == [("email", "sent", "already handled")]
+    assert len(rig.recorder.on("email")) == 1
+
+
+def test_failed_delivery_is_recorded_and_retried_on_redelivery() -> None:
+    rig = Rig()
+    uid = rig.user(treated_user("flaky"), email=True)
+    alert = make_alert(uid)
+    rig.recorder.failing.add("email")
+
+    [(channel, status, reason)] = rig.handle(alert)
+
+    assert (channel, status) == ("email", "failed")
+    assert "500" in reason
+    assert rig.channels["email"].attempts == 3  # every attempt of the policy
+    rig.recorder.failing.clear()
+    assert rig.handle(alert) == [("email", "sent", None)]  # a failure is not a done mark
+    assert len(rig.recorder.on("email")) == 1
+
+
+def test_high_value_critical_hands_off_first_then_emails_the_offer() -> None:
+    rig = Rig()
+    uid = rig.user(treated_user("vip"), email=True)  # no SMS consent
+
+    alert = make_alert(uid, tier="high", band="critical")
+
+    actions = rig.handle(alert)
+
+    assert actions == [
+        ("webhook", "sent", None),
+        ("email", "sent", None),
+        ("sms", "suppressed", "no consent for sms"),
+    ]
+    assert [ch for ch, _ in rig.recorder.sent] == ["webhook", "email"]
+    [handoff] = rig.recorder.on("webhook")
+    [mail] = rig.recorder.on("email")
+    assert handoff.to == "retention"
+    assert "EXCLUSIVE30" in handoff.text and "No visit for 12 days" in handoff.text
+    assert "EXCLUSIVE30" in mail.text
+    assert mail.html is not None and "EXCLUSIVE30" in mail.html
+    assert f"{uid}@example.test" not in mail.text  # contact data never enters templates
+    # The hand-off is not a contact: only the email counts against the cap.
+    assert list(rig.directory.sends[uid]) == [make_action_id(alert["alert_id"], "email")]
+
+
+def test_preferred_channel_moves_to_the_front() -> None:
+    rig = Rig()
+    uid = rig.user(treated_user("prefers"), email=True, preferred="email")
+
+    actions = rig.handle(make_alert(uid, tier="high", band="critical"))
+
+    assert [(ch, status) for ch, status, _ in actions[:2]] == [
+        ("email", "sent"),
+        ("webhook", "sent"),
+    ]

@@ -1,0 +1,228 @@
+"""The scorer's agent and micro-batch step on an in-memory store.
+
+The first test runs the real Faust agent through ``agent.test_context()``
+(no broker: records are put on the agent's channel, topic sends are captured).
+The others call ``BatchScorer.handle``, what the agent runs on every batch, on
+a fake of the ``UserStore`` port that records each call, so they can say how
+many round trips a batch costs and what was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from unittest import mock
+
+import faust
+import orjson
+import pytest
+
+from services.common.clock import ManualClock
+from services.scorer.adapters.redis_store import StoredUser, UserWrite
+from services.scorer.app import create_app
+from services.scorer.config import ScorerSettings
+from services.scorer.core.features import FeatureSettings, decode_state, to_vector
+from services.scorer.pipeline import BatchScorer, Outcome, Record
+from services.scorer.runtime import make_core
+from services.sim.generator import DAY, SimUser, event
+
+T0 = 1_780_000_000.0
+
+
+class FakeStore:
+    """The ``UserStore`` port in memory, counting round trips."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, StoredUser] = {}
+        self.loads: list[list[str]] = []
+        self.saves: list[list[UserWrite]] = []
+
+    async def load(self, user_ids: list[str]) -> dict[str, StoredUser]:
+        self.loads.append(list(user_ids))
+        return {u: self.rows.get(u, StoredUser(None, None, None, None)) for u in user_ids}
+
+    async def save(self, writes: list[UserWrite]) -> None:
+        self.saves.append(list(writes))
+        for w in writes:
+            self.rows[w.user_id] = StoredUser(w.features, w.policy, w.record, w.snapshot_day)
+
+
+def make_scorer(store: FakeStore, clock: ManualClock) -> BatchScorer:
+    return BatchScorer(
+        store=store, core=make_core(ScorerSettings()), clock=clock, features=FeatureSettings()
+    )
+
+
+def records(values: list[Any], *, start: int = 0) -> list[Record]:
+    out = []
+    for i, value in enumerate(values):
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        key = str(value["user_id"]).encode() if isinstance(value, dict) else None
+        out.append(Record(key, raw, "user-events", 0, start + i))
+    return out
+
+
+def handle(scorer: BatchScorer, values: list[Any], *, start: int = 0) -> Outcome:
+    return asyncio.run(scorer.handle(records(values, start=start)))
+
+
+USERS = [SimUser(f"svc-{i}", "loyal", "Europe/Berlin", "premium", 1.0) for i in range(3)]
+
+
+class FakeRuntime:
+    """What the agent needs from ``Runtime``, around a scorer on the fake store."""
+
+    def __init__(self, scorer: BatchScorer) -> None:
+        self._scorer = scorer
+        self.outcomes: list[Outcome] = []
+
+    async def scorer(self) -> BatchScorer:
+        return self._scorer
+
+    async def after_batch(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+    async def sweep(self) -> Outcome:
+        return Outcome()
+
+    async def checkpoint(self) -> None:
+        return None
+
+
+def test_faust_agent_takes_one_batch_and_dead_letters_through_test_context() -> None:
+    store = FakeStore()
+    runtime = FakeRuntime(make_scorer(store, ManualClock(T0 + 3600)))
+    # Ten records and a batch size of ten: exactly one micro-batch, whatever the timing.
+    settings = ScorerSettings(scorer_batch_size=10, scorer_batch_within_s=30.0)
+    app = create_app(settings, runtime)  # type: ignore[arg-type]
+    agent = next(iter(app.agents.values()))
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def capture(topic: faust.topics.Topic, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
+        sent.append((topic.get_topic_name(), kwargs))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def scenario() -> None:
+        with mock.patch.object(faust.topics.Topic, "send", capture):
+            async with agent.test_context() as channel:
+                for k in range(3):
+                    for u in USERS:
+                        value = orjson.dumps(event(u, "login", T0 + k, k))
+                        await channel.put(value, key=u.user_id.encode())
+                await channel.put(b"{bad", key=b"x")
+                for _ in range(200):  # bounded wait for the agent's batch
+                    if runtime.outcomes:
+                        break
+                    await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    assert len(runtime.outcomes) == 1 and runtime.outcomes[0].events == 10
+    assert len(store.loads) == 1 and sorted(store.loads[0]) == [u.user_id for u in USERS]
+    assert len(store.saves) == 1 and len(store.saves[0]) == 3
+    assert [name for name, _ in sent] == [settings.topic_dlq]
+    dead = orjson.loads(sent[0][1]["value"])
+    assert dead["stage"] == "scorer" and "JSON" in dead["reason"] and dead["payload"] == "{bad"
+
+
+def test_one_load_and_one_save_per_batch_with_events_coalesced_per_user() -> None:
+    store, clock = FakeStore(), ManualClock(T0 + 3600)
+    scorer = make_scorer(store, clock)
+    batch = [event(u, "session_start", T0 + k * 60, k) for k in range(5) for u in USERS]
+
+    out = handle(scorer, batch)
+
+    assert (out.events, out.users, out.duplicates, out.dead) == (15, 3, 0, [])
+    assert len(store.loads) == 1 and sorted(store.loads[0]) == [u.user_id for u in USERS]
+    assert len(store.saves) == 1 and len(store.saves[0]) == 3
+    for u in USERS:
+        vector = to_vector(decode_state(store.rows[u.user_id].features or b""), clock.now())
+        assert vector["sessions_30d"] == 5.0
+        assert orjson.loads(store.rows[u.user_id].record or b"{}")["band"]
+
+
+def test_bad_records_are_dead_lettered_with_the_reason_and_the_batch_goes_on() -> None:
+    store, clock = FakeStore(), ManualClock(T0 + 3600)
+    scorer = make_scorer(store, clock)
+    good = event(USERS[0], "login", T0, 1)
+    bad: list[Any] = [
+        b"{not json",
+        {**event(USERS[1], "login", T0, 2), "user_id": 5},
+        {**event(USERS[1], "login", T0, 3), "schema_version": 2},
+        b"",
+        {**event(USERS[1], "login", T0, 4), "occurred_at": "2026-01-01T00:00:00"},
+    ]
+
+    out = handle(scorer, [good, *bad], start=100)
+
+    assert out.users == 1 and len(store.saves) == 1
+    by_offset = {d.source.offset: d for d in out.dead}
+    assert sorted(by_offset) == [101, 102, 103, 104, 105]
+    assert "JSON" in by_offset[101].reason
+    assert by_offset[102].error_path == "user_id"
+    assert by_offset[103].error_path == "schema_version" and "2" in by_offset[103].reason
+    assert "empty" in by_offset[104].reason
+    assert by_offset[105].error_path == "occurred_at"
+    assert all(d.stage == "scorer" and d.source.topic == "user-events" for d in out.dead)
+    assert by_offset[101].payload_bytes() == b"{not json"
+
+
+def test_a_batch_of_only_bad_records_touches_no_store() -> None:
+    store = FakeStore()
+    out = handle(make_scorer(store, ManualClock(T0)), [b"", b"[]"])
+    assert len(out.dead) == 2 and store.loads == [] and store.saves == []
+
+
+def test_redelivered_events_are_counted_as_duplicates_and_change_nothing() -> None:
+    store, clock = FakeStore(), ManualClock(T0 + 3600)
+    scorer = make_scorer(store, clock)
+    batch = [event(u, "page_view", T0 + k, k) for k in range(3) for u in USERS]
+    handle(scorer, batch)
+    before = dict(store.rows)
+
+    again = handle(scorer, batch)
+
+    assert (again.duplicates, again.users, again.dead) == (9, 0, [])
+    assert len(store.saves) == 1, "a batch of duplicates must not write"
+    assert store.rows == before
+
+
+def test_duplicates_within_one_batch_count_once() -> None:
+    store, clock = FakeStore(), ManualClock(T0 + 3600)
+    scorer = make_scorer(store, clock)
+    e = event(USERS[0], "purchase", T0, 1, amount=10.0)
+    handle(scorer, [e, e, e])
+    state = decode_state(store.rows[USERS[0].user_id].features or b"")
+    assert to_vector(state, clock.now())["revenue_30d"] == 10.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BatchScorer.handle counts duplicates only when a user's whole batch is duplicates",
+)
+def test_a_duplicate_next_to_a_new_event_is_counted() -> None:
+    store, clock = FakeStore(), ManualClock(T0 + 3600)
+    scorer = make_scorer(store, clock)
+    first = event(USERS[0], "login", T0, 1)
+    handle(scorer, [first])
+    out = handle(scorer, [first, event(USERS[0], "login", T0 + 60, 2)])
+    assert out.duplicates == 1
+
+
+def test_events_later_than_the_tolerance_are_dead_lettered_and_others_applied() -> None:
+    store, clock = FakeStore(), ManualClock(T0 + 10 * DAY)
+    scorer = make_scorer(store, clock)
+    user = USERS[0]
+    handle(scorer, [event(user, "login", T0 + 5 * DAY, 1)])
+
+    out = handle(
+        scorer,
+        [event(user, "login", T0 + 2 * DAY, 2), event(user, "login", T0 + 4 * DAY, 3)],
+        start=10,
+    )
+
+    assert [d.source.offset for d in out.dead] == [10]
+    assert out.dead[0].error_path == "occurred_at" and "older than" in out.dead[0].reason
+    state = decode_state(store.rows[user.user_id].features or b"")
+    assert to_vector(state, clock.now())["events_30d"] == 2.0
