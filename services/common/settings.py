@@ -43,6 +43,9 @@ class CommonSettings(BaseSettings):
     topic_dlq: str = "user-events.dlq"
     topic_partitions: int = Field(4, ge=1, le=1024)
     topic_replication: int = Field(1, ge=1, le=7)
+    metrics_host: str = Field(
+        "127.0.0.1", description="address the workers' /metrics binds (0.0.0.0 in containers)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 

@@ -25,7 +25,7 @@ def main(args: argparse.Namespace | None = None) -> int:
     )
     runtime = NotifierRuntime(settings)
     if settings.notifier_metrics_port:
-        start_http_server(settings.notifier_metrics_port, addr="127.0.0.1")
+        start_http_server(settings.notifier_metrics_port, addr=settings.metrics_host)
     worker = faust.Worker(
         create_app(settings, runtime),
         loglevel=settings.log_level,

@@ -22,7 +22,7 @@ def run_worker(port: int | None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     ensure_topics(settings)
     if settings.scorer_metrics_port:
-        start_http_server(settings.scorer_metrics_port, addr="127.0.0.1")
+        start_http_server(settings.scorer_metrics_port, addr=settings.metrics_host)
     app = create_app(settings, Runtime(settings))
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

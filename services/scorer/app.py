@@ -83,6 +83,12 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
             await publish(outcome)
             await runtime.after_batch(outcome)
             metrics.EVENTS.inc(len(records))
+            for band, n in outcome.bands.items():
+                metrics.SCORES.labels(band).inc(n)
+            for op, seconds in outcome.redis_s.items():
+                metrics.REDIS_SECONDS.labels(op).observe(seconds)
+            if outcome.newest_ts:
+                metrics.EVENT_LAG.set(max(0.0, time.time() - outcome.newest_ts))
             metrics.DUPLICATES.inc(outcome.duplicates)
             metrics.BATCH_SIZE.observe(len(records))
             metrics.BATCH_SECONDS.observe(time.perf_counter() - started)

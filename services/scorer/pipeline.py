@@ -8,7 +8,8 @@ returns. The store is a port, so the fast tests run it on a fake.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -58,6 +59,9 @@ class Outcome:
     events: int = 0
     users: int = 0
     duplicates: int = 0
+    newest_ts: float = 0.0  # newest event time in the batch (for the event-time lag)
+    bands: Counter[str] = field(default_factory=Counter)
+    redis_s: dict[str, float] = field(default_factory=dict)  # round-trip time by operation
 
 
 def decode_record(record: Record) -> UserEvent:
@@ -114,7 +118,9 @@ class BatchScorer:
                 observe(event.ts)
         if not by_user:
             return out
+        started = time.perf_counter()
         stored = await self.store.load(list(by_user))
+        out.redis_s["load"] = time.perf_counter() - started
         now = self.clock.now()
         writes: list[UserWrite] = []
         for uid, items in by_user.items():
@@ -128,13 +134,17 @@ class BatchScorer:
                 out.duplicates += len(items) - len(late)
                 continue
             result = self.core.score_user(uid, state, row, now=now)
+            out.bands[result.band] += 1
+            out.newest_ts = max(out.newest_ts, float(state.last_seen))
             days = {_utc_day(int(e.ts // 86_400)) for _, e in items}
             writes.append(user_write(uid, state, result, active_days=tuple(sorted(days))))
             if result.alert is not None:
                 out.alerts.append(result.alert)
         out.users = len(writes)
         if writes:
+            started = time.perf_counter()
             await self.store.save(writes)
+            out.redis_s["save"] = time.perf_counter() - started
         return out
 
 

@@ -35,6 +35,7 @@ class UserScore:
     snapshot: bytes | None
     snapshot_day: int | None
     label_due: float | None = None
+    band: str = "low"
 
 
 _POLICY_FIELDS = tuple(f.name for f in fields(AlertState))
@@ -139,4 +140,5 @@ class ScoringCore:
             snapshot,
             snapshot_day,
             label_due,
+            band,
         )
