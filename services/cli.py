@@ -98,13 +98,21 @@ def _bench(args: argparse.Namespace) -> int:
 
     # bench/ is not part of the installed package; it lives next to services/.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    if args.name != "ingest":  # the others dispatch through bench/registry.py
-        from bench.registry import run
-
-        return run(args.name, [] if args.size is None else ["--size", str(args.size)])
     from bench.ingest import run_bench
+    from bench.registry import BENCHMARKS, run
 
-    return run_bench(duration=args.duration, connections=args.connections, batch=args.batch)
+    def one(name: str) -> int:
+        if name == "ingest":
+            return run_bench(duration=args.duration, connections=args.connections, batch=args.batch)
+        size = [] if args.size is None else ["--size", str(args.size)]
+        return run(name, [*size, *args.rest])
+
+    if args.name != "all":
+        return one(args.name)
+    failed = [name for name in ("ingest", *BENCHMARKS) if one(name) != 0]
+    if failed:
+        print(f"benchmarks that failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,13 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(handler=_keys)
 
     bench = sub.add_parser("bench", help="benchmarks on the real local stack")
-    bench.add_argument("name", choices=["ingest", "scorer", "memory", "sweep"])
+    bench.add_argument(
+        "name",
+        choices=["ingest", "scorer", "memory", "sweep", "cdnow", "all"],
+        help="all runs every benchmark in turn",
+    )
     bench.add_argument(
         "--size", type=int, default=None, help="events (scorer) or users (memory, sweep)"
     )
     bench.add_argument("--duration", type=float, default=15.0, help="seconds of load per target")
     bench.add_argument("--connections", type=int, default=4, help="concurrent HTTP connections")
     bench.add_argument("--batch", type=int, default=500, help="events per request")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="passed to the benchmark")
     bench.set_defaults(handler=_bench)
 
     from services.evaluate.cli import add_parser as add_evaluate

@@ -39,6 +39,9 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
         consumer_auto_offset_reset="earliest",
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
+        # Faust's 60 s default keeps a crashed worker's partitions idle for a minute.
+        broker_session_timeout=settings.scorer_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.scorer_session_timeout_s / 3),
         stream_buffer_maxsize=16_384,
     )
     events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw")

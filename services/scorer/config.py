@@ -19,9 +19,21 @@ class ScorerSettings(CommonSettings):
         description="names this worker's model checkpoint; keep it stable across restarts",
     )
     scorer_metrics_port: int = Field(8002, ge=0, le=65535, description="0 disables /metrics")
+    scorer_session_timeout_s: float = Field(
+        10.0,
+        ge=6,
+        le=300,
+        description="a worker silent this long (crashed) loses its partitions to the others",
+    )
     scorer_batch_size: int = Field(2000, ge=1, description="events per micro-batch at most")
     scorer_batch_within_s: float = Field(
         0.02, gt=0, description="longest wait to fill a micro-batch (adds to alert latency)"
+    )
+    scorer_rescore_every_s: float = Field(
+        60.0,
+        ge=0,
+        description="re-score a user whose new events are only ordinary activity "
+        "at most this often (events that can raise risk always re-score); 0 = every batch",
     )
     scorer_clock: Literal["live", "replay"] = Field(
         "live", description="live: wall clock; replay: the stream's event time"

@@ -19,7 +19,7 @@ import orjson
 
 from services.common.clock import Clock
 from services.common.errors import InvalidEvent
-from services.common.events import UserEvent, parse_event
+from services.common.events import UserEvent, check_size, parse_event
 from services.common.messages import ChurnAlert, DeadLetter, dead_letter
 from services.common.schemas import validate
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
@@ -30,7 +30,7 @@ from services.scorer.core.features import (
     decode_state,
     encode_state,
 )
-from services.scorer.scoring import ScoringCore, UserScore
+from services.scorer.scoring import ScoringCore, UserScore, needs_rescore
 
 log = logging.getLogger("churnwatch.scorer")
 
@@ -68,6 +68,7 @@ def decode_record(record: Record) -> UserEvent:
     """Bytes → validated event, or InvalidEvent saying what is wrong."""
     if not record.value:
         raise InvalidEvent("empty message")
+    check_size(record.value)
     try:
         raw = orjson.loads(record.value)
     except orjson.JSONDecodeError as exc:
@@ -85,12 +86,19 @@ def decode_record(record: Record) -> UserEvent:
 
 class BatchScorer:
     def __init__(
-        self, *, store: UserStore, core: ScoringCore, clock: Clock, features: FeatureSettings
+        self,
+        *,
+        store: UserStore,
+        core: ScoringCore,
+        clock: Clock,
+        features: FeatureSettings,
+        rescore_every_s: float = 0.0,
     ) -> None:
         self.store = store
         self.core = core
         self.clock = clock
         self.features = features
+        self.rescore_every_s = rescore_every_s
 
     def _dead(self, record: Record, exc: Exception) -> DeadLetter:
         return dead_letter(
@@ -133,11 +141,25 @@ class BatchScorer:
             if state is None or state is before:
                 out.duplicates += len(items) - len(late)
                 continue
+            out.newest_ts = max(out.newest_ts, float(state.last_seen))
+            days = tuple(sorted({_utc_day(int(e.ts // 86_400)) for _, e in items}))
+            types = {e.type for _, e in items}
+            if not needs_rescore(row.policy, types, now, every_s=self.rescore_every_s):
+                writes.append(
+                    UserWrite(
+                        uid,
+                        encode_state(state),
+                        None,
+                        None,
+                        float(state.last_active or state.last_seen),
+                        None,
+                        active_days=days,
+                    )
+                )
+                continue
             result = self.core.score_user(uid, state, row, now=now)
             out.bands[result.band] += 1
-            out.newest_ts = max(out.newest_ts, float(state.last_seen))
-            days = {_utc_day(int(e.ts // 86_400)) for _, e in items}
-            writes.append(user_write(uid, state, result, active_days=tuple(sorted(days))))
+            writes.append(user_write(uid, state, result, active_days=days))
             if result.alert is not None:
                 out.alerts.append(result.alert)
         out.users = len(writes)

@@ -101,7 +101,13 @@ class Runtime:
             replay.sweep = self.sweep_at
             replay.interval = s.scorer_sweep_interval_s
             return replay
-        return BatchScorer(store=self.store, core=self.core, clock=self.clock, features=features)
+        return BatchScorer(
+            store=self.store,
+            core=self.core,
+            clock=self.clock,
+            features=features,
+            rescore_every_s=s.scorer_rescore_every_s,
+        )
 
     async def after_batch(self, outcome: Outcome) -> None:
         """Hook for per-batch bookkeeping (checkpoint cadence)."""

@@ -50,6 +50,41 @@ def decode_policy(data: bytes | None) -> AlertState | None:
     return AlertState(*orjson.loads(data)) if data else None
 
 
+# Events that can raise a user's risk: they are always scored at once. Ordinary
+# activity can only lower it (recency resets, frequency grows), so re-scoring a
+# busy user on every batch buys nothing for alerts.
+RISK_EVENTS = frozenset(
+    {
+        "payment_failed",
+        "support_ticket",
+        "complaint",
+        "plan_downgraded",
+        "subscription_cancelled",
+        "account_deleted",
+        "uninstall",
+    }
+)
+
+
+def needs_rescore(policy: bytes | None, types: set[str], now: float, *, every_s: float) -> bool:
+    """Whether this batch's events for a user call for a new score now.
+
+    >>> state = encode_policy(AlertState("low", True, None, 10.0, 100.0))
+    >>> needs_rescore(state, {"login"}, 130.0, every_s=60)
+    False
+    >>> needs_rescore(state, {"login", "payment_failed"}, 130.0, every_s=60)
+    True
+    >>> needs_rescore(state, {"login"}, 161.0, every_s=60)
+    True
+    >>> needs_rescore(None, {"login"}, 0, every_s=60)
+    True
+    """
+    if policy is None or every_s <= 0 or not types.isdisjoint(RISK_EVENTS):
+        return True
+    last = decode_policy(policy)
+    return last is None or now - last.last_score_ts >= every_s
+
+
 def previous_stage(record: bytes | None) -> str | None:
     return orjson.loads(record).get("stage") if record else None
 

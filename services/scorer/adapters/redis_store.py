@@ -92,10 +92,10 @@ class StoredUser:
 class UserWrite:
     user_id: str
     features: bytes
-    policy: bytes
-    record: bytes
+    policy: bytes | None  # None: unchanged (the user was not re-scored)
+    record: bytes | None
     last_active: float
-    risk: float
+    risk: float | None
     snapshot: bytes | None = None
     snapshot_day: int | None = None
     alert: bytes | None = None
@@ -153,13 +153,15 @@ class RedisUserStore:
                 for w in writes:
                     self._queue(pipe, w)
                     lastseen[w.user_id] = w.last_active
-                    atrisk[w.user_id] = w.risk
+                    if w.risk is not None:
+                        atrisk[w.user_id] = w.risk
                     if w.label_due is not None:
                         due[w.user_id] = w.label_due
                     for day in w.active_days:
                         active.setdefault(day, []).append(w.user_id)
                 if lastseen:
                     pipe.zadd(self.lastseen_key, lastseen)
+                if atrisk:
                     pipe.zadd(self.atrisk_key, atrisk)
                 if due:  # LT keeps the earliest time a label may resolve
                     pipe.zadd(self.snapdue_key, due, lt=True)
@@ -174,7 +176,9 @@ class RedisUserStore:
     def _queue(self, pipe: aioredis.client.Pipeline, w: UserWrite) -> None:
         """The user's own keys; the shared indexes are written once per batch by ``save``."""
         key = user_key(self.prefix, w.user_id)
-        fields: dict[str, bytes | int] = {"f": w.features, "p": w.policy, "r": w.record}
+        fields: dict[str, bytes | int] = {"f": w.features}
+        if w.policy is not None and w.record is not None:
+            fields["p"], fields["r"] = w.policy, w.record
         if w.snapshot is not None and w.snapshot_day is not None:
             snap_key = user_key(self.prefix, w.user_id, "snap")
             pipe.rpush(snap_key, pack_snapshot(w.snapshot))

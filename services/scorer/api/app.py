@@ -18,6 +18,7 @@ from services.common.auth import ApiKeys, install_auth, keys_from_settings
 from services.common.errors import StoreUnavailable
 from services.scorer.api import ops, users
 from services.scorer.api.commands import AdminCommands
+from services.scorer.api.dashboard import install_dashboard
 from services.scorer.config import ApiSettings
 from services.scorer.queries import RiskQueries
 
@@ -69,6 +70,7 @@ def build_api(settings: ApiSettings, *, keys: ApiKeys | None = None) -> FastAPI:
     app.mount("/metrics", make_asgi_app())
     app.include_router(users.router)
     app.include_router(ops.router)
+    install_dashboard(app, settings)
     _install_errors(app)
 
     @app.middleware("http")

@@ -1,0 +1,220 @@
+"""``churnwatch bench scorer``: events/s through one scorer worker on the real stack.
+
+1. pre-produces ``--size`` simulated events (10 per user, time-ordered, keyed by
+   user) to a fresh topic on the local Kafka;
+2. baseline: a bare aiokafka loop, fresh consumer group, that consumes the
+   topic and produces every value to another topic (acks from all in-sync
+   replicas), committing per batch;
+3. starts one scorer worker process (``churnwatch scorer``) with a fresh group,
+   key prefix and metrics port, and reads its
+   ``churnwatch_scorer_events_total`` counter until every event is counted;
+4. removes its topics and Redis keys.
+
+Both rates run from the first event processed to the last, so neither start-up
+(group join, topic metadata) counts. The last line is the result JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from kafka import KafkaAdminClient
+
+from bench.registry import emit
+from services.common.kafka import ensure_topics
+from services.common.settings import CommonSettings, env_for, load_settings
+from services.demo import Services
+from services.sim.generator import DAY, history, make_users
+
+EVENTS_PER_USER = 10
+
+
+def make_events(n: int, *, seed: int = 7, end: float | None = None) -> list[dict[str, Any]]:
+    """``n`` simulated events of ``n // 10`` users over the last nine days, in time order."""
+    end = end or time.time()
+    out: list[dict[str, Any]] = []
+    for user in make_users(max(1, n // EVENTS_PER_USER), seed=seed, prefix="bench"):
+        for i, event in enumerate(history(user, start=end - 9 * DAY, days=9, seed=seed)):
+            if i == EVENTS_PER_USER:
+                break
+            out.append(event)
+    out.sort(key=lambda e: e["occurred_at"])
+    return out[:n]
+
+
+async def produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=10, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    try:
+        for start in range(0, len(events), 20_000):
+            futures = [
+                await producer.send(topic, orjson.dumps(e), key=e["user_id"].encode())
+                for e in events[start : start + 20_000]
+            ]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def bare_loop(bootstrap: str, source: str, sink: str, *, total: int) -> float:
+    """Events/s of consume → produce each value → commit, first to last record."""
+    consumer = AIOKafkaConsumer(
+        source,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-bare-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=2000,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    seen, started = 0, 0.0
+    try:
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=2000)
+            if not batches:
+                continue
+            if not started:
+                started = time.perf_counter()
+            pending = []
+            for records in batches.values():
+                for rec in records:
+                    pending.append(await producer.send(sink, rec.value, key=rec.key))
+                seen += len(records)
+            await asyncio.gather(*pending)
+            await consumer.commit()
+        return total / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def counter(url: str, name: str) -> float | None:
+    try:
+        text = httpx.get(url, timeout=2.0).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def measure_scorer(
+    settings: CommonSettings, env: dict[str, str], *, port: int, total: int, logs: Path
+) -> float:
+    services = Services(settings, env, names=("scorer",), logs=logs)
+    services.start()
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        first: tuple[float, float] | None = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            services.check()
+            count = counter(url, "churnwatch_scorer_events_total") or 0.0
+            now = time.perf_counter()
+            if count and first is None:
+                first = (now, count)
+            if count >= total and first is not None:
+                print(batch_summary(url))
+                return (total - first[1]) / (now - first[0]) if now > first[0] else float("nan")
+            time.sleep(0.05)
+        raise RuntimeError(f"the scorer did not process {total} events in time; see {logs}")
+    finally:
+        services.stop()
+
+
+def batch_summary(url: str) -> str:
+    """Mean micro-batch size and time, from the worker's histograms."""
+    n = counter(url, "churnwatch_scorer_batch_events_count") or 0.0
+    size = counter(url, "churnwatch_scorer_batch_events_sum") or 0.0
+    secs = counter(url, "churnwatch_scorer_batch_seconds_sum") or 0.0
+    if not n:
+        return "no batches"
+    return f"{n:.0f} batches, {size / n:.0f} events and {secs / n * 1000:.1f} ms each on average"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cleanup(settings: CommonSettings, topics: list[str]) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        admin.delete_topics(topics)
+    except Exception as exc:  # a leftover topic is harmless; say so and go on
+        print(f"could not delete topics: {exc}")
+    finally:
+        admin.close()
+    r = redis.Redis.from_url(settings.redis_url)
+    batch = []
+    for key in r.scan_iter(match=f"{settings.key_prefix}:*", count=10_000):
+        batch.append(key)
+        if len(batch) >= 10_000:
+            r.unlink(*batch)
+            batch = []
+    if batch:
+        r.unlink(*batch)
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    parser = argparse.ArgumentParser(prog="churnwatch bench scorer")
+    parser.add_argument("--size", type=int, default=300_000, help="events (10 per user)")
+    args = parser.parse_args(argv)
+    run = uuid.uuid4().hex[:8]
+    base = load_settings(CommonSettings)
+    settings = base.model_copy(
+        update={
+            "topic_events": f"bench{run}.user-events",
+            "topic_alerts": f"bench{run}.churn-alerts",
+            "topic_actions": f"bench{run}.winback-actions",
+            "topic_dlq": f"bench{run}.user-events.dlq",
+            "key_prefix": f"bench{run}",
+        }
+    )
+    copy_topic = f"bench{run}.copy"
+    ensure_topics(settings, [settings.topic_events, copy_topic])
+    port = free_port()
+    env = env_for(settings) | {
+        "CHURNWATCH_SCORER_GROUP": f"bench{run}-scorer",
+        "CHURNWATCH_SCORER_WORKER_NAME": f"bench{run}-w1",
+        "CHURNWATCH_SCORER_METRICS_PORT": str(port),
+        "CHURNWATCH_LOG_LEVEL": "warning",
+    }
+    try:
+        events = make_events(args.size)
+        total = len(events)
+        print(f"producing {total} events of {total // EVENTS_PER_USER} users")
+        asyncio.run(produce(settings.kafka_bootstrap, settings.topic_events, events))
+        del events
+        bare = asyncio.run(
+            bare_loop(settings.kafka_bootstrap, settings.topic_events, copy_topic, total=total)
+        )
+        print(f"bare aiokafka consume-and-produce: {bare:,.0f} events/s")
+        with tempfile.TemporaryDirectory(prefix="bench-scorer-") as logs:
+            rate = measure_scorer(settings, env, port=port, total=total, logs=Path(logs))
+        print(f"scorer worker: {rate:,.0f} events/s")
+    finally:
+        cleanup(
+            settings,
+            [settings.topic_events, settings.topic_alerts, settings.topic_dlq, copy_topic],
+        )
+    emit("scorer_events_per_s", rate, "events/s", bare, ratio=rate / bare)
+    return 0
