@@ -18,7 +18,7 @@ from typing import Protocol
 import orjson
 
 from services.common.clock import Clock
-from services.common.errors import InvalidEvent
+from services.common.errors import InvalidEvent, LateEvent
 from services.common.events import UserEvent, check_size, parse_event
 from services.common.messages import ChurnAlert, DeadLetter, dead_letter
 from services.common.schemas import validate
@@ -26,9 +26,9 @@ from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.core.features import (
     FeatureSettings,
     UserState,
-    apply_batch,
     decode_state,
     encode_state,
+    update_features,
 )
 from services.scorer.scoring import ScoringCore, UserScore, needs_rescore
 
@@ -134,12 +134,17 @@ class BatchScorer:
         for uid, items in by_user.items():
             row = stored[uid]
             before = decode_state(row.features) if row.features else None
-            state, late = apply_batch(before, [e for _, e in items], settings=self.features)
-            records_by_event = {id(e): r for r, e in items}
-            for event, late_error in late:
-                out.dead.append(self._dead(records_by_event[id(event)], late_error))
+            state = before
+            for record, event in sorted(items, key=lambda pair: pair[1].occurred_at):
+                try:
+                    updated = update_features(state, event, settings=self.features)
+                except LateEvent as exc:
+                    out.dead.append(self._dead(record, exc))
+                    continue
+                if updated is state:  # this event_id was applied before
+                    out.duplicates += 1
+                state = updated
             if state is None or state is before:
-                out.duplicates += len(items) - len(late)
                 continue
             out.newest_ts = max(out.newest_ts, float(state.last_seen))
             days = tuple(sorted({_utc_day(int(e.ts // 86_400)) for _, e in items}))

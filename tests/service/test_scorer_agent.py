@@ -15,7 +15,6 @@ from unittest import mock
 
 import faust
 import orjson
-import pytest
 
 from services.common.clock import ManualClock
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
@@ -197,10 +196,6 @@ def test_duplicates_within_one_batch_count_once() -> None:
     assert to_vector(state, clock.now())["revenue_30d"] == 10.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BatchScorer.handle counts duplicates only when a user's whole batch is duplicates",
-)
 def test_a_duplicate_next_to_a_new_event_is_counted() -> None:
     store, clock = FakeStore(), ManualClock(T0 + 3600)
     scorer = make_scorer(store, clock)

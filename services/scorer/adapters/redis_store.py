@@ -202,14 +202,16 @@ class RedisUserStore:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return [u.decode() if isinstance(u, bytes) else str(u) for u in found]
 
-    async def silent_between(
-        self, ranges: Sequence[tuple[float, float]], *, limit: int = 100_000
-    ) -> list[str]:
-        """Users whose last activity lies in any [low, high) of ``ranges``: one round trip."""
+    async def silent_between(self, ranges: Sequence[tuple[float, float]]) -> list[str]:
+        """Users whose last activity lies in any [low, high) of ``ranges``: one round trip.
+
+        Unbounded on purpose: the sweep moves its mark forward, so a user left
+        out here would not be re-scored for that day at all.
+        """
         try:
             async with self.r.pipeline(transaction=False) as pipe:
                 for low, high in ranges:
-                    pipe.zrangebyscore(self.lastseen_key, low, f"({high}", start=0, num=limit)
+                    pipe.zrangebyscore(self.lastseen_key, low, f"({high}")
                 found = await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
