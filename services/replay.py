@@ -79,7 +79,7 @@ class Replay:
             "CHURNWATCH_SCORER_WORKER_NAME": f"replay-{self.run}",
             "CHURNWATCH_SCORER_METRICS_PORT": "0",
             "CHURNWATCH_SCORER_SWEEP_INTERVAL_S": "3600",
-            "CHURNWATCH_SCORER_BATCH_SIZE": "5000",
+            "CHURNWATCH_SCORER_BATCH_SIZE": "1000",
             "CHURNWATCH_LOG_LEVEL": "warning",
         }
         self.redis = redis.Redis.from_url(self.settings.redis_url)
