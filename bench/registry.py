@@ -19,6 +19,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "scorer": ("bench.scorer:main", "events/s through one scorer worker vs a bare consume loop"),
     "memory": ("bench.memory:main", "Redis bytes per user after 100,000 users"),
     "sweep": ("bench.sweep:main", "seconds to hand over the silent users among 1,000,000"),
+    "e2e-latency": (
+        "bench.e2e_latency:main",
+        "HTTP accepted -> alert on its topic, p99 under load",
+    ),
     "cdnow": ("bench.cdnow:main", "ROC AUC on real CDNOW purchases vs the BG/NBD model"),
 }
 

@@ -70,6 +70,17 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _contacts(args: argparse.Namespace) -> int:
+    import orjson
+
+    from services.common.settings import CommonSettings, load_settings
+    from services.notifier.contacts_import import run_import
+
+    counts = run_import(args.file, load_settings(CommonSettings))
+    print(orjson.dumps(counts).decode())
+    return 0 if counts["imported"] or not counts["skipped"] else 1
+
+
 def _mailcatcher(args: argparse.Namespace) -> int:
     from services.notifier.mailcatcher import serve_forever
 
@@ -151,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--keep", action="store_true", help="keep the replay's topics and keys")
     replay.set_defaults(handler=_replay)
 
+    contacts = sub.add_parser("contacts", help="the contact directory")
+    contacts_sub = contacts.add_subparsers(dest="action", required=True)
+    imp = contacts_sub.add_parser("import", help="load contacts and consent from CSV or JSON lines")
+    imp.add_argument("file", type=Path)
+    imp.set_defaults(handler=_contacts)
+
     mail = sub.add_parser("mailcatcher", help="loopback SMTP server that counts what it gets")
     mail.add_argument("--host", default="127.0.0.1")
     mail.add_argument("--port", type=int, default=2525)
@@ -168,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks on the real local stack")
     bench.add_argument(
         "name",
-        choices=["ingest", "scorer", "memory", "sweep", "cdnow", "all"],
+        choices=["ingest", "scorer", "memory", "sweep", "e2e-latency", "cdnow", "all"],
         help="all runs every benchmark in turn",
     )
     bench.add_argument(

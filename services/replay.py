@@ -103,16 +103,16 @@ class Replay:
             enable_auto_commit=False,
         )
         end = consumer.end_offsets([tp])[tp]
-        deadline, shown = time.monotonic() + timeout, -1
+        deadline, shown = time.monotonic() + timeout, 0.0
         try:
             while time.monotonic() < deadline:
                 services.check()
                 done = consumer.committed(tp) or 0
                 if done >= end:
                     return
-                if done // 50_000 != shown:
-                    shown = done // 50_000
-                    say(f"  scored {done:,} / {end:,} events")
+                if time.monotonic() - shown >= 5:  # progress every 5 s
+                    shown = time.monotonic()
+                    say(f"  scored {done:,} / {end:,} events ({done / max(end, 1):.0%})")
                 time.sleep(0.5)
             raise TimeoutError(f"the scorer did not finish within {timeout:.0f} s")
         finally:

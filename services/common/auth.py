@@ -176,6 +176,22 @@ def keys_from_settings(settings: CommonSettings) -> ApiKeys:
     return ApiKeys(store, allow_dev_key=not settings.is_production)
 
 
+def docs_routes(settings: CommonSettings) -> dict[str, Any]:
+    """FastAPI's interactive docs (/docs, /redoc, /openapi.json) in development only.
+
+    They answer without a key, so production has none: every route there but
+    /healthz, /readyz and /metrics needs a key.
+
+    >>> docs_routes(CommonSettings(env="production"))
+    {'docs_url': None, 'redoc_url': None, 'openapi_url': None}
+    >>> docs_routes(CommonSettings(env="development"))
+    {}
+    """
+    if settings.is_production:
+        return {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    return {}
+
+
 class AuthFailed(ChurnwatchError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

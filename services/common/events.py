@@ -21,6 +21,9 @@ from typing import Any
 from services.common.errors import InvalidEvent
 
 SCHEMA_VERSION = 1
+# One encoded event at most; larger ones are refused at ingest and dead-lettered by
+# the scorer (the dead-letter topic keeps the first 64 KiB of a refused message).
+MAX_EVENT_BYTES = 64 * 1024
 
 KNOWN_TYPES = frozenset(
     {
@@ -123,3 +126,19 @@ def event_to_dict(event: UserEvent) -> dict[str, Any]:
     if event.received_at is not None:
         out["received_at"] = event.received_at.isoformat().replace("+00:00", "Z")
     return out
+
+
+def check_size(value: bytes) -> None:
+    """Refuse an encoded event over :data:`MAX_EVENT_BYTES`.
+
+    >>> check_size(b"{}")
+    >>> check_size(b"x" * (MAX_EVENT_BYTES + 1))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    services.common.errors.InvalidEvent: event is 65537 bytes encoded, over the limit of 65536 ...
+    """
+    if len(value) > MAX_EVENT_BYTES:
+        raise InvalidEvent(
+            f"event is {len(value)} bytes encoded, over the limit of {MAX_EVENT_BYTES} bytes "
+            "(64 KiB): keep large data out of properties"
+        )

@@ -46,6 +46,50 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+# Libraries whose debug lines carry message payloads (Faust logs every send with its
+# value, kafka clients their records): never below INFO, whatever the level asked.
+_PAYLOAD_LOGGERS = ("kafka", "aiokafka", "faust.topics", "faust.transport")
+
+
+def worker_logging_config(level: str = "info", fmt: str = "json") -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for Faust workers, which replace the root handler.
+
+    Without it a worker logs through Faust's own plain-text handler on stdout,
+    past :class:`JsonFormatter` and its masking.
+
+    >>> config = worker_logging_config("debug")
+    >>> config["root"]["level"], config["loggers"]["faust.topics"]["level"]
+    ('DEBUG', 'INFO')
+    """
+    formatter: dict[str, Any] = (
+        {"()": JsonFormatter}
+        if fmt == "json"
+        else {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
+    )
+    asked = logging.getLevelName(level.upper())
+    floors = {name: logging.INFO for name in _PAYLOAD_LOGGERS} | {
+        "kafka": logging.WARNING,
+        "aiokafka": logging.WARNING,
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "default",
+            }
+        },
+        "root": {"level": level.upper(), "handlers": ["default"]},
+        "loggers": {
+            name: {"level": logging.getLevelName(max(floor, asked))}
+            for name, floor in floors.items()
+        },
+    }
+
+
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -57,3 +101,5 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     for noisy in ("kafka", "aiokafka", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    for payloads in _PAYLOAD_LOGGERS:
+        logging.getLogger(payloads).setLevel(max(logging.INFO, root.level))

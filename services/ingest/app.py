@@ -14,7 +14,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import ORJSONResponse
 from prometheus_client import Counter, Gauge, Histogram, make_asgi_app
 
-from services.common.auth import ApiKeys, install_auth, keys_from_settings, require_scope
+from services.common.auth import (
+    ApiKeys,
+    docs_routes,
+    install_auth,
+    keys_from_settings,
+    require_scope,
+)
 from services.common.schemas import SCHEMA_NAMES, load_schema
 from services.ingest.config import IngestSettings
 from services.ingest.core import BadRequest, check_items, parse_body
@@ -76,6 +82,7 @@ def create_app(
         description="Takes user activity events (schema v1) and puts them on Kafka.",
         default_response_class=ORJSONResponse,
         lifespan=lifespan,
+        **docs_routes(settings),
     )
     install_auth(app, keys or keys_from_settings(settings))
     recent = RecentIds(settings.ingest_dedup_window_s)

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from services.common.errors import ChurnwatchError, InvalidEvent
-from services.common.events import parse_time
+from services.common.events import check_size, parse_time
 from services.common.schemas import validate
 
 JSON_TYPES = ("application/json",)
@@ -114,7 +114,9 @@ def prepare_event(item: Any, stamp: str) -> tuple[bytes, bytes]:
     parse_time(item["occurred_at"], path="occurred_at")
     item["received_at"] = stamp
     item.setdefault("schema_version", 1)
-    return item["user_id"].encode(), orjson.dumps(item)
+    value = orjson.dumps(item)
+    check_size(value)
+    return item["user_id"].encode(), value
 
 
 def check_items(items: Sequence[Any], *, now: datetime | None = None) -> Checked:

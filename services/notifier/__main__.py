@@ -11,7 +11,7 @@ def main(args: argparse.Namespace | None = None) -> int:
     from prometheus_client import start_http_server
 
     from services.common.kafka import ensure_topics
-    from services.common.logs import setup_logging
+    from services.common.logs import setup_logging, worker_logging_config
     from services.common.settings import load_settings
     from services.notifier.app import create_app
     from services.notifier.config import NotifierSettings
@@ -31,6 +31,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         loglevel=settings.log_level,
         quiet=True,
         redirect_stdouts=False,
+        logging_config=worker_logging_config(settings.log_level, settings.log_format),
     )
     worker.execute_from_commandline()
     return 0

@@ -38,6 +38,9 @@ def create_app(settings: NotifierSettings, runtime: NotifierRuntime) -> faust.Ap
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # Faust's 60 s default keeps a crashed worker's partitions idle for a minute.
+        broker_session_timeout=settings.notifier_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.notifier_session_timeout_s / 3),
     )
     alerts = app.topic(settings.topic_alerts, key_serializer="raw", value_serializer="raw")
     actions_topic = app.topic(settings.topic_actions, key_serializer="raw", value_serializer="raw")

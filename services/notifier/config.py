@@ -13,6 +13,12 @@ from services.notifier.core.playbooks import DEFAULT_PLAYBOOKS
 class NotifierSettings(CommonSettings):
     notifier_group: str = "churnwatch-notifier"
     notifier_metrics_port: int = Field(8003, ge=0, le=65535, description="0 disables /metrics")
+    notifier_session_timeout_s: float = Field(
+        10.0,
+        ge=6,
+        le=300,
+        description="a worker silent this long (crashed) loses its partitions to the others",
+    )
     notifier_playbooks: Path = Field(DEFAULT_PLAYBOOKS, description="playbook YAML file")
     notifier_deferred_poll_s: float = Field(5.0, gt=0, description="deferred queue poll")
     notifier_attempts: int = Field(4, ge=1, description="delivery attempts before dead letter")

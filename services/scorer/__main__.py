@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.common.logs import setup_logging
+from services.common.logs import setup_logging, worker_logging_config
 from services.common.settings import load_settings
 
 
@@ -24,7 +24,13 @@ def run_worker(port: int | None) -> int:
     if settings.scorer_metrics_port:
         start_http_server(settings.scorer_metrics_port, addr=settings.metrics_host)
     app = create_app(settings, Runtime(settings))
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+        logging_config=worker_logging_config(settings.log_level, settings.log_format),
+    )
     worker.execute_from_commandline()
     return 0
 
@@ -43,6 +49,7 @@ def run_api(port: int | None) -> int:
         port=settings.api_port,
         log_config=None,
         access_log=False,
+        timeout_graceful_shutdown=5,  # open alert streams (SSE) must not hold a stop
     )
     return 0
 

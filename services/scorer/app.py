@@ -88,6 +88,9 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
             metrics.EVENTS.inc(len(records))
             for band, n in outcome.bands.items():
                 metrics.SCORES.labels(band).inc(n)
+            for key, n in outcome.winbacks.items():
+                playbook, group = key.rsplit(":", 1)
+                metrics.WINBACKS.labels(playbook, group).inc(n)
             for op, seconds in outcome.redis_s.items():
                 metrics.REDIS_SECONDS.labels(op).observe(seconds)
             if outcome.newest_ts:
@@ -103,14 +106,23 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
             outcome = await _until_stored(runtime.sweep)
             await publish(outcome)
 
+    # A timer that raises crashes the whole worker: a Redis outage only skips a tick.
     @app.timer(interval=settings.scorer_checkpoint_interval_s)
     async def checkpoint() -> None:
-        await runtime.checkpoint()
+        try:
+            await runtime.checkpoint()
+        except StoreUnavailable as exc:
+            metrics.STORE_ERRORS.inc()
+            log.warning("checkpoint skipped, redis unavailable", extra={"error": str(exc)})
 
     @app.timer(interval=1.0)
     async def checkpoint_on_request() -> None:
         """``churnwatch replay`` (or an operator) asks for a checkpoint through Redis."""
-        await runtime.checkpoint_if_requested()
+        try:
+            await runtime.checkpoint_if_requested()
+        except StoreUnavailable as exc:
+            metrics.STORE_ERRORS.inc()
+            log.warning("checkpoint request skipped, redis unavailable", extra={"error": str(exc)})
 
     @app.on_before_shutdown.connect
     async def checkpoint_on_shutdown(sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:

@@ -35,6 +35,15 @@ class ScorerSettings(CommonSettings):
         description="re-score a user whose new events are only ordinary activity "
         "at most this often (events that can raise risk always re-score); 0 = every batch",
     )
+    scorer_winback_window_days: float = Field(
+        14.0, gt=0, description="active again within this many days of a win-back decision = won"
+    )
+    scorer_silent_snapshot_days: int = Field(
+        7,
+        ge=1,
+        description="a user re-scored only because time passed gets a label snapshot "
+        "at most this often",
+    )
     scorer_clock: Literal["live", "replay"] = Field(
         "live", description="live: wall clock; replay: the stream's event time"
     )

@@ -35,9 +35,7 @@ class SnapshotStore(Protocol):
         self, user_ids: list[str]
     ) -> dict[str, tuple[bytes | None, list[bytes]]]: ...
 
-    async def keep_snapshots(
-        self, remaining: dict[str, tuple[list[bytes], float | None]]
-    ) -> None: ...
+    async def keep_snapshots(self, remaining: dict[str, tuple[int, float | None]]) -> None: ...
 
 
 @dataclass
@@ -79,12 +77,31 @@ def label_user(
     return resolved + by_time, pending
 
 
-def next_due(pending: list[Snapshot], now: float, settings: LabelSettings) -> float | None:
-    """When to look at a user's remaining snapshots again (daily once past the horizon)."""
+def next_due(
+    pending: list[Snapshot], now: float, settings: LabelSettings, *, last_active: float
+) -> float | None:
+    """When a user's remaining snapshots can next get a label.
+
+    Before the oldest one's horizon ends: at that end. After it, a snapshot
+    waits for the user's inactivity churn to be confirmed (``last_active + N``),
+    or for the user to come back; a return is seen at that same moment at the
+    latest, so nothing is checked daily in between.
+
+    >>> from services.scorer.core.labels import take_snapshot
+    >>> s = LabelSettings(horizon_days=14, inactivity_days=30)
+    >>> snap = take_snapshot("u", {}, taken_at=0.0, raw=0.5, risk=0.5)
+    >>> next_due([snap], 1 * DAY, s, last_active=0.0) / DAY
+    14.0
+    >>> next_due([snap], 15 * DAY, s, last_active=0.0) / DAY
+    30.0
+    """
     if not pending:
         return None
     first = min(s.taken_at for s in pending) + settings.horizon_days * DAY
-    return first if first > now else now + DAY
+    if first > now:
+        return first
+    confirm = last_active + (settings.inactivity_days or settings.horizon_days) * DAY
+    return confirm if confirm > now else now + DAY
 
 
 async def resolve_labels(
@@ -101,12 +118,12 @@ async def resolve_labels(
     for start in range(0, len(users), 500):
         chunk = users[start : start + 500]
         rows = await store.load_snapshots(chunk)
-        remaining: dict[str, tuple[list[bytes], float | None]] = {}
+        remaining: dict[str, tuple[int, float | None]] = {}
         for uid in chunk:
             features, raw_snaps = rows[uid]
             snaps = [Snapshot.from_dict(orjson.loads(s)) for s in raw_snaps]
             if features is None:  # the user's state expired: nothing to learn against
-                remaining[uid] = ([], None)
+                remaining[uid] = (len(snaps), None)
                 continue
             state = decode_state(features)
             last_active = float(state.last_active or state.last_seen)
@@ -124,9 +141,10 @@ async def resolve_labels(
                     learned.positives += 1
                 else:
                     learned.negatives += 1
-            remaining[uid] = (
-                [orjson.dumps(s.to_dict()) for s in pending],
-                next_due(pending, now, settings),
-            )
+            # Resolved snapshots are always the oldest ones: drop that many from the
+            # head of the list (LTRIM), so a snapshot appended meanwhile survives.
+            dropped = len(snaps) - len(pending)
+            assert pending == snaps[dropped:], "labels resolve oldest first"
+            remaining[uid] = (dropped, next_due(pending, now, settings, last_active=last_active))
         await store.keep_snapshots(remaining)
     return learned

@@ -40,3 +40,8 @@ QUALITY = Gauge("churnwatch_model_quality", "Progressive validation on resolved 
 CHECKPOINT_AGE = Gauge(
     "churnwatch_model_checkpoint_age_seconds", "Seconds since this worker last saved its model"
 )
+WINBACKS = Counter(
+    "churnwatch_winbacks_total",
+    "Users active again within the window after a win-back decision",
+    ["playbook", "group"],
+)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Protocol
@@ -22,8 +22,10 @@ from services.common.errors import InvalidEvent, LateEvent
 from services.common.events import UserEvent, check_size, parse_event
 from services.common.messages import ChurnAlert, DeadLetter, dead_letter
 from services.common.schemas import validate
+from services.notifier.core.guardrails import won_back
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.core.features import (
+    CHURN_TYPES,
     FeatureSettings,
     UserState,
     decode_state,
@@ -62,6 +64,7 @@ class Outcome:
     newest_ts: float = 0.0  # newest event time in the batch (for the event-time lag)
     bands: Counter[str] = field(default_factory=Counter)
     redis_s: dict[str, float] = field(default_factory=dict)  # round-trip time by operation
+    winbacks: Counter[str] = field(default_factory=Counter)  # "<playbook>:<group>" won back
 
 
 def decode_record(record: Record) -> UserEvent:
@@ -93,12 +96,14 @@ class BatchScorer:
         clock: Clock,
         features: FeatureSettings,
         rescore_every_s: float = 0.0,
+        winback_window_s: float = 14 * 86_400,
     ) -> None:
         self.store = store
         self.core = core
         self.clock = clock
         self.features = features
         self.rescore_every_s = rescore_every_s
+        self.winback_window_s = winback_window_s
 
     def _dead(self, record: Record, exc: Exception) -> DeadLetter:
         return dead_letter(
@@ -149,6 +154,11 @@ class BatchScorer:
             out.newest_ts = max(out.newest_ts, float(state.last_seen))
             days = tuple(sorted({_utc_day(int(e.ts // 86_400)) for _, e in items}))
             types = {e.type for _, e in items}
+            outcome, counter = winback_outcome(
+                row.winback, [e for _, e in items], now=now, window_s=self.winback_window_s
+            )
+            if outcome == "won":
+                out.winbacks[counter] += 1
             if not needs_rescore(row.policy, types, now, every_s=self.rescore_every_s):
                 writes.append(
                     UserWrite(
@@ -159,12 +169,15 @@ class BatchScorer:
                         float(state.last_active or state.last_seen),
                         None,
                         active_days=days,
+                        winback=outcome,
+                        winback_counter=counter,
                     )
                 )
                 continue
             result = self.core.score_user(uid, state, row, now=now)
             out.bands[result.band] += 1
-            writes.append(user_write(uid, state, result, active_days=days))
+            write = user_write(uid, state, result, active_days=days)
+            writes.append(replace(write, winback=outcome, winback_counter=counter))
             if result.alert is not None:
                 out.alerts.append(result.alert)
         out.users = len(writes)
@@ -202,3 +215,33 @@ def user_write(
         active_days=active_days,
         label_due=result.label_due,
     )
+
+
+def winback_outcome(
+    decision: bytes | None, events: list[UserEvent], *, now: float, window_s: float
+) -> tuple[str | None, str]:
+    """Resolve the notifier's latest win-back decision for a user, if this batch settles it.
+
+    "won": the user was active within the window after the decision (treated or
+    control alike, so the uplift is known); "expired": the window passed first.
+    Returns the outcome and the counter key prefix to add it to.
+
+    >>> wb = orjson.dumps({"at": 100.0, "playbook": "p", "group": "treated"})
+    >>> e = UserEvent("e", "u", "login", datetime.fromtimestamp(200.0, UTC))
+    >>> winback_outcome(wb, [e], now=200.0, window_s=1000)
+    ('won', 'p:treated')
+    >>> winback_outcome(wb, [], now=2000.0, window_s=1000)
+    ('expired', 'p:treated')
+    >>> winback_outcome(None, [e], now=200.0, window_s=1000)
+    (None, '')
+    """
+    if decision is None:
+        return None, ""
+    wb = orjson.loads(decision)
+    at, key = float(wb["at"]), f"{wb['playbook']}:{wb['group']}"
+    active = [e.ts for e in events if e.type not in CHURN_TYPES and e.ts > at]
+    if active and won_back(at, min(active), window_days=window_s / 86_400):
+        return "won", key
+    if now > at + window_s:
+        return "expired", key
+    return None, key

@@ -12,8 +12,10 @@ import time
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from services.common.clock import Clock, EventTimeClock, WallClock
+from services.common.errors import StoreUnavailable
 from services.scorer import metrics
 from services.scorer.adapters.redis_store import RedisUserStore
 from services.scorer.config import ScorerSettings
@@ -57,6 +59,7 @@ def make_core(settings: ScorerSettings, model: ChurnModel | None = None) -> Scor
             inactivity_days=settings.scorer_inactivity_days,
             snapshot_ttl_days=settings.scorer_horizon_days + settings.scorer_inactivity_days + 1,
         ),
+        silent_snapshot_days=settings.scorer_silent_snapshot_days,
     )
 
 
@@ -107,6 +110,7 @@ class Runtime:
             clock=self.clock,
             features=features,
             rescore_every_s=s.scorer_rescore_every_s,
+            winback_window_s=s.scorer_winback_window_days * DAY,
         )
 
     async def after_batch(self, outcome: Outcome) -> None:
@@ -138,12 +142,15 @@ class Runtime:
         if self._scorer is None:
             return
         key = f"{self.settings.key_prefix}:control:checkpoint"
-        request = await self.store.r.get(key)
-        if request is None:
-            return
-        await self.checkpoint()
-        await self.store.r.set(f"{key}:done", request)
-        await self.store.r.delete(key)
+        try:
+            request = await self.store.r.get(key)
+            if request is None:
+                return
+            await self.checkpoint()
+            await self.store.r.set(f"{key}:done", request)
+            await self.store.r.delete(key)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis checkpoint request failed: {exc}") from exc
 
     async def learn(self, now: float) -> Learned:
         """Resolve the labels that are due and learn from them; checkpoint every N learns."""
@@ -196,7 +203,7 @@ class Runtime:
                 if row.features is None:
                     continue
                 state = decode_state(row.features)
-                result = self.core.score_user(uid, state, row, now=now)
+                result = self.core.score_user(uid, state, row, now=now, silent=True)
                 writes.append(user_write(uid, state, result))
                 if result.alert is not None:
                     out.alerts.append(result.alert)

@@ -98,7 +98,9 @@ class ScoringCore:
         policy: PolicySettings,
         segments: SegmentSettings,
         labels: LabelSettings,
+        silent_snapshot_days: int = 7,
     ) -> None:
+        self.silent_snapshot_days = silent_snapshot_days
         self.model = model
         self.quantiles = quantiles
         self.policy = policy
@@ -106,8 +108,14 @@ class ScoringCore:
         self.labels = labels
 
     def score_user(
-        self, user_id: str, state: UserState, row: StoredUser, *, now: float
+        self, user_id: str, state: UserState, row: StoredUser, *, now: float, silent: bool = False
     ) -> UserScore:
+        """Score one user; ``silent`` marks a re-score by the sweep (no new event).
+
+        A silent user's features change only by the passing of time: a label
+        snapshot every ``silent_snapshot_days`` is enough to learn from them, and
+        far cheaper than one a day.
+        """
         vector = to_vector(state, now)
         stage = lifecycle_stage(
             vector, previous_stage=previous_stage(row.record), settings=self.segments
@@ -145,7 +153,11 @@ class ScoringCore:
             )
         snapshot = snapshot_day = None
         day = int(now // 86_400)
-        if should_snapshot(row.snapshot_day, day):
+        if should_snapshot(row.snapshot_day, day) and (
+            not silent
+            or row.snapshot_day is None
+            or day - row.snapshot_day >= self.silent_snapshot_days
+        ):
             snap = take_snapshot(user_id, vector, taken_at=now, raw=scored.raw, risk=scored.risk)
             snapshot, snapshot_day = orjson.dumps(snap.to_dict()), day
         record = orjson.dumps(

@@ -106,12 +106,24 @@ async def seed(prefix: str, redis_url: str) -> dict[str, dict[str, float]]:
         await store.save([replace(writes[0], alert=alert, snapshot=None)])
     directory = RedisDirectory(client, prefix=prefix)
     for i in range(2):
-        action = {"action_id": f"x{i}", "user_id": "u1", "status": "sent", "channel": "email"}
+        action = {
+            "action_id": f"x{i}",
+            "alert_id": f"a{i}",
+            "user_id": "u1",
+            "status": "sent",
+            "channel": "email",
+        }
         wb = {"playbook": "pb-critical", "group": "treated"}
         await directory.record("u1", action, contacted=True, winback=wb)
     await directory.record(
         "u2",
-        {"action_id": "y0", "user_id": "u2", "status": "control", "channel": "none"},
+        {
+            "action_id": "y0",
+            "alert_id": "b0",
+            "user_id": "u2",
+            "status": "control",
+            "channel": "none",
+        },
         contacted=False,
         winback={"playbook": "pb-critical", "group": "control"},
     )

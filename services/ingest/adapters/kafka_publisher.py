@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -19,7 +20,10 @@ class KafkaPublisher:
     """The real :class:`~services.ingest.ports.EventPublisher`.
 
     The producer is created lazily and re-created after the broker was
-    unreachable, so the service recovers without a restart.
+    unreachable, so the service recovers without a restart: a producer whose
+    batches expired during an outage resets its idempotent producer id and,
+    with kafka-python, may never send again, so any timed-out or retriable
+    failure drops it and the next request builds a fresh one.
     """
 
     def __init__(self, settings: CommonSettings, *, topic: str, timeout_s: float) -> None:
@@ -63,7 +67,18 @@ class KafkaPublisher:
                 results.append(None)
             except KafkaError as exc:
                 results.append(exc)
+        if any(_broker_trouble(err) for err in results):
+            self._drop(producer)
         return results
+
+    def _drop(self, producer: KafkaProducer) -> None:
+        """Forget a producer that met a broker outage; its unsent records were reported."""
+        with self._lock:
+            if id(self._producer) != id(producer):
+                return  # another request dropped it already
+            self._producer = None
+        with contextlib.suppress(Exception):  # closing a broken client must not fail a request
+            producer.close(timeout=0)
 
     def ready(self) -> bool:
         return broker_answers(self.settings.kafka_bootstrap, timeout_ms=2000)
@@ -74,6 +89,10 @@ class KafkaPublisher:
                 self._producer.flush(timeout=self.timeout_s)
                 self._producer.close(timeout=self.timeout_s)
                 self._producer = None
+
+
+def _broker_trouble(err: BaseException | None) -> bool:
+    return isinstance(err, KafkaTimeoutError) or bool(getattr(err, "retriable", False))
 
 
 class CachedKeyPartitioner(DefaultPartitioner):

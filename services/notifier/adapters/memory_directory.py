@@ -81,8 +81,9 @@ class MemoryDirectory:
         history = self.actions.setdefault(user_id, [])
         history.insert(0, deepcopy(action))
         del history[self.history :]
-        if winback is not None:
-            self.winback[user_id] = dict(winback)
+        previous = self.winback.get(user_id, {}).get("alert_id")
+        if winback is not None and previous != action["alert_id"]:  # once per alert
+            self.winback[user_id] = {**winback, "alert_id": action["alert_id"]}
             self.counters[f"winback:{winback['playbook']}:{winback['group']}:treated"] += 1
 
     async def defer(self, job: dict[str, Any], not_before: float) -> None:

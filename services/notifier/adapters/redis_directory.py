@@ -22,6 +22,15 @@ from redis.exceptions import RedisError
 from services.common.errors import StoreUnavailable
 from services.notifier.core.guardrails import ConsentRecord
 
+# One alert counts once as treated (or control), however many of its actions
+# were sent; the scorer later resolves "wb" into a win or lets it expire.
+REMEMBER_WINBACK = """
+if redis.call('HGET', KEYS[1], 'wbid') == ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'wbid', ARGV[1], 'wb', ARGV[2])
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
 CONTACT_FIELDS = {"email": "email", "sms": "phone", "push": "push_token"}
 
 
@@ -91,9 +100,14 @@ class RedisDirectory:
                 pipe.lpush(history, orjson.dumps(action))
                 pipe.ltrim(history, 0, self.history - 1)
                 if winback is not None:
-                    pipe.hset(ukey(self.prefix, user_id, "u"), "wb", orjson.dumps(winback))
-                    pipe.incr(
-                        f"{self.prefix}:winback:{winback['playbook']}:{winback['group']}:treated"
+                    counter = f"{self.prefix}:winback:{winback['playbook']}:{winback['group']}"
+                    pipe.eval(
+                        REMEMBER_WINBACK,
+                        2,
+                        ukey(self.prefix, user_id, "u"),
+                        f"{counter}:treated",
+                        action["alert_id"],
+                        orjson.dumps(winback),
                     )
                 await pipe.execute()
         except RedisError as exc:

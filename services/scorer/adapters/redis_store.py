@@ -5,6 +5,7 @@ carry the user id as a hash tag ``{uid}``, so Redis Cluster keeps all of one
 user's keys in one slot:
 
     P:{uid}:u          hash  f = feature state (compact, see core.features.encode_state)
+                              wb/wbid = the notifier's latest win-back decision (resolved here)
                               p = alert-policy state, r = latest score record (JSON),
                               sd = day of the last label snapshot
     P:{uid}:snap       list  pending label snapshots (JSON, deflated: see pack_snapshot),
@@ -86,6 +87,7 @@ class StoredUser:
     policy: bytes | None
     record: bytes | None
     snapshot_day: int | None
+    winback: bytes | None = None  # the latest win-back decision, written by the notifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,8 @@ class UserWrite:
     alert: bytes | None = None
     active_days: tuple[str, ...] = ()
     label_due: float | None = None
+    winback: str | None = None  # "won" or "expired": resolve the pending win-back decision
+    winback_counter: str = ""  # "<playbook>:<group>" of P:winback:<playbook>:<group>:won
 
 
 class RedisUserStore:
@@ -128,12 +132,12 @@ class RedisUserStore:
         try:
             async with self.r.pipeline(transaction=False) as pipe:
                 for uid in user_ids:
-                    pipe.hmget(user_key(self.prefix, uid), "f", "p", "r", "sd")
+                    pipe.hmget(user_key(self.prefix, uid), "f", "p", "r", "sd", "wb")
                 rows = await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return {
-            uid: StoredUser(row[0], row[1], row[2], int(row[3]) if row[3] else None)
+            uid: StoredUser(row[0], row[1], row[2], int(row[3]) if row[3] else None, row[4])
             for uid, row in zip(user_ids, rows, strict=True)
         }
 
@@ -186,6 +190,10 @@ class RedisUserStore:
             fields["sd"] = w.snapshot_day
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.expire(key, self.user_ttl_s)
+        if w.winback is not None:
+            pipe.hdel(key, "wb")  # "wbid" stays: that alert never counts again
+            if w.winback == "won":
+                pipe.incr(f"{self.prefix}:winback:{w.winback_counter}:won")
         if w.alert is not None:
             alerts_key = user_key(self.prefix, w.user_id, "alerts")
             pipe.lpush(alerts_key, w.alert)
@@ -242,16 +250,13 @@ class RedisUserStore:
             for i, uid in enumerate(user_ids)
         }
 
-    async def keep_snapshots(self, remaining: dict[str, tuple[list[bytes], float | None]]) -> None:
-        """Replace each user's pending snapshots with what is left, and its next due time."""
+    async def keep_snapshots(self, remaining: dict[str, tuple[int, float | None]]) -> None:
+        """Drop each user's oldest ``n`` snapshots (now learned) and set its next due time."""
         try:
             async with self.r.pipeline(transaction=True) as pipe:
-                for uid, (snaps, due) in remaining.items():
-                    key = user_key(self.prefix, uid, "snap")
-                    pipe.delete(key)
-                    if snaps:
-                        pipe.rpush(key, *(pack_snapshot(snap) for snap in snaps))
-                        pipe.expire(key, self.snapshot_ttl_s)
+                for uid, (dropped, due) in remaining.items():
+                    if dropped:
+                        pipe.ltrim(user_key(self.prefix, uid, "snap"), dropped, -1)
                     if due is None:
                         pipe.zrem(self.snapdue_key, uid)
                     else:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Histogram, make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.common.auth import ApiKeys, install_auth, keys_from_settings
+from services.common.auth import ApiKeys, docs_routes, install_auth, keys_from_settings
 from services.common.errors import StoreUnavailable
 from services.scorer.api import ops, users
 from services.scorer.api.commands import AdminCommands
@@ -63,6 +63,7 @@ def build_api(settings: ApiSettings, *, keys: ApiKeys | None = None) -> FastAPI:
             '`admin` for writes. Errors are `{"error": "..."}`.'
         ),
         lifespan=_closing(client),
+        **docs_routes(settings),
     )
     app.state.queries = RiskQueries(client, prefix=settings.key_prefix)
     app.state.commands = AdminCommands(client, prefix=settings.key_prefix)

@@ -1,7 +1,9 @@
 """The ops dashboard: one static page served by the risk API, and its live alert stream.
 
 ``GET /dashboard`` is the page (HTML, JS and CSS under ``static/``, nothing from
-the internet; the Content-Security-Policy forbids any other origin). The page
+the internet; the Content-Security-Policy forbids any other origin). The page and
+its static files answer without a key (a browser cannot send one when it opens
+a page) and hold no data; everything shown comes from keyed routes. The page
 asks for an API key, keeps it in ``sessionStorage`` and calls the same /v1
 routes as any client, with ``Authorization: Bearer``.
 
@@ -32,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 
 from services.common.auth import ApiKey, ApiKeys, AuthFailed, presented_key, require_scope
 from services.common.errors import StoreUnavailable
-from services.scorer.api.deps import errors
+from services.scorer.api.deps import READ, errors
 from services.scorer.config import ApiSettings
 
 log = logging.getLogger("churnwatch.api.dashboard")
@@ -102,9 +104,11 @@ def build_router(settings: ApiSettings) -> APIRouter:
     @router.get(
         "/dashboard/labels",
         summary="Plain-word names of the model's features (for the page)",
-        description="Feature name → what it means, as alerts label their reasons. No key needed.",
+        description="Feature name → what it means, as alerts label their reasons.",
+        dependencies=READ,
         responses={
-            200: {"content": {"application/json": {"example": {"recency_days": "days since"}}}}
+            200: {"content": {"application/json": {"example": {"recency_days": "days since"}}}},
+            **errors(),
         },
     )
     def labels() -> dict[str, str]:

@@ -208,8 +208,7 @@ function start() {
 
 async function loadLabels() {
   try {
-    const res = await fetch("dashboard/labels");
-    if (res.ok) state.labels = await res.json();
+    state.labels = await api("dashboard/labels");
   } catch (_) { /* raw feature names will do */ }
 }
 

@@ -1,0 +1,176 @@
+"""``churnwatch bench e2e-latency``: HTTP accepted → alert on its topic, under load.
+
+Runs ingest and one scorer worker (processes, real Kafka and Redis, fresh
+topics and key prefix) and sends background traffic at ``--rate`` events/s
+(ordinary activity of many users) through POST /v1/events. Every 100 ms one
+*probe* is sent among it: a new user's whole history in one request (three
+weeks of use that stopped 20 days ago), which the scorer must turn into an
+alert at once. Latency = the alert's arrival on ``churn-alerts`` (seen by a
+consumer) minus the moment the probe's request was sent (ingest answers only
+after Kafka acknowledged it, so this includes the HTTP path).
+
+Baseline, same run and broker: the same clock to the probe's *event* arriving
+on ``user-events`` (what HTTP and Kafka transport alone cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+
+from bench.registry import emit
+from bench.scorer import cleanup, free_port
+from services.common.kafka import ensure_topics
+from services.common.settings import CommonSettings, env_for, load_settings
+from services.demo import Services, wait_http
+from services.sim.generator import DAY, SimUser, event
+
+HEADERS = {"Content-Type": "application/x-ndjson", "Authorization": "Bearer dev-key"}
+
+
+def probe_events(user_id: str, now: float) -> list[dict[str, Any]]:
+    user = SimUser(user_id, "fading", "UTC", "premium", 1.0)
+    start = now - 41 * DAY
+    events = [event(user, "signup", start, 0)]
+    events += [event(user, "session_start", start + d * DAY, d + 1) for d in range(21)]
+    return events
+
+
+class Follower(threading.Thread):
+    """Records when each key first shows up on a topic."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.seen: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=5,
+            consumer_timeout_ms=200,
+        )
+        parts = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic)]
+        self.consumer.assign(parts)
+        self.consumer.seek_to_end(*parts)
+        for tp in parts:
+            self.consumer.position(tp)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for msg in self.consumer:
+                now = time.time()
+                if msg.key and msg.key.startswith(b"probe-"):
+                    self.seen.setdefault(msg.key.decode(), now)
+
+
+def load(url: str, *, rate: float, duration: float, run: str) -> dict[str, float]:
+    """Background traffic plus a probe every 100 ms; returns probe user -> time it was sent."""
+    accepted: dict[str, float] = {}
+    background = [SimUser(f"bg-{run}-{i}", "loyal", "UTC", "basic", 2.0) for i in range(5000)]
+    tick, per_tick, seq, n = 0.01, max(1, int(rate * 0.01)), 0, 0
+    with httpx.Client(timeout=10) as client:
+        end = time.monotonic() + duration
+        while time.monotonic() < end:
+            started = time.monotonic()
+            now = time.time()
+            batch = []
+            for _ in range(per_tick):
+                seq += 1
+                batch.append(event(background[seq % len(background)], "page_view", now, seq))
+            client.post(url, content=b"\n".join(map(orjson.dumps, batch)), headers=HEADERS)
+            if seq // per_tick % 10 == 0:
+                n += 1
+                uid = f"probe-{run}-{n}"
+                body = b"\n".join(map(orjson.dumps, probe_events(uid, now)))
+                sent = time.time()
+                if client.post(url, content=body, headers=HEADERS).status_code == 200:
+                    accepted[uid] = sent
+            time.sleep(max(0.0, tick - (time.monotonic() - started)))
+    return accepted
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    parser = argparse.ArgumentParser(prog="churnwatch bench e2e-latency", description=__doc__)
+    parser.add_argument("--rate", type=float, default=5000.0, help="background events/s")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    args = parser.parse_args(list(argv))
+    from services.stack.local import LocalStack
+
+    base = load_settings(CommonSettings)
+    LocalStack(base).up()
+    run = uuid.uuid4().hex[:8]
+    settings = base.model_copy(
+        update={
+            "topic_events": f"lat-{run}.user-events",
+            "topic_alerts": f"lat-{run}.churn-alerts",
+            "topic_actions": f"lat-{run}.winback-actions",
+            "topic_dlq": f"lat-{run}.dlq",
+            "key_prefix": f"lat-{run}",
+        }
+    )
+    ensure_topics(settings)
+    port = free_port()
+    env = env_for(settings) | {
+        "CHURNWATCH_INGEST_PORT": str(port),
+        "CHURNWATCH_SCORER_GROUP": f"lat-{run}",
+        "CHURNWATCH_SCORER_METRICS_PORT": str(free_port()),
+        "CHURNWATCH_LOG_LEVEL": "warning",
+    }
+    services = Services(
+        settings, env, names=("ingest", "scorer"), logs=Path(f"/tmp/churnwatch-bench-{run}")
+    )
+    events = Follower(settings.kafka_bootstrap, settings.topic_events)
+    alerts = Follower(settings.kafka_bootstrap, settings.topic_alerts)
+    try:
+        services.start()
+        wait_http(f"http://127.0.0.1:{port}/healthz", 60, services)
+        time.sleep(8)  # the scorer joins its group
+        events.start()
+        alerts.start()
+        accepted = load(
+            f"http://127.0.0.1:{port}/v1/events", rate=args.rate, duration=args.duration, run=run
+        )
+        time.sleep(3)
+    finally:
+        events.stop.set()
+        alerts.stop.set()
+        services.stop()
+        cleanup(
+            settings,
+            [
+                settings.topic_events,
+                settings.topic_alerts,
+                settings.topic_actions,
+                settings.topic_dlq,
+            ],
+        )
+    latency = [alerts.seen[u] - t for u, t in accepted.items() if u in alerts.seen]
+    transport = [events.seen[u] - t for u, t in accepted.items() if u in events.seen]
+    if not latency:
+        print("no probe produced an alert", flush=True)
+        return 1
+    p50, p99 = percentile(latency, 0.5) * 1000, percentile(latency, 0.99) * 1000
+    base99 = percentile(transport, 0.99) * 1000 if transport else 0.0
+    print(
+        f"probes: {len(accepted)} sent, {len(latency)} alerted; alert latency p50 "
+        f"{p50:.1f} ms, p99 {p99:.1f} ms (mean {statistics.mean(latency) * 1000:.1f}); "
+        f"transport p99 {base99:.1f} ms; background {args.rate:.0f} events/s",
+        flush=True,
+    )
+    emit("e2e-latency", p99, "ms (p99)", base99, ratio=p99 / base99 if base99 else 0.0)
+    return 0

@@ -1,0 +1,48 @@
+"""``churnwatch contacts import`` into the real Redis, read back by the notifier's directory."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.notifier.adapters.redis_directory import RedisDirectory
+from services.notifier.contacts_import import run_import
+from tests.conftest import Isolated
+
+pytestmark = pytest.mark.integration
+
+CSV = """user_id,email,phone,timezone,locale,consent_email,consent_sms,preferred
+u1,ada@example.com,+4915112345678,Europe/Berlin,de-DE,yes,no,email
+u2,not-an-email,,,,yes,,
+,someone@example.com,,,,,,
+u3,,+14155550100,America/New_York,,,maybe,
+"""
+
+
+def test_import_validates_rows_and_feeds_the_directory(
+    isolated: Isolated, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    counts = run_import(path, isolated.settings)
+    assert counts == {"imported": 1, "skipped": 3}
+    err = capsys.readouterr().err
+    assert "contacts.csv:3: skipped: invalid email" in err
+    assert "contacts.csv:4: skipped: user_id is missing" in err
+    assert "contacts.csv:5: skipped: consent_sms must be true or false" in err
+    assert "not-an-email" not in err and "someone@" not in err  # values are never echoed
+
+    async def profile() -> tuple:
+        client = aioredis.Redis.from_url(isolated.settings.redis_url)
+        try:
+            return await RedisDirectory(client, prefix=isolated.settings.key_prefix).profile("u1")
+        finally:
+            await client.aclose()
+
+    contact, consent, _ = asyncio.run(profile())
+    assert contact["email"] == "ada@example.com" and contact["timezone"] == "Europe/Berlin"
+    assert consent.allows("email") and not consent.allows("sms")
+    assert consent.preferred == "email"
