@@ -115,3 +115,33 @@ def test_labels_resolve_learn_and_survive_a_restart(isolated: Isolated) -> None:
     assert total > 0, "no label was resolved"
     assert version == restored_version
     assert before == after
+
+
+def test_a_user_active_again_after_a_winback_counts_as_won(isolated: Isolated) -> None:
+    import redis.asyncio as aioredis
+
+    from services.notifier.adapters.redis_directory import RedisDirectory
+
+    async def scenario() -> tuple[bytes | None, bytes | None, bytes | None]:
+        clock = ManualClock(T0)
+        runtime = runtime_for(isolated, clock)
+        user = SimUser("wb-1", "fading", "UTC", "basic", 1.0)
+        await feed(runtime, [event(user, "login", T0 - 20 * DAY, 1)])
+        client = aioredis.Redis.from_url(isolated.settings.redis_url)
+        directory = RedisDirectory(client, prefix=isolated.settings.key_prefix)
+        action = {"action_id": "x1", "alert_id": "a1", "user_id": "wb-1", "status": "sent"}
+        winback = {"alert_id": "a1", "playbook": "dormant", "group": "treated", "at": T0}
+        for _ in range(2):  # a second action of the same alert does not count again
+            await directory.record("wb-1", action, contacted=True, winback=winback)
+        clock.set(T0 + 3 * DAY)
+        await feed(runtime, [event(user, "login", T0 + 3 * DAY, 2)])
+        prefix = isolated.settings.key_prefix
+        # P:winback:<playbook>:<group>:{treated,won}: decisions counted, and users won back
+        treated = await client.get(f"{prefix}:winback:dormant:treated:treated")
+        won = await client.get(f"{prefix}:winback:dormant:treated:won")
+        pending = await client.hget(f"{prefix}:{{wb-1}}:u", "wb")
+        await client.aclose()
+        return treated, won, pending
+
+    treated, won, pending = asyncio.run(scenario())
+    assert (treated, won, pending) == (b"1", b"1", None)
