@@ -84,6 +84,7 @@ def create_app(settings: NotifierSettings, runtime: NotifierRuntime) -> faust.Ap
         jobs = await _until_stored(runtime.directory.due, time.time())
         for job in jobs:
             await publish([await _until_stored(notifier.run_deferred, job)])
+            await _until_stored(runtime.directory.finish, job)
         metrics.DEFERRED.set(await runtime.directory.deferred_depth())
 
     return app

@@ -99,5 +99,8 @@ class MemoryDirectory:
             self.deferred.remove(pair)
         return [job for _, job in ready]
 
+    async def finish(self, job: dict[str, Any]) -> None:
+        """Jobs leave the fake's queue when handed out (no lease to end)."""
+
     async def deferred_depth(self) -> int:
         return len(self.deferred)

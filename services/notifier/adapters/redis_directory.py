@@ -31,6 +31,16 @@ redis.call('INCR', KEYS[2])
 return 1
 """
 
+# Claim a due job: only if it is still due (another notifier did not claim it).
+CLAIM_JOB = """
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if due and tonumber(due) <= tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
 CONTACT_FIELDS = {"email": "email", "sms": "phone", "push": "push_token"}
 
 
@@ -43,10 +53,13 @@ def _s(value: Any) -> str:
 
 
 class RedisDirectory:
-    def __init__(self, client: aioredis.Redis, *, prefix: str, history: int = 50) -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str, history: int = 50, lease_s: float = 300.0
+    ) -> None:
         self.r = client
         self.prefix = prefix
         self.history = history
+        self.lease_s = lease_s
 
     async def profile(self, user_id: str) -> tuple[dict[str, str], ConsentRecord, list[float]]:
         """Contact, consent and recent send times, in one round trip."""
@@ -120,16 +133,31 @@ class RedisDirectory:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
     async def due(self, now: float, *, limit: int = 500) -> list[dict[str, Any]]:
-        """Take the deferred jobs that are due (each job is taken by one notifier only)."""
+        """Claim the deferred jobs that are due, each for one notifier only.
+
+        A claim is a lease: the job stays queued with its time moved to
+        ``now + lease_s`` and is removed by :meth:`finish` once its action is
+        published. A notifier that dies in between loses nothing: the job comes
+        due again when the lease ends, and the done mark keeps it from sending twice.
+        """
         key = f"{self.prefix}:deferred"
         try:
             found = await self.r.zrangebyscore(key, "-inf", now, start=0, num=limit)
             jobs = []
             for member in found:
                 raw = member if isinstance(member, bytes | str) else str(member)
-                if await self.r.zrem(key, raw):  # whoever removes it owns it
-                    jobs.append(orjson.loads(raw))
+                if await self.r.eval(CLAIM_JOB, 1, key, raw, now, now + self.lease_s):
+                    job = orjson.loads(raw)
+                    job["_claim"] = raw.decode() if isinstance(raw, bytes) else raw
+                    jobs.append(job)
             return jobs
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis deferred queue failed: {exc}") from exc
+
+    async def finish(self, job: dict[str, Any]) -> None:
+        """The claimed job's action is published: take it off the queue."""
+        try:
+            await self.r.zrem(f"{self.prefix}:deferred", job["_claim"])
         except RedisError as exc:
             raise StoreUnavailable(f"Redis deferred queue failed: {exc}") from exc
 
