@@ -68,6 +68,9 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
     @app.agent(events)
     async def score_events(stream: Any) -> None:
         scorer = await runtime.scorer()
+        leftover = await _until_stored(runtime.unpublished)
+        await publish(leftover)
+        await _until_stored(runtime.after_batch, leftover)
         async for batch in stream.take_events(
             settings.scorer_batch_size, within=settings.scorer_batch_within_s
         ):
@@ -84,7 +87,7 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
             ]
             outcome = await _until_stored(scorer.handle, records)
             await publish(outcome)
-            await runtime.after_batch(outcome)
+            await _until_stored(runtime.after_batch, outcome)
             metrics.EVENTS.inc(len(records))
             for band, n in outcome.bands.items():
                 metrics.SCORES.labels(band).inc(n)
@@ -105,6 +108,7 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
         async def sweep_silent_users() -> None:
             outcome = await _until_stored(runtime.sweep)
             await publish(outcome)
+            await _until_stored(runtime.after_batch, outcome)
 
     # A timer that raises crashes the whole worker: a Redis outage only skips a tick.
     @app.timer(interval=settings.scorer_checkpoint_interval_s)

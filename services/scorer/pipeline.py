@@ -212,6 +212,7 @@ def user_write(
         snapshot=result.snapshot,
         snapshot_day=result.snapshot_day,
         alert=orjson.dumps(result.alert.to_dict()) if result.alert else None,
+        alert_id=result.alert.alert_id if result.alert else "",
         active_days=active_days,
         label_due=result.label_due,
     )

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from services.common.clock import Clock, EventTimeClock, WallClock
 from services.common.errors import StoreUnavailable
+from services.common.messages import ChurnAlert
 from services.scorer import metrics
 from services.scorer.adapters.redis_store import RedisUserStore
 from services.scorer.config import ScorerSettings
@@ -89,6 +90,7 @@ class Runtime:
             prefix=s.key_prefix,
             user_ttl_s=s.scorer_user_ttl_days * int(DAY),
             snapshot_ttl_s=labels.snapshot_ttl_s,
+            worker=s.scorer_worker_name,
         )
         model = None
         saved = await self.store.load_checkpoint(s.scorer_worker_name)
@@ -114,7 +116,16 @@ class Runtime:
         )
 
     async def after_batch(self, outcome: Outcome) -> None:
-        """Hook for per-batch bookkeeping (checkpoint cadence)."""
+        """The batch's alerts are on Kafka: empty them from the outbox."""
+        await self.store.published([a.alert_id for a in outcome.alerts])
+
+    async def unpublished(self) -> Outcome:
+        """Alerts a previous run stored as raised but may not have published."""
+        await self.scorer()
+        pending = [ChurnAlert.from_dict(orjson.loads(raw)) for raw in await self.store.outbox()]
+        if pending:
+            log.warning("republishing alerts from the outbox", extra={"alerts": len(pending)})
+        return Outcome(alerts=pending)
 
     async def checkpoint(self) -> None:
         """Save the model (and its quality figures) under this worker's name."""

@@ -145,3 +145,24 @@ def test_a_user_active_again_after_a_winback_counts_as_won(isolated: Isolated) -
 
     treated, won, pending = asyncio.run(scenario())
     assert (treated, won, pending) == (b"1", b"1", None)
+
+
+def test_an_alert_stored_but_not_published_is_republished_after_a_crash(
+    isolated: Isolated,
+) -> None:
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        clock = ManualClock(T0)
+        runtime = runtime_for(isolated, clock)
+        user = SimUser("outbox-1", "fading", "UTC", "basic", 1.0)
+        history = [event(user, "session_start", T0 - (40 - d) * DAY, d) for d in range(20)]
+        out = await feed(runtime, history)  # silent for 20 days: alerts at once
+        raised = [a.alert_id for a in out.alerts]
+        # The worker "dies" here: the state says alerted, Kafka never acknowledged.
+        restarted = runtime_for(isolated, clock)
+        pending = [a.alert_id for a in (await restarted.unpublished()).alerts]
+        await restarted.after_batch(await restarted.unpublished())  # now published
+        left = [a.alert_id for a in (await runtime_for(isolated, clock).unpublished()).alerts]
+        return raised, pending, left
+
+    raised, pending, left = asyncio.run(scenario())
+    assert raised and pending == raised and left == []

@@ -15,6 +15,7 @@ user's keys in one slot:
     P:atrisk           zset  user -> current risk (the API's at-risk index)
     P:snapdue          zset  user -> earliest time one of its snapshots may get its label
     P:hll:d:YYYYMMDD   HLL   users active that day (DAU/WAU/MAU by PFCOUNT/PFMERGE)
+    P:outbox:<worker>  hash  alert_id -> alert, until Kafka acknowledged it
     P:model:<worker>   str   model checkpoint of one worker (+ ":quality", its metrics)
 
 Every per-user key gets a TTL of ``user_ttl_days`` on each write, so a user
@@ -103,6 +104,7 @@ class UserWrite:
     alert: bytes | None = None
     active_days: tuple[str, ...] = ()
     label_due: float | None = None
+    alert_id: str = ""
     winback: str | None = None  # "won" or "expired": resolve the pending win-back decision
     winback_counter: str = ""  # "<playbook>:<group>" of P:winback:<playbook>:<group>:won
 
@@ -118,6 +120,7 @@ class RedisUserStore:
         user_ttl_s: int,
         snapshot_ttl_s: int,
         alert_history: int = 50,
+        worker: str = "scorer",
     ) -> None:
         self.r = client
         self.prefix = prefix
@@ -127,6 +130,7 @@ class RedisUserStore:
         self.lastseen_key = f"{prefix}:lastseen"
         self.atrisk_key = f"{prefix}:atrisk"
         self.snapdue_key = f"{prefix}:snapdue"
+        self.outbox_key = f"{prefix}:outbox:{worker}"
 
     async def load(self, user_ids: Sequence[str]) -> dict[str, StoredUser]:
         try:
@@ -195,6 +199,9 @@ class RedisUserStore:
             if w.winback == "won":
                 pipe.incr(f"{self.prefix}:winback:{w.winback_counter}:won")
         if w.alert is not None:
+            # The outbox: written with the state that says "alerted", emptied once
+            # Kafka acknowledged the alert, republished at start if a crash came between.
+            pipe.hset(self.outbox_key, w.alert_id, w.alert)
             alerts_key = user_key(self.prefix, w.user_id, "alerts")
             pipe.lpush(alerts_key, w.alert)
             pipe.ltrim(alerts_key, 0, self.alert_history - 1)
@@ -262,6 +269,23 @@ class RedisUserStore:
                     else:
                         pipe.zadd(self.snapdue_key, {uid: due})
                 await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+    async def outbox(self) -> list[bytes]:
+        """Alerts stored as raised whose publication was not confirmed."""
+        try:
+            found = await self.r.hvals(self.outbox_key)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        return [v if isinstance(v, bytes) else str(v).encode() for v in found]
+
+    async def published(self, alert_ids: Sequence[str]) -> None:
+        """Kafka acknowledged these alerts: take them out of the outbox."""
+        if not alert_ids:
+            return
+        try:
+            await self.r.hdel(self.outbox_key, *alert_ids)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
