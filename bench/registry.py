@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "bench.e2e_latency:main",
         "HTTP accepted -> alert on its topic, p99 under load",
     ),
+    "soak": ("bench.soak:main", "the pipeline at a fixed rate for N minutes: lag, memory, errors"),
     "cdnow": ("bench.cdnow:main", "ROC AUC on real CDNOW purchases vs the BG/NBD model"),
 }
 
