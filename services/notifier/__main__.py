@@ -7,11 +7,11 @@ import sys
 
 
 def main(args: argparse.Namespace | None = None) -> int:
-    import faust
     from prometheus_client import start_http_server
 
+    from services.common.faust_worker import run_faust_worker
     from services.common.kafka import ensure_topics
-    from services.common.logs import setup_logging, worker_logging_config
+    from services.common.logs import setup_logging
     from services.common.settings import load_settings
     from services.notifier.app import create_app
     from services.notifier.config import NotifierSettings
@@ -26,15 +26,7 @@ def main(args: argparse.Namespace | None = None) -> int:
     runtime = NotifierRuntime(settings)
     if settings.notifier_metrics_port:
         start_http_server(settings.notifier_metrics_port, addr=settings.metrics_host)
-    worker = faust.Worker(
-        create_app(settings, runtime),
-        loglevel=settings.log_level,
-        quiet=True,
-        redirect_stdouts=False,
-        logging_config=worker_logging_config(settings.log_level, settings.log_format),
-    )
-    worker.execute_from_commandline()
-    return 0
+    return run_faust_worker(create_app(settings, runtime), settings)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import faust
 import orjson
 
 from services.common.errors import InvalidEvent, StoreUnavailable
+from services.common.faust_worker import make_faust_app
 from services.common.messages import WinbackAction, dead_letter
 from services.common.schemas import validate
 from services.notifier import metrics
@@ -26,21 +27,11 @@ log = logging.getLogger("churnwatch.notifier")
 
 
 def create_app(settings: NotifierSettings, runtime: NotifierRuntime) -> faust.App:
-    app = faust.App(
-        settings.notifier_group,
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
-        datadir=str((settings.home / "faust-notifier").resolve()),
-        web_enabled=False,
-        producer_acks=-1,
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.topic_replication,
-        topic_allow_declare=False,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0,
-        # Faust's 60 s default keeps a crashed worker's partitions idle for a minute.
-        broker_session_timeout=settings.notifier_session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.notifier_session_timeout_s / 3),
+    app = make_faust_app(
+        settings,
+        group=settings.notifier_group,
+        datadir="faust-notifier",
+        session_timeout_s=settings.notifier_session_timeout_s,
     )
     alerts = app.topic(settings.topic_alerts, key_serializer="raw", value_serializer="raw")
     actions_topic = app.topic(settings.topic_actions, key_serializer="raw", value_serializer="raw")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.common.logs import setup_logging, worker_logging_config
+from services.common.logs import setup_logging
 from services.common.settings import load_settings
 
 
 def run_worker(port: int | None) -> int:
-    import faust
     from prometheus_client import start_http_server
 
+    from services.common.faust_worker import run_faust_worker
     from services.common.kafka import ensure_topics
     from services.scorer.app import create_app
     from services.scorer.config import ScorerSettings
@@ -23,16 +23,7 @@ def run_worker(port: int | None) -> int:
     ensure_topics(settings)
     if settings.scorer_metrics_port:
         start_http_server(settings.scorer_metrics_port, addr=settings.metrics_host)
-    app = create_app(settings, Runtime(settings))
-    worker = faust.Worker(
-        app,
-        loglevel=settings.log_level,
-        quiet=True,
-        redirect_stdouts=False,
-        logging_config=worker_logging_config(settings.log_level, settings.log_format),
-    )
-    worker.execute_from_commandline()
-    return 0
+    return run_faust_worker(create_app(settings, Runtime(settings)), settings)
 
 
 def run_api(port: int | None) -> int:

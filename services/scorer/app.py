@@ -17,6 +17,7 @@ import faust
 import orjson
 
 from services.common.errors import StoreUnavailable
+from services.common.faust_worker import make_faust_app
 from services.scorer import metrics
 from services.scorer.config import ScorerSettings
 from services.scorer.pipeline import Outcome, Record
@@ -26,22 +27,12 @@ log = logging.getLogger("churnwatch.scorer")
 
 
 def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
-    app = faust.App(
-        settings.scorer_group,
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
-        datadir=str((settings.home / "faust").resolve()),
-        web_enabled=False,
-        producer_acks=-1,
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.topic_replication,
-        topic_allow_declare=False,
-        consumer_auto_offset_reset="earliest",
+    app = make_faust_app(
+        settings,
+        group=settings.scorer_group,
+        datadir="faust",
+        session_timeout_s=settings.scorer_session_timeout_s,
         broker_commit_every=10_000,
-        broker_commit_interval=1.0,
-        # Faust's 60 s default keeps a crashed worker's partitions idle for a minute.
-        broker_session_timeout=settings.scorer_session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.scorer_session_timeout_s / 3),
         stream_buffer_maxsize=16_384,
     )
     events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw")
