@@ -31,7 +31,7 @@ from kafka import KafkaConsumer, TopicPartition
 from bench.registry import emit
 from bench.scorer import cleanup, free_port
 from services.common.kafka import ensure_topics
-from services.common.settings import CommonSettings, env_for, load_settings
+from services.common.settings import CommonSettings, env_for, load_settings, scratch_settings
 from services.demo import Services, wait_http
 from services.sim.generator import DAY, SimUser, event
 
@@ -114,15 +114,7 @@ def main(argv: Sequence[str] = ()) -> int:
     base = load_settings(CommonSettings)
     LocalStack(base).up()
     run = uuid.uuid4().hex[:8]
-    settings = base.model_copy(
-        update={
-            "topic_events": f"lat-{run}.user-events",
-            "topic_alerts": f"lat-{run}.churn-alerts",
-            "topic_actions": f"lat-{run}.winback-actions",
-            "topic_dlq": f"lat-{run}.dlq",
-            "key_prefix": f"lat-{run}",
-        }
-    )
+    settings = scratch_settings(base, f"lat-{run}")
     ensure_topics(settings)
     port = free_port()
     env = env_for(settings) | {

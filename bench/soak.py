@@ -30,7 +30,7 @@ from kafka import KafkaConsumer, TopicPartition
 from bench.registry import emit
 from bench.scorer import cleanup, free_port
 from services.common.kafka import ensure_topics
-from services.common.settings import CommonSettings, env_for, load_settings
+from services.common.settings import CommonSettings, env_for, load_settings, scratch_settings
 from services.demo import Services, register_contacts, wait_http
 from services.notifier.mailcatcher import MailCatcher
 from services.sim.generator import event, make_users
@@ -118,15 +118,7 @@ def main(argv: Sequence[str] = ()) -> int:
     base = load_settings(CommonSettings)
     LocalStack(base).up()
     run = uuid.uuid4().hex[:8]
-    settings = base.model_copy(
-        update={
-            "topic_events": f"soak-{run}.user-events",
-            "topic_alerts": f"soak-{run}.churn-alerts",
-            "topic_actions": f"soak-{run}.winback-actions",
-            "topic_dlq": f"soak-{run}.dlq",
-            "key_prefix": f"soak-{run}",
-        }
-    )
+    settings = scratch_settings(base, f"soak-{run}")
     ensure_topics(settings)
     ports = {name: free_port() for name in ("ingest", "scorer", "notifier", "smtp")}
     env = env_for(settings) | {

@@ -28,7 +28,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from services.common.events import parse_time
 from services.common.kafka import ensure_topics, make_producer
-from services.common.settings import CommonSettings, env_for, load_settings
+from services.common.settings import CommonSettings, env_for, load_settings, scratch_settings
 from services.demo import Services
 from services.scorer.adapters.redis_store import user_key
 from services.scorer.core.features import decode_state, to_vector
@@ -64,14 +64,7 @@ def read_sorted(path: Path) -> list[tuple[float, bytes]]:
 class Replay:
     def __init__(self, base: CommonSettings, *, run: str | None = None) -> None:
         self.run = run or uuid.uuid4().hex[:8]
-        names = {
-            "topic_events": f"replay-{self.run}.user-events",
-            "topic_alerts": f"replay-{self.run}.churn-alerts",
-            "topic_actions": f"replay-{self.run}.winback-actions",
-            "topic_dlq": f"replay-{self.run}.user-events.dlq",
-            "key_prefix": f"replay-{self.run}",
-        }
-        self.settings = base.model_copy(update={**names, "topic_partitions": 1})
+        self.settings = scratch_settings(base, f"replay-{self.run}", topic_partitions=1)
         self.group = f"replay-{self.run}-scorer"
         self.env = env_for(self.settings) | {
             "CHURNWATCH_SCORER_CLOCK": "replay",

@@ -94,3 +94,21 @@ def env_for(settings: CommonSettings) -> dict[str, str]:
     for name, value in settings.model_dump().items():
         env[f"CHURNWATCH_{name.upper()}"] = str(value)
     return env
+
+
+def scratch_settings(base: CommonSettings, name: str, **extra: Any) -> CommonSettings:
+    """``base`` with topics and a key prefix of its own (replays, benchmarks).
+
+    >>> scratch_settings(CommonSettings(), "replay-1").topic_events
+    'replay-1.user-events'
+    """
+    return base.model_copy(
+        update={
+            "topic_events": f"{name}.user-events",
+            "topic_alerts": f"{name}.churn-alerts",
+            "topic_actions": f"{name}.winback-actions",
+            "topic_dlq": f"{name}.user-events.dlq",
+            "key_prefix": name,
+            **extra,
+        }
+    )
