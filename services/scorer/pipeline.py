@@ -32,7 +32,7 @@ from services.scorer.core.features import (
     encode_state,
     update_features,
 )
-from services.scorer.scoring import ScoringCore, UserScore, needs_rescore
+from services.scorer.scoring import ScoringCore, UserScore, needs_rescore, previous_stage
 
 log = logging.getLogger("churnwatch.scorer")
 
@@ -176,7 +176,9 @@ class BatchScorer:
                 continue
             result = self.core.score_user(uid, state, row, now=now)
             out.bands[result.band] += 1
-            write = user_write(uid, state, result, active_days=days)
+            write = user_write(
+                uid, state, result, active_days=days, previous=previous_stage(row.record)
+            )
             writes.append(replace(write, winback=outcome, winback_counter=counter))
             if result.alert is not None:
                 out.alerts.append(result.alert)
@@ -199,7 +201,12 @@ def _utc_day(day: int) -> str:
 
 
 def user_write(
-    uid: str, state: UserState, result: UserScore, *, active_days: tuple[str, ...] = ()
+    uid: str,
+    state: UserState,
+    result: UserScore,
+    *,
+    active_days: tuple[str, ...] = (),
+    previous: str | None = None,
 ) -> UserWrite:
     """What to store for one scored user."""
     return UserWrite(
@@ -213,6 +220,8 @@ def user_write(
         snapshot_day=result.snapshot_day,
         alert=orjson.dumps(result.alert.to_dict()) if result.alert else None,
         alert_id=result.alert.alert_id if result.alert else "",
+        stage=result.stage,
+        previous_stage=previous,
         active_days=active_days,
         label_due=result.label_due,
     )

@@ -140,24 +140,24 @@ class RiskQueries:
     async def user(self, user_id: str) -> dict[str, Any] | None:
         """Risk, segment, reasons and features of one user; None when never scored.
 
-        The percentile is the share of users in the at-risk index whose risk is
-        at most this user's (ZCOUNT), across all stages.
+        The percentile is the share of users in the same lifecycle stage whose
+        risk is at most this user's: one ZCOUNT on the stage's risk index.
         """
-        index = f"{self.prefix}:atrisk"
+        features, record = await self._call(self.r.hmget(user_key(self.prefix, user_id), "f", "r"))
+        if features is None or record is None:
+            return None
+        raw = orjson.loads(record)
+        index = f"{self.prefix}:atrisk:{raw.get('stage', '')}"
 
         def read(pipe: Any) -> None:
-            pipe.hmget(user_key(self.prefix, user_id), "f", "r")
             pipe.zscore(index, user_id)
             pipe.zcard(index)
 
-        (features, record), risk, total = await self._run(read)
-        if features is None or record is None:
-            return None
+        risk, total = await self._run(read)
         percentile = None
         if risk is not None and total:
             at_most = await self._call(self.r.zcount(index, "-inf", float(risk)))
             percentile = round(100.0 * at_most / total, 2)
-        raw = orjson.loads(record)
         out = {"user_id": user_id, **public_record(record), "percentile": percentile}
         out["features"] = to_vector(decode_state(features), float(raw["updated_at"]))
         return out

@@ -22,7 +22,7 @@ from services.common.events import UserEvent
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.core.features import UserState, decode_state, update_features
 from services.scorer.pipeline import BatchScorer, Outcome, Record, decode_record, user_write
-from services.scorer.scoring import UserScore
+from services.scorer.scoring import UserScore, previous_stage
 
 Sweep = Callable[[float], Awaitable[Outcome]]
 
@@ -101,7 +101,13 @@ class ReplayScorer(BatchScorer):
             if result.alert is not None:
                 out.alerts.append(result.alert)
         writes: list[UserWrite] = [
-            user_write(uid, state, result, active_days=tuple(sorted(days)))
+            user_write(
+                uid,
+                state,
+                result,
+                active_days=tuple(sorted(days)),
+                previous=previous_stage(stored[uid].record),
+            )
             for uid, (state, result, days) in last.items()
         ]
         out.users += len(writes)

@@ -29,7 +29,7 @@ from services.scorer.core.segments import RfmQuantiles, SegmentSettings
 from services.scorer.labelling import Learned, resolve_labels
 from services.scorer.pipeline import BatchScorer, Outcome, user_write
 from services.scorer.replay_mode import ReplayScorer
-from services.scorer.scoring import ScoringCore
+from services.scorer.scoring import ScoringCore, previous_stage
 
 log = logging.getLogger("churnwatch.scorer")
 DAY = 86_400.0
@@ -215,7 +215,7 @@ class Runtime:
                     continue
                 state = decode_state(row.features)
                 result = self.core.score_user(uid, state, row, now=now, silent=True)
-                writes.append(user_write(uid, state, result))
+                writes.append(user_write(uid, state, result, previous=previous_stage(row.record)))
                 if result.alert is not None:
                     out.alerts.append(result.alert)
             if writes:

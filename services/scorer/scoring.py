@@ -36,6 +36,7 @@ class UserScore:
     snapshot_day: int | None
     label_due: float | None = None
     band: str = "low"
+    stage: str = ""
 
 
 _POLICY_FIELDS = tuple(f.name for f in fields(AlertState))
@@ -188,4 +189,5 @@ class ScoringCore:
             snapshot_day,
             label_due,
             band,
+            stage,
         )

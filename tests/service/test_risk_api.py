@@ -94,6 +94,7 @@ async def seed(prefix: str, redis_url: str) -> dict[str, dict[str, float]]:
                 record=record(risk, band, stage, tier, NOW),
                 last_active=float(state.last_active),
                 risk=risk,
+                stage=stage,
                 snapshot=b'{"s": 1}',
                 snapshot_day=int(NOW // 86400),
                 active_days=(today,) if n < 3 else (),
@@ -206,8 +207,8 @@ def test_user_risk_has_features_segment_reasons_and_percentile(api: Seeded) -> N
     assert body["features"] == pytest.approx(api.vectors["u3"])
     assert body["reasons"][0] == {"feature": "recency_days", "contribution": 0.4, "value": 9.0}
     assert body["updated_at"].endswith("Z")
-    # u3 ties with u6a and u6b: 5 of the 7 users have a risk at most 0.70.
-    assert body["percentile"] == pytest.approx(100 * 5 / 7, abs=0.01)
+    # Within its stage (at-risk: u1, u3, u6a), 2 of the 3 have a risk at most 0.70.
+    assert body["percentile"] == pytest.approx(100 * 2 / 3, abs=0.01)
     assert api.client.get("/v1/users/u1", headers=api.h()).json()["percentile"] == 100.0
 
     missing = api.client.get("/v1/users/nobody", headers=api.h())

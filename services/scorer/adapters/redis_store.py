@@ -13,6 +13,7 @@ user's keys in one slot:
     P:{uid}:alerts     list  newest-first alert history (capped)
     P:lastseen         zset  user -> last activity (the silent-user sweep's index)
     P:atrisk           zset  user -> current risk (the API's at-risk index)
+    P:atrisk:<stage>   zset  the same within one lifecycle stage (per-stage percentiles)
     P:snapdue          zset  user -> earliest time one of its snapshots may get its label
     P:hll:d:YYYYMMDD   HLL   users active that day (DAU/WAU/MAU by PFCOUNT/PFMERGE)
     P:outbox:<worker>  hash  alert_id -> alert, until Kafka acknowledged it
@@ -105,6 +106,8 @@ class UserWrite:
     active_days: tuple[str, ...] = ()
     label_due: float | None = None
     alert_id: str = ""
+    stage: str = ""  # the stage's own risk index (per-stage percentiles)
+    previous_stage: str | None = None
     winback: str | None = None  # "won" or "expired": resolve the pending win-back decision
     winback_counter: str = ""  # "<playbook>:<group>" of P:winback:<playbook>:<group>:won
 
@@ -154,6 +157,7 @@ class RedisUserStore:
         """
         lastseen: dict[str, float] = {}
         atrisk: dict[str, float] = {}
+        by_stage: dict[str, dict[str, float]] = {}
         due: dict[str, float] = {}
         active: dict[str, list[str]] = {}
         try:
@@ -163,6 +167,10 @@ class RedisUserStore:
                     lastseen[w.user_id] = w.last_active
                     if w.risk is not None:
                         atrisk[w.user_id] = w.risk
+                        if w.stage:
+                            by_stage.setdefault(w.stage, {})[w.user_id] = w.risk
+                        if w.previous_stage and w.previous_stage != w.stage:
+                            pipe.zrem(f"{self.atrisk_key}:{w.previous_stage}", w.user_id)
                     if w.label_due is not None:
                         due[w.user_id] = w.label_due
                     for day in w.active_days:
@@ -171,6 +179,8 @@ class RedisUserStore:
                     pipe.zadd(self.lastseen_key, lastseen)
                 if atrisk:
                     pipe.zadd(self.atrisk_key, atrisk)
+                for stage, risks in by_stage.items():
+                    pipe.zadd(f"{self.atrisk_key}:{stage}", risks)
                 if due:  # LT keeps the earliest time a label may resolve
                     pipe.zadd(self.snapdue_key, due, lt=True)
                 for day, users in active.items():

@@ -35,8 +35,8 @@ def _not_found(user_id: str) -> HTTPException:
     description=(
         "The latest score record the scorer wrote for the user, with the feature vector "
         "recomputed from the stored state as of `updated_at`. `percentile` is the share of "
-        "users in the at-risk index whose risk is at most this user's, across all stages "
-        "(one ZCOUNT); a per-stage percentile would need a scan and is not offered. "
+        "users in the same lifecycle stage whose risk is at most this user's (one ZCOUNT on "
+        "the stage's risk index). "
         "404 when no event of the user was ever scored."
     ),
     responses={200: {"content": {"application/json": {"example": USER_EXAMPLE}}}, **errors(404)},
