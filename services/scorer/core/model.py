@@ -73,6 +73,7 @@ LABELS: dict[str, str] = {
 FEATURES: tuple[str, ...] = tuple(LABELS)
 _MAGIC = b"churnwatch-model\n"
 _FORMAT = 1
+TIE_BREAK = 1e-4
 
 
 class CheckpointError(ChurnwatchError):
@@ -373,7 +374,13 @@ class ChurnModel:
         w = self.weight_prior
         if w >= 1.0:
             return Score(prior, raw, prior, 1.0)
-        learned = self.calibrator.predict(raw) if self.calibrated else raw
+        learned = raw
+        if self.calibrated:
+            # Calibration bins flatten the model's ranking (every raw score in a
+            # saturated bin maps to one value); a tiny share of the raw score
+            # breaks those ties in the model's order without moving the
+            # probability by more than 1e-4.
+            learned = (1.0 - TIE_BREAK) * self.calibrator.predict(raw) + TIE_BREAK * raw
         return Score(w * prior + (1.0 - w) * learned, raw, prior, w)
 
     def _explain(
