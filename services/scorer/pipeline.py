@@ -171,6 +171,7 @@ class BatchScorer:
                         active_days=days,
                         winback=outcome,
                         winback_counter=counter,
+                        cohort_marks=cohort_marks(state, days),
                     )
                 )
                 continue
@@ -220,6 +221,7 @@ def user_write(
         snapshot_day=result.snapshot_day,
         alert=orjson.dumps(result.alert.to_dict()) if result.alert else None,
         alert_id=result.alert.alert_id if result.alert else "",
+        cohort_marks=cohort_marks(state, active_days),
         stage=result.stage,
         previous_stage=previous,
         active_days=active_days,
@@ -255,3 +257,25 @@ def winback_outcome(
     if now > at + window_s:
         return "expired", key
     return None, key
+
+
+RETENTION_DAYS = (0, 1, 7, 30)
+
+
+def cohort_marks(state: UserState, active_days: tuple[str, ...]) -> tuple[str, ...]:
+    """The signup-cohort retention marks that this batch's active days earn the user.
+
+    >>> from services.common.events import UserEvent
+    >>> from services.scorer.core.features import FeatureSettings, update_features
+    >>> s = update_features(None, UserEvent("e", "u", "signup",
+    ...     datetime(2026, 1, 1, 9, tzinfo=UTC)), settings=FeatureSettings())
+    >>> cohort_marks(s, ("20260101", "20260102", "20260105", "20260108"))
+    ('20260101:d0', '20260101:d1', '20260101:d7')
+    """
+    signup = int((state.signup_ts or state.first_seen) // 86_400)
+    marks = []
+    for day in active_days:
+        k = (datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC).timestamp() // 86_400) - signup
+        if k in RETENTION_DAYS:
+            marks.append(f"{_utc_day(signup)}:d{int(k)}")
+    return tuple(marks)

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from services.common.errors import StoreUnavailable
 from services.scorer.adapters.redis_store import user_key
 from services.scorer.core.features import decode_state, to_vector
+from services.scorer.core.segments import STAGES
 
 MAX_EXAMINED = 5000  # at-risk entries looked at per request, whatever the filters
 
@@ -251,17 +252,45 @@ class RiskQueries:
         return names
 
     async def stats(self) -> dict[str, Any]:
-        """Active users today / 7 / 30 UTC days (HyperLogLog estimates) and win-back counters."""
+        """Active users (HyperLogLog estimates), day-1/7/30 retention of the last 35 daily
+        signup cohorts (a cohort's day-k share is only final k days after it signed up),
+        users per lifecycle stage and the churn rate (share in the churned stage),
+        and win-back counters."""
         now = self.clock()
         counters = await self.family(f"{self.prefix}:winback:*")
+
+        cohort_days = [rfc3339(now - d * 86_400)[:10].replace("-", "") for d in range(1, 36)]
+        stage_keys = [f"{self.prefix}:atrisk:{stage}" for stage in STAGES]
 
         def read(pipe: Any) -> None:
             for days in (1, 7, 30):
                 pipe.pfcount(*day_keys(self.prefix, now, days))
+            for day in cohort_days:
+                for k in (0, 1, 7, 30):
+                    pipe.pfcount(f"{self.prefix}:cohort:{day}:d{k}")
+            for key in stage_keys:
+                pipe.zcard(key)
             if counters:
                 pipe.mget(counters)
 
-        dau, wau, mau, *values = await self._run(read)
+        dau, wau, mau, *rest = await self._run(read)
+        cohort_counts, rest = rest[: 4 * len(cohort_days)], rest[4 * len(cohort_days) :]
+        stage_counts, values = rest[: len(stage_keys)], rest[len(stage_keys) :]
+        cohorts = []
+        for i, day in enumerate(cohort_days):
+            size, d1, d7, d30 = cohort_counts[4 * i : 4 * i + 4]
+            if size:
+                cohorts.append(
+                    {
+                        "signup_day": f"{day[:4]}-{day[4:6]}-{day[6:]}",
+                        "users": size,
+                        "day1": round(d1 / size, 4),
+                        "day7": round(d7 / size, 4),
+                        "day30": round(d30 / size, 4),
+                    }
+                )
+        by_stage = dict(zip(STAGES, stage_counts, strict=True))
+        scored = sum(by_stage.values())
         winback: dict[str, dict[str, dict[str, Any]]] = {}
         for name, value in zip(counters, values[0] if values else [], strict=True):
             parts = name[len(self.prefix) + len(":winback:") :].rsplit(":", 2)
@@ -276,6 +305,9 @@ class RiskQueries:
         return {
             "as_of": rfc3339(now),
             "active_users": {"dau": dau, "wau": wau, "mau": mau},
+            "cohorts": cohorts,
+            "users_by_stage": by_stage,
+            "churn_rate": round(by_stage["churned"] / scored, 4) if scored else None,
             "winback": winback,
         }
 

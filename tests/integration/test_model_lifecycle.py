@@ -7,6 +7,7 @@ so days of event time pass in milliseconds. Redis is the real local one.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import pytest
@@ -166,3 +167,28 @@ def test_an_alert_stored_but_not_published_is_republished_after_a_crash(
 
     raised, pending, left = asyncio.run(scenario())
     assert raised and pending == raised and left == []
+
+
+def test_signup_cohorts_count_day_1_and_day_7_retention(isolated: Isolated) -> None:
+    import redis.asyncio as aioredis
+
+    async def scenario() -> list[int]:
+        clock = ManualClock(T0)
+        runtime = runtime_for(isolated, clock)
+        users = [SimUser(f"co-{i}", "casual", "UTC", "basic", 1.0) for i in range(4)]
+        for day in (0, 1, 7):
+            clock.set(T0 + day * DAY + 60)
+            # All four sign up on day 0; two come back on day 1, one on day 7.
+            active = {0: users, 1: users[:2], 7: users[:1]}[day]
+            kind = "signup" if day == 0 else "login"
+            await feed(runtime, [event(u, kind, clock.now(), day) for u in active])
+        client = aioredis.Redis.from_url(isolated.settings.redis_url)
+        cohort = time.strftime("%Y%m%d", time.gmtime(T0))
+        counts = [
+            await client.pfcount(f"{isolated.settings.key_prefix}:cohort:{cohort}:d{k}")
+            for k in (0, 1, 7, 30)
+        ]
+        await client.aclose()
+        return counts
+
+    assert asyncio.run(scenario()) == [4, 2, 1, 0]

@@ -351,12 +351,12 @@ def test_erase_leaves_nothing_of_the_user(api: Seeded) -> None:
         "done",
         "actions",
     }
-    assert body["removed_from_indexes"] == ["lastseen", "atrisk", "snapdue"]
+    assert body["removed_from_indexes"] == ["lastseen", "atrisk", "snapdue", "atrisk:at-risk"]
     assert body["removed_deferred_jobs"] == 1
 
     r = redis.Redis.from_url(api.redis_url)
     assert list(r.scan_iter(match=f"{api.prefix}:{{u1}}*", count=1000)) == []
-    for index in ("lastseen", "atrisk", "snapdue"):
+    for index in ("lastseen", "atrisk", "snapdue", "atrisk:at-risk"):
         assert r.zscore(f"{api.prefix}:{index}", "u1") is None
     assert all(b"u1" not in job for job in r.zrange(f"{api.prefix}:deferred", 0, -1))
     assert r.zscore(f"{api.prefix}:atrisk", "u2") is not None  # others untouched

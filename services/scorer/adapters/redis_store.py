@@ -16,6 +16,8 @@ user's keys in one slot:
     P:atrisk:<stage>   zset  the same within one lifecycle stage (per-stage percentiles)
     P:snapdue          zset  user -> earliest time one of its snapshots may get its label
     P:hll:d:YYYYMMDD   HLL   users active that day (DAU/WAU/MAU by PFCOUNT/PFMERGE)
+    P:cohort:YYYYMMDD:d<k>  HLL  users who signed up that day and were active k days
+                              later, k in 0 (the cohort), 1, 7, 30: day-k retention
     P:outbox:<worker>  hash  alert_id -> alert, until Kafka acknowledged it
     P:model:<worker>   str   model checkpoint of one worker (+ ":quality", its metrics)
 
@@ -107,6 +109,7 @@ class UserWrite:
     label_due: float | None = None
     alert_id: str = ""
     stage: str = ""  # the stage's own risk index (per-stage percentiles)
+    cohort_marks: tuple[str, ...] = ()  # "<signup YYYYMMDD>:d<k>": active k days after signup
     previous_stage: str | None = None
     winback: str | None = None  # "won" or "expired": resolve the pending win-back decision
     winback_counter: str = ""  # "<playbook>:<group>" of P:winback:<playbook>:<group>:won
@@ -158,6 +161,7 @@ class RedisUserStore:
         lastseen: dict[str, float] = {}
         atrisk: dict[str, float] = {}
         by_stage: dict[str, dict[str, float]] = {}
+        cohorts: dict[str, list[str]] = {}
         due: dict[str, float] = {}
         active: dict[str, list[str]] = {}
         try:
@@ -175,6 +179,8 @@ class RedisUserStore:
                         due[w.user_id] = w.label_due
                     for day in w.active_days:
                         active.setdefault(day, []).append(w.user_id)
+                    for mark in w.cohort_marks:
+                        cohorts.setdefault(mark, []).append(w.user_id)
                 if lastseen:
                     pipe.zadd(self.lastseen_key, lastseen)
                 if atrisk:
@@ -183,6 +189,10 @@ class RedisUserStore:
                     pipe.zadd(f"{self.atrisk_key}:{stage}", risks)
                 if due:  # LT keeps the earliest time a label may resolve
                     pipe.zadd(self.snapdue_key, due, lt=True)
+                for mark, users in cohorts.items():
+                    hll = f"{self.prefix}:cohort:{mark}"
+                    pipe.pfadd(hll, *users)
+                    pipe.expire(hll, 120 * 86400)
                 for day, users in active.items():
                     hll = f"{self.prefix}:hll:d:{day}"
                     pipe.pfadd(hll, *users)

@@ -80,7 +80,8 @@ class AdminCommands:
                 name for name, n in zip(USER_INDEXES, done[len(USER_KINDS) :], strict=False) if n
             ],
             "removed_deferred_jobs": int(done[-1]) if jobs else 0,
-            "kept": "daily active-user HyperLogLogs and win-back counters (aggregates)",
+            "kept": "daily active-user and signup-cohort HyperLogLogs, win-back counters "
+            "(aggregates from which no user can be read back)",
         }
 
     async def _deferred_jobs_of(self, user_id: str) -> list[bytes]:

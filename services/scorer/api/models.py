@@ -129,6 +129,17 @@ class Stats(BaseModel):
         {
             "as_of": "2026-01-02T03:04:05Z",
             "active_users": {"dau": 1804, "wau": 5120, "mau": 9731},
+            "cohorts": [
+                {
+                    "signup_day": "2026-01-01",
+                    "users": 412,
+                    "day1": 0.61,
+                    "day7": 0.38,
+                    "day30": 0.22,
+                }
+            ],
+            "users_by_stage": {"new": 412, "active": 6120, "churned": 1310},
+            "churn_rate": 0.1662,
             "winback": {
                 "high-value-critical": {
                     "treated": {"treated": 120, "won": 31, "win_rate": 0.2583},
@@ -139,6 +150,9 @@ class Stats(BaseModel):
     )
     as_of: str
     active_users: dict[str, int]
+    cohorts: list[dict[str, str | int | float]] = []
+    users_by_stage: dict[str, int] = {}
+    churn_rate: float | None = None
     winback: dict[str, dict[str, dict[str, int | float | None]]]
 
 
