@@ -68,13 +68,21 @@ def create_app(settings: NotifierSettings, runtime: NotifierRuntime) -> faust.Ap
                 continue
             actions = await _until_stored(notifier.handle_alert, alert)
             await publish(actions)
+            await _until_stored(
+                runtime.directory.mark_published, alert["user_id"], [a.action_id for a in actions]
+            )
 
     @app.timer(interval=settings.notifier_deferred_poll_s)
     async def send_deferred() -> None:
         notifier = await runtime.notifier()
         jobs = await _until_stored(runtime.directory.due, time.time())
         for job in jobs:
-            await publish([await _until_stored(notifier.run_deferred, job)])
+            action = await _until_stored(notifier.run_deferred, job)
+            if action is not None:
+                await publish([action])
+                await _until_stored(
+                    runtime.directory.mark_published, action.user_id, [action.action_id]
+                )
             await _until_stored(runtime.directory.finish, job)
         metrics.DEFERRED.set(await runtime.directory.deferred_depth())
 

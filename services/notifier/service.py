@@ -31,6 +31,10 @@ class Directory(Protocol):
 
     async def already_done(self, user_id: str, action_id: str) -> str | None: ...
 
+    async def is_published(self, user_id: str, action_id: str) -> bool: ...
+
+    async def mark_published(self, user_id: str, action_ids: list[str]) -> None: ...
+
     async def record(
         self,
         user_id: str,
@@ -98,11 +102,11 @@ class Notifier:
         )
         actions = []
         for decision in decisions:
-            actions.append(
-                await self.carry_out(
-                    alert, decision, playbook=playbook.name, contact=contact, now=now
-                )
+            taken = await self.carry_out(
+                alert, decision, playbook=playbook.name, contact=contact, now=now
             )
+            if taken is not None:
+                actions.append(taken)
         return actions
 
     async def carry_out(
@@ -113,13 +117,19 @@ class Notifier:
         playbook: str,
         contact: Mapping[str, str],
         now: float,
-    ) -> WinbackAction:
-        """Execute one decision exactly once per alert and channel."""
+    ) -> WinbackAction | None:
+        """Execute one decision exactly once per alert and channel.
+
+        None when the decision was carried out and its action published before
+        (the alert was delivered again): nothing to send, nothing to publish.
+        """
         uid = alert["user_id"]
         action_id = make_action_id(alert["alert_id"], decision.channel)
         done = await self.directory.already_done(uid, action_id)
         if done is not None:
             metrics.REPEATS.inc()
+            if await self.directory.is_published(uid, action_id):
+                return None  # a redelivered alert: its action is on winback-actions already
             return self._action(
                 alert,
                 decision.channel,
@@ -158,7 +168,9 @@ class Notifier:
         )
         return action
 
-    async def run_deferred(self, job: dict[str, Any], *, now: float | None = None) -> WinbackAction:
+    async def run_deferred(
+        self, job: dict[str, Any], *, now: float | None = None
+    ) -> WinbackAction | None:
         """Send a deferred action now that its time has come (quiet hours over, delay done).
 
         Consent is read again: a user who opted out while the action waited is not contacted.

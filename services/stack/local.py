@@ -163,10 +163,16 @@ class LocalStack:
             self.say(f"Kafka already running on {self.kafka.host}:{self.kafka.port}")
             return
         if self.kafka.answers():
-            raise ConfigError(
-                f"port {self.kafka.port} is taken by a process this stack did not start; "
-                "stop it or set CHURNWATCH_KAFKA_BOOTSTRAP to another port"
+            if not self.kafka_ready():
+                raise ConfigError(
+                    f"port {self.kafka.port} is taken by something that is not Kafka; "
+                    "stop it or set CHURNWATCH_KAFKA_BOOTSTRAP to another port"
+                )
+            self.say(
+                f"using the Kafka already answering on {self.kafka.host}:{self.kafka.port} "
+                "(not started by this stack: `down` leaves it alone)"
             )
+            return
         libs = self.fetch_kafka()
         data = self.kafka_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
@@ -242,10 +248,16 @@ class LocalStack:
             self.say(f"Redis already running on {self.redis.host}:{self.redis.port}")
             return
         if self.redis.answers():
-            raise ConfigError(
-                f"port {self.redis.port} is taken by a process this stack did not start; "
-                "stop it or set CHURNWATCH_REDIS_URL to another port"
+            if not self.redis_ready():
+                raise ConfigError(
+                    f"port {self.redis.port} is taken by something that is not Redis; "
+                    "stop it or set CHURNWATCH_REDIS_URL to another port"
+                )
+            self.say(
+                f"using the Redis already answering on {self.redis.host}:{self.redis.port} "
+                "(not started by this stack: `down` leaves it alone)"
             )
+            return
         server = self.install_redis()
         data = self.redis_dir / "data"
         data.mkdir(parents=True, exist_ok=True)

@@ -161,8 +161,10 @@ def test_sigkill_scorer_three_times(chaos: Isolated) -> None:
         orjson.loads(m.value) for m in read_topic(chaos.settings, chaos.settings.topic_actions)
     ]
     assert alerts, "the workload raised no alert: the downstream check would mean nothing"
-    twice = {a: n for a, n in Counter(x["alert_id"] for x in alerts).items() if n > 1}
-    assert not twice, f"alerts published twice: {list(twice)[:5]}"
+    # churn-alerts is at least once: an alert whose Kafka acknowledgement raced the kill
+    # is republished from the outbox. The notifier's idempotency makes it harmless.
+    repeated = sum(n - 1 for n in Counter(x["alert_id"] for x in alerts).values())
+    print(f"{repeated} alerts republished from the outbox after a kill")
     per_alert = Counter(x["alert_id"] for x in actions)
     twice = {a: n for a, n in per_alert.items() if n > 1}
     assert not twice, f"alert_ids twice on winback-actions: {list(twice.items())[:5]}"
@@ -173,12 +175,13 @@ def test_sigkill_scorer_three_times(chaos: Isolated) -> None:
     assert set(mails) == sent
     assert all(n == 1 for n in mails.values()), "an e-mail arrived twice"
     print(f"{len(alerts)} alerts, {len(actions)} actions, {sum(mails.values())} e-mails")
-    # Known gap (docs/operations.md): an alert whose batch reached Redis but whose Kafka
-    # acknowledgement did not happen before the kill is in the user's history only.
+    # No alert is lost: every alert the scorer stored as raised reached churn-alerts
+    # (the outbox republishes one whose acknowledgement the kill interrupted).
     r = redis.Redis.from_url(chaos.settings.redis_url)
     pipe = r.pipeline(transaction=False)
     for uid in by_user:
         pipe.lrange(f"{chaos.settings.key_prefix}:{{{uid}}}:alerts", 0, -1)
     recorded = {orjson.loads(a)["alert_id"] for found in pipe.execute() for a in found}
     r.close()
-    print(f"alerts in Redis but never published: {len(recorded - {a['alert_id'] for a in alerts})}")
+    lost = recorded - {a["alert_id"] for a in alerts}
+    assert not lost, f"alerts stored as raised but never published: {sorted(lost)[:5]}"

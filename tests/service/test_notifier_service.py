@@ -258,6 +258,21 @@ def test_the_same_alert_twice_sends_once() -> None:
     assert len(rig.recorder.on("email")) == 1
 
 
+def test_a_redelivered_alert_whose_actions_were_published_publishes_nothing() -> None:
+    rig = Rig()
+    uid = rig.user(treated_user("published"), email=True)
+    alert = make_alert(uid)
+
+    first = rig.handle(alert)
+    action_id = make_action_id(alert["alert_id"], "email")
+    run(rig.directory.mark_published(uid, [action_id]))  # what the agent does after Kafka acks
+    again = rig.handle(alert)
+
+    assert first == [("email", "sent", None)]
+    assert again == []  # nothing twice on winback-actions, nothing sent twice
+    assert len(rig.recorder.on("email")) == 1
+
+
 def test_failed_delivery_is_recorded_and_retried_on_redelivery() -> None:
     rig = Rig()
     uid = rig.user(treated_user("flaky"), email=True)

@@ -37,6 +37,7 @@ class MemoryDirectory:
         self.done: dict[str, dict[str, str]] = {}
         self.actions: dict[str, list[dict[str, Any]]] = {}
         self.winback: dict[str, dict[str, Any]] = {}
+        self.published: dict[str, set[str]] = {}
         self.counters: Counter[str] = Counter()
         self.deferred: list[tuple[float, dict[str, Any]]] = []
 
@@ -65,6 +66,12 @@ class MemoryDirectory:
 
     async def already_done(self, user_id: str, action_id: str) -> str | None:
         return self.done.get(user_id, {}).get(action_id)
+
+    async def is_published(self, user_id: str, action_id: str) -> bool:
+        return action_id in self.published.get(user_id, set())
+
+    async def mark_published(self, user_id: str, action_ids: list[str]) -> None:
+        self.published.setdefault(user_id, set()).update(action_ids)
 
     async def record(
         self,

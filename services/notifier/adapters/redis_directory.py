@@ -91,6 +91,25 @@ class RedisDirectory:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return _s(done) if done is not None else None
 
+    async def is_published(self, user_id: str, action_id: str) -> bool:
+        try:
+            return bool(await self.r.hexists(ukey(self.prefix, user_id, "pub"), action_id))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+
+    async def mark_published(self, user_id: str, action_ids: list[str]) -> None:
+        """These actions are on winback-actions: a redelivered alert publishes nothing."""
+        if not action_ids:
+            return
+        key = ukey(self.prefix, user_id, "pub")
+        try:
+            async with self.r.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=dict.fromkeys(action_ids, 1))
+                pipe.expire(key, 90 * 86400)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
     async def record(
         self,
         user_id: str,
