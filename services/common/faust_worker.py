@@ -14,11 +14,13 @@ def make_faust_app(
     settings: CommonSettings, *, group: str, datadir: str, session_timeout_s: float, **extra: Any
 ) -> faust.App:
     """A Faust app that keeps DESIGN §7: acks from all in-sync replicas, topics made by us."""
+    home = (settings.home / datadir).resolve()
+    home.mkdir(parents=True, exist_ok=True)  # a fresh checkout using someone else's Kafka
     return faust.App(
         group,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
-        datadir=str((settings.home / datadir).resolve()),
+        datadir=str(home),
         web_enabled=False,
         producer_acks=-1,
         topic_partitions=settings.topic_partitions,
