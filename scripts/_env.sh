@@ -17,7 +17,7 @@ stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)-${EXTRAS:-run}
 if [ ! -f "$stamp" ]; then
   echo "installing churnwatch and its dependencies into .venv ..."
   .venv/bin/python -m pip install -q --upgrade pip
-  if [ "${EXTRAS:-}" = dev ]; then .venv/bin/python -m pip install -q -e '.[dev]'
+  if [ "${EXTRAS:-}" = dev ]; then .venv/bin/python -m pip install -q -e '.[dev,eval]'
   else .venv/bin/python -m pip install -q -e .; fi
   rm -f .venv/.installed-*; touch "$stamp"
 fi
