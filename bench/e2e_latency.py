@@ -19,7 +19,6 @@ import argparse
 import statistics
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,9 @@ import httpx
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
-from bench.registry import emit
+from bench.registry import emit, fresh_deployment
 from bench.scorer import cleanup, free_port
-from services.common.kafka import ensure_topics
-from services.common.settings import CommonSettings, env_for, load_settings, scratch_settings
+from services.common.settings import env_for
 from services.demo import Services, wait_http
 from services.sim.generator import DAY, SimUser, event
 
@@ -59,6 +57,12 @@ class Follower(threading.Thread):
             fetch_max_wait_ms=5,
             consumer_timeout_ms=200,
         )
+        deadline = time.monotonic() + 30
+        while not self.consumer.partitions_for_topic(topic):  # a new topic: metadata lags
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has no partitions after 30 s")
+            self.consumer.topics()  # refreshes the cluster metadata
+            time.sleep(0.2)
         parts = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic)]
         self.consumer.assign(parts)
         self.consumer.seek_to_end(*parts)
@@ -112,17 +116,11 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--rate", type=float, default=5000.0, help="background events/s")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
     args = parser.parse_args(list(argv))
-    from services.stack.local import LocalStack
-
-    base = load_settings(CommonSettings)
-    LocalStack(base).up()
-    run = uuid.uuid4().hex[:8]
-    settings = scratch_settings(base, f"lat-{run}")
-    ensure_topics(settings)
+    run, settings = fresh_deployment("lat")
     port = free_port()
     env = env_for(settings) | {
         "CHURNWATCH_INGEST_PORT": str(port),
-        "CHURNWATCH_SCORER_GROUP": f"lat-{run}",
+        "CHURNWATCH_SCORER_GROUP": run,
         "CHURNWATCH_SCORER_METRICS_PORT": str(free_port()),
         "CHURNWATCH_LOG_LEVEL": "warning",
     }

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 
 import orjson
+
+from services.common.settings import CommonSettings
 
 # name -> ("module:function", one line of help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -59,6 +62,20 @@ def result_line(name: str, value: float, unit: str, baseline: float, *, ratio: f
 def emit(name: str, value: float, unit: str, baseline: float, *, ratio: float) -> None:
     sys.stdout.flush()
     print(result_line(name, value, unit, baseline, ratio=ratio), flush=True)
+
+
+def fresh_deployment(name: str) -> tuple[str, CommonSettings]:
+    """The local stack up, and topics plus a key prefix of this run's own: ``<name>-<run>``."""
+    from services.common.kafka import ensure_topics
+    from services.common.settings import load_settings, scratch_settings
+    from services.stack.local import LocalStack
+
+    base = load_settings(CommonSettings)
+    LocalStack(base).up()
+    run = f"{name}-{uuid.uuid4().hex[:8]}"
+    settings = scratch_settings(base, run)
+    ensure_topics(settings)
+    return run, settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,6 @@ import argparse
 import csv
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,9 @@ import orjson
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
-from bench.registry import emit
+from bench.registry import emit, fresh_deployment
 from bench.scorer import cleanup, free_port
-from services.common.kafka import ensure_topics
-from services.common.settings import CommonSettings, env_for, load_settings, scratch_settings
+from services.common.settings import env_for
 from services.demo import Services, register_contacts, wait_http
 from services.notifier.mailcatcher import MailCatcher
 from services.sim.generator import event, make_users
@@ -113,22 +111,16 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--rate", type=float, default=2000.0, help="events/s")
     parser.add_argument("--out", type=Path, default=Path("soak-out"))
     args = parser.parse_args(list(argv))
-    from services.stack.local import LocalStack
-
-    base = load_settings(CommonSettings)
-    LocalStack(base).up()
-    run = uuid.uuid4().hex[:8]
-    settings = scratch_settings(base, f"soak-{run}")
-    ensure_topics(settings)
+    run, settings = fresh_deployment("soak")
     ports = {name: free_port() for name in ("ingest", "scorer", "notifier", "smtp")}
     env = env_for(settings) | {
         "CHURNWATCH_INGEST_PORT": str(ports["ingest"]),
         "CHURNWATCH_SCORER_METRICS_PORT": str(ports["scorer"]),
         "CHURNWATCH_NOTIFIER_METRICS_PORT": str(ports["notifier"]),
         "CHURNWATCH_SMTP_PORT": str(ports["smtp"]),
-        "CHURNWATCH_SCORER_GROUP": f"soak-{run}",
-        "CHURNWATCH_NOTIFIER_GROUP": f"soak-{run}-n",
-        "CHURNWATCH_TOPIC_NOTIFIER_DLQ": f"soak-{run}.actions-dlq",
+        "CHURNWATCH_SCORER_GROUP": run,
+        "CHURNWATCH_NOTIFIER_GROUP": f"{run}-n",
+        "CHURNWATCH_TOPIC_NOTIFIER_DLQ": f"{run}.actions-dlq",
         "CHURNWATCH_LOG_LEVEL": "warning",
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +130,7 @@ def main(argv: Sequence[str] = ()) -> int:
     )
     r = redis.Redis.from_url(settings.redis_url)
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=f"soak-{run}", enable_auto_commit=False
+        bootstrap_servers=settings.kafka_bootstrap, group_id=run, enable_auto_commit=False
     )
     rows: list[dict[str, Any]] = []
     stop, sent = threading.Event(), [0]
