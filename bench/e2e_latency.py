@@ -16,6 +16,7 @@ on ``user-events`` (what HTTP and Kafka transport alone cost).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import threading
 import time
@@ -25,11 +26,12 @@ from typing import Any
 
 import httpx
 import orjson
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from bench.registry import emit, fresh_deployment
 from bench.scorer import cleanup, free_port
-from services.common.settings import env_for
+from services.common.kafka import make_consumer
+from services.common.settings import CommonSettings, env_for
 from services.demo import Services, wait_http
 from services.sim.generator import DAY, SimUser, event
 
@@ -47,12 +49,12 @@ def probe_events(user_id: str, now: float) -> list[dict[str, Any]]:
 class Follower(threading.Thread):
     """Records when each key first shows up on a topic."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, settings: CommonSettings, topic: str) -> None:
         super().__init__(daemon=True)
         self.seen: dict[str, float] = {}
         self.stop = threading.Event()
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
+        self.consumer = make_consumer(
+            settings,
             enable_auto_commit=False,
             fetch_max_wait_ms=5,
             consumer_timeout_ms=200,
@@ -80,30 +82,66 @@ class Follower(threading.Thread):
 def load(url: str, *, rate: float, duration: float, run: str) -> tuple[dict[str, float], float]:
     """Background traffic plus a probe every 100 ms.
 
-    Returns probe user -> time it was sent, and the background rate achieved.
+    Open loop: a request is sent every 10 ms whether or not the earlier ones
+    were answered (up to ``MAX_IN_FLIGHT`` at once), so a slow answer shows up
+    as latency, not as a lower rate. Returns probe user -> time it was sent, and
+    the background rate achieved (events acknowledged per second).
     """
+    return asyncio.run(_load(url, rate=rate, duration=duration, run=run))
+
+
+MAX_IN_FLIGHT = 64
+
+
+async def _load(
+    url: str, *, rate: float, duration: float, run: str
+) -> tuple[dict[str, float], float]:
     accepted: dict[str, float] = {}
     background = [SimUser(f"bg-{run}-{i}", "loyal", "UTC", "basic", 2.0) for i in range(5000)]
-    tick, per_tick, seq, n = 0.01, max(1, int(rate * 0.01)), 0, 0
-    with httpx.Client(timeout=10) as client:
-        end = time.monotonic() + duration
-        while time.monotonic() < end:
-            started = time.monotonic()
+    tick, per_tick = 0.01, max(1, int(rate * 0.01))
+    done = {"events": 0}
+    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
+    async with httpx.AsyncClient(timeout=10, limits=limits, headers=HEADERS) as client:
+
+        async def post(body: bytes, count: int, probe: str | None) -> None:
+            async with slots:
+                sent = time.time()
+                try:
+                    reply = await client.post(url, content=body)
+                except httpx.HTTPError:
+                    return
+                if reply.status_code != 200:
+                    return
+                done["events"] += count
+                if probe is not None:
+                    accepted[probe] = sent
+
+        tasks: set[asyncio.Task[None]] = set()
+        seq = n = ticks = 0
+        start = time.monotonic()
+        while time.monotonic() - start < duration:
             now = time.time()
             batch = []
             for _ in range(per_tick):
                 seq += 1
                 batch.append(event(background[seq % len(background)], "page_view", now, seq))
-            client.post(url, content=b"\n".join(map(orjson.dumps, batch)), headers=HEADERS)
-            if seq // per_tick % 10 == 0:
+            bodies: list[tuple[bytes, int, str | None]] = [
+                (b"\n".join(map(orjson.dumps, batch)), len(batch), None)
+            ]
+            ticks += 1
+            if ticks % 10 == 0:
                 n += 1
                 uid = f"probe-{run}-{n}"
-                body = b"\n".join(map(orjson.dumps, probe_events(uid, now)))
-                sent = time.time()
-                if client.post(url, content=body, headers=HEADERS).status_code == 200:
-                    accepted[uid] = sent
-            time.sleep(max(0.0, tick - (time.monotonic() - started)))
-    return accepted, seq / duration
+                probe = probe_events(uid, now)
+                bodies.append((b"\n".join(map(orjson.dumps, probe)), 0, uid))
+            for body, count, probe_id in bodies:
+                task = asyncio.create_task(post(body, count, probe_id))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            await asyncio.sleep(max(0.0, start + ticks * tick - time.monotonic()))
+        await asyncio.gather(*tasks)
+    return accepted, done["events"] / duration
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -127,8 +165,8 @@ def main(argv: Sequence[str] = ()) -> int:
     services = Services(
         settings, env, names=("ingest", "scorer"), logs=Path(f"/tmp/churnwatch-bench-{run}")
     )
-    events = Follower(settings.kafka_bootstrap, settings.topic_events)
-    alerts = Follower(settings.kafka_bootstrap, settings.topic_alerts)
+    events = Follower(settings, settings.topic_events)
+    alerts = Follower(settings, settings.topic_alerts)
     try:
         services.start()
         wait_http(f"http://127.0.0.1:{port}/healthz", 60, services)

@@ -140,10 +140,12 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def _on_topic(bootstrap: str, topic: str) -> int:
-    from kafka import KafkaConsumer, TopicPartition
+def _on_topic(settings: Any, topic: str) -> int:
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    from services.common.kafka import make_consumer
+
+    consumer = make_consumer(settings)
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         return sum(consumer.end_offsets(parts).values()) - sum(
@@ -154,9 +156,7 @@ def _on_topic(bootstrap: str, topic: str) -> int:
 
 
 def run_bench(*, duration: float, connections: int, batch: int) -> int:
-    from kafka import KafkaAdminClient
-
-    from services.common.kafka import ensure_topics
+    from services.common.kafka import ensure_topics, make_admin
     from services.common.settings import CommonSettings, env_for, load_settings
     from services.stack.local import LocalStack
 
@@ -209,13 +209,13 @@ def run_bench(*, duration: float, connections: int, batch: int) -> int:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    on_topic = _on_topic(settings.kafka_bootstrap, topic)
+    on_topic = _on_topic(settings, topic)
     print(
         f"events on {topic}: {on_topic} (ingest acknowledged {results['ingest']['events']} "
         f"in the measured window, plus the warm-up)",
         flush=True,
     )
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     try:
         admin.delete_topics([topic])
     finally:

@@ -30,10 +30,10 @@ import httpx
 import orjson
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from kafka import KafkaAdminClient
 
 from bench.registry import emit
-from services.common.kafka import ensure_topics
+from services.common.kafka import ensure_topics, make_admin
+from services.common.kafka_security import aiokafka_options
 from services.common.settings import CommonSettings, env_for, load_settings
 from services.demo import Services
 from services.sim.generator import DAY, history, make_users
@@ -54,9 +54,13 @@ def make_events(n: int, *, seed: int = 7, end: float | None = None) -> list[dict
     return out[:n]
 
 
-async def produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
+async def produce(settings: CommonSettings, topic: str, events: list[dict[str, Any]]) -> None:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=10, max_batch_size=512 * 1024
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        linger_ms=10,
+        max_batch_size=512 * 1024,
+        **aiokafka_options(settings),
     )
     await producer.start()
     try:
@@ -70,17 +74,19 @@ async def produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> N
         await producer.stop()
 
 
-async def bare_loop(bootstrap: str, source: str, sink: str, *, total: int) -> float:
+async def bare_loop(settings: CommonSettings, source: str, sink: str, *, total: int) -> float:
     """Events/s of consume → produce each value → commit, first to last record."""
+    bootstrap, security = settings.kafka_bootstrap, aiokafka_options(settings)
     consumer = AIOKafkaConsumer(
         source,
         bootstrap_servers=bootstrap,
+        **security,
         group_id=f"bench-bare-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         max_poll_records=2000,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **security)
     await consumer.start()
     await producer.start()
     seen, started = 0, 0.0
@@ -156,7 +162,7 @@ def free_port() -> int:
 
 
 def cleanup(settings: CommonSettings, topics: list[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     try:
         admin.delete_topics(topics)
     except Exception as exc:  # a leftover topic is harmless; say so and go on
@@ -202,11 +208,9 @@ def main(argv: Sequence[str] = ()) -> int:
         events = make_events(args.size)
         total = len(events)
         print(f"producing {total} events of {total // EVENTS_PER_USER} users")
-        asyncio.run(produce(settings.kafka_bootstrap, settings.topic_events, events))
+        asyncio.run(produce(settings, settings.topic_events, events))
         del events
-        bare = asyncio.run(
-            bare_loop(settings.kafka_bootstrap, settings.topic_events, copy_topic, total=total)
-        )
+        bare = asyncio.run(bare_loop(settings, settings.topic_events, copy_topic, total=total))
         print(f"bare aiokafka consume-and-produce: {bare:,.0f} events/s")
         with tempfile.TemporaryDirectory(prefix="bench-scorer-") as logs:
             rate = measure_scorer(settings, env, port=port, total=total, logs=Path(logs))

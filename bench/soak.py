@@ -28,6 +28,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from bench.registry import emit, fresh_deployment
 from bench.scorer import cleanup, free_port
+from services.common.kafka import make_consumer
 from services.common.settings import env_for
 from services.demo import Services, register_contacts, wait_http
 from services.notifier.mailcatcher import MailCatcher
@@ -129,9 +130,7 @@ def main(argv: Sequence[str] = ()) -> int:
         settings, env, names=("ingest", "scorer", "notifier"), logs=args.out / "logs"
     )
     r = redis.Redis.from_url(settings.redis_url)
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=run, enable_auto_commit=False
-    )
+    consumer = make_consumer(settings, group_id=run, enable_auto_commit=False)
     rows: list[dict[str, Any]] = []
     stop, sent = threading.Event(), [0]
     try:

@@ -1,7 +1,9 @@
 """The ``churnwatch`` command.
 
     churnwatch stack up|down|status     the local Kafka and Redis
+    churnwatch stack up --redis-cluster     ... with a three-master Redis Cluster as the Redis
     churnwatch ingest|scorer|notifier|api   run one service
+    churnwatch notifier redrive [--since 2h] [--dry-run]   send failed deliveries again
     churnwatch demo [--duration S]      everything, with simulated traffic
     churnwatch mailcatcher              a loopback SMTP server that counts mail
     churnwatch keys create --scope S    a new API key, printed once
@@ -22,6 +24,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from services.common.errors import ChurnwatchError
 
@@ -29,10 +32,19 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _stack(args: argparse.Namespace) -> int:
-    from services.common.settings import CommonSettings, load_settings
+    from services.common.settings import (
+        LOCAL_REDIS,
+        LOCAL_REDIS_CLUSTER,
+        CommonSettings,
+        load_settings,
+    )
     from services.stack.local import LocalStack
 
-    stack = LocalStack(load_settings(CommonSettings))
+    settings = load_settings(CommonSettings)
+    if args.redis_cluster and not settings.redis_cluster:
+        url = LOCAL_REDIS_CLUSTER if settings.redis_url == LOCAL_REDIS else settings.redis_url
+        settings = load_settings(CommonSettings, redis_cluster=True, redis_url=url)
+    stack = LocalStack(settings)
     if args.action == "up":
         stack.up()
         return 0
@@ -41,8 +53,7 @@ def _stack(args: argparse.Namespace) -> int:
         return 0
     status = stack.status()
     for name, ok in status.items():
-        endpoint = stack.kafka if name == "kafka" else stack.redis
-        print(f"{name:6} {endpoint.host}:{endpoint.port}  {'up' if ok else 'DOWN'}")
+        print(f"{name:13} {stack.address(name)}  {'up' if ok else 'DOWN'}")
     return 0 if all(status.values()) else 1
 
 
@@ -52,6 +63,12 @@ def _service(module: str) -> Handler:
         return int(main(args) or 0)
 
     return run
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    from services.notifier.redrive_command import run_redrive
+
+    return run_redrive(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -93,7 +110,9 @@ def _keys(args: argparse.Namespace) -> int:
     from services.common.settings import CommonSettings, load_settings
 
     settings = load_settings(CommonSettings)
-    store = RedisKeyStore(settings.redis_url, key_prefix=settings.key_prefix)
+    store = RedisKeyStore(
+        settings.redis_url, key_prefix=settings.key_prefix, cluster=settings.redis_cluster
+    )
     key = create_key(store, scopes=args.scope, name=args.name)
     print(key)
     print(
@@ -127,12 +146,31 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_redrive(actions: Any) -> None:
+    redrive = actions.add_parser("redrive", help="send failed deliveries again")
+    redrive.add_argument("--since", help="failed at or after: 30m, 6h, 2d, 1w or RFC 3339")
+    redrive.add_argument("--alert-id", help="only this alert's failed deliveries")
+    redrive.add_argument("--channel", choices=["email", "sms", "push", "webhook"])
+    redrive.add_argument("--user-id", help="only this user's failed deliveries")
+    redrive.add_argument("--limit", type=int, default=None, help="at most this many")
+    redrive.add_argument(
+        "--dry-run", action="store_true", help="say what would happen; send and change nothing"
+    )
+    redrive.set_defaults(handler=_redrive)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="churnwatch", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     stack = sub.add_parser("stack", help="the local Kafka and Redis")
     stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="the Redis is a three-master Redis Cluster (default ports 17001-17003; "
+        "same as CHURNWATCH_REDIS_CLUSTER=true)",
+    )
     stack.set_defaults(handler=_stack)
 
     for name, helptext in (
@@ -144,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--port", type=int, default=None, help="override the service's port")
         p.set_defaults(handler=_service("scorer" if name == "api" else name), role=name)
+        if name == "notifier":  # `churnwatch notifier` alone runs the worker
+            _add_redrive(p.add_subparsers(dest="action", metavar="ACTION"))
 
     demo = sub.add_parser("demo", help="stack, services and simulated traffic, with a summary")
     demo.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")

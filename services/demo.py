@@ -24,9 +24,10 @@ from typing import Any
 
 import httpx
 import orjson
-import redis
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
+from services.common.kafka import make_consumer
+from services.common.redis_client import sync_redis
 from services.common.settings import CommonSettings, env_for, load_settings
 from services.notifier.mailcatcher import MailCatcher
 from services.sim.generator import DAY, SimUser, event, history, make_users
@@ -90,8 +91,8 @@ class Watcher(threading.Thread):
         self.alerts = 0
         self.actions: Counter[str] = Counter()
         self.stopping = threading.Event()
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+        self.consumer = make_consumer(
+            settings,
             enable_auto_commit=False,
             consumer_timeout_ms=500,
         )
@@ -143,7 +144,7 @@ def noon_zone(now: float) -> str:
 
 
 def register_contacts(settings: CommonSettings, users: list[SimUser]) -> None:
-    r = redis.Redis.from_url(settings.redis_url)
+    r = sync_redis(settings.redis_url, cluster=settings.redis_cluster)
     zone = noon_zone(time.time())
     pipe = r.pipeline(transaction=False)
     for u in users:

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from services.common.events import parse_time
-from services.common.kafka import ensure_topics, make_producer
+from services.common.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from services.common.redis_client import sync_redis
 from services.common.settings import CommonSettings, env_for, load_settings, scratch_settings
 from services.demo import Services
 from services.scorer.adapters.redis_store import user_key
@@ -75,7 +75,7 @@ class Replay:
             "CHURNWATCH_SCORER_BATCH_SIZE": "1000",
             "CHURNWATCH_LOG_LEVEL": "warning",
         }
-        self.redis = redis.Redis.from_url(self.settings.redis_url)
+        self.redis = sync_redis(self.settings.redis_url, cluster=self.settings.redis_cluster)
 
     def produce(self, lines: list[tuple[float, bytes]]) -> None:
         producer = make_producer(self.settings, linger_ms=20)
@@ -90,8 +90,8 @@ class Replay:
         """Until the scorer's group has committed the end of the events topic."""
         tp = TopicPartition(self.settings.topic_events, 0)
         # Never subscribes, so it only reads the group's committed offset.
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        consumer = make_consumer(
+            self.settings,
             group_id=self.group,
             enable_auto_commit=False,
         )
@@ -159,8 +159,8 @@ class Replay:
 
     def alerts(self) -> list[bytes]:
         tp = TopicPartition(self.settings.topic_alerts, 0)
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        consumer = make_consumer(
+            self.settings,
             enable_auto_commit=False,
             consumer_timeout_ms=2000,
         )
@@ -176,7 +176,7 @@ class Replay:
         return out
 
     def clean(self) -> None:
-        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        admin = make_admin(self.settings)
         prefix = f"replay-{self.run}."
         admin.delete_topics([t for t in admin.list_topics() if t.startswith(prefix)])
         admin.close()

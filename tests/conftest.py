@@ -5,11 +5,17 @@ fixture ``stack`` brings up Kafka and Redis with ``churnwatch stack up`` (the
 same code people run) unless they already answer, and stops what it started.
 Each test gets its own topics and Redis key prefix (``isolated``), so tests
 never see each other's data.
+
+``redis_cluster`` starts a three-master Redis Cluster of its own (the code of
+``churnwatch stack up --redis-cluster``, on free ports, in a temporary
+directory) for the tests that run again on a cluster (``isolated_cluster``),
+and stops it at the end of the session.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import uuid
 from collections.abc import Iterator
@@ -24,6 +30,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port(nodes: int = 3) -> int:
+    """A port p with p .. p+nodes-1 and their cluster bus ports (+10000) free."""
+    for _ in range(200):
+        base = random.randrange(30_000, 40_000)
+        if all(_free(base + i) and _free(base + i + 10_000) for i in range(nodes)):
+            return base
+    raise RuntimeError("no free ports for a Redis Cluster")
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +105,7 @@ class Isolated:
             },
             kafka_bootstrap=base.kafka_bootstrap,
             redis_url=base.redis_url,
+            redis_cluster=base.redis_cluster,
             home=base.home,
         )
 
@@ -93,5 +118,32 @@ def isolated(stack: CommonSettings, tmp_path: Path) -> Isolated:
     from services.common.kafka import ensure_topics
 
     iso = Isolated(stack, tmp_path)
+    ensure_topics(iso.settings)
+    return iso
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(
+    stack: CommonSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CommonSettings]:
+    """The stack's settings with a Redis Cluster of this session's own as the Redis."""
+    from services.stack.redis_cluster import LocalRedisCluster
+
+    cluster = LocalRedisCluster(
+        tmp_path_factory.mktemp("redis-cluster"), port=free_cluster_port(), say=lambda _: None
+    )
+    try:
+        cluster.up()
+        yield stack.model_copy(update={"redis_url": cluster.url, "redis_cluster": True})
+    finally:
+        cluster.down()
+
+
+@pytest.fixture
+def isolated_cluster(redis_cluster: CommonSettings, tmp_path: Path) -> Isolated:
+    """``isolated`` on the session's Redis Cluster."""
+    from services.common.kafka import ensure_topics
+
+    iso = Isolated(redis_cluster, tmp_path)
     ensure_topics(iso.settings)
     return iso

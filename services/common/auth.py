@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from fastapi import FastAPI, Request
@@ -38,6 +38,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from services.common.errors import ChurnwatchError, ConfigError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from services.common.redis_client import SyncRedis
 from services.common.settings import CommonSettings
 
 log = logging.getLogger("churnwatch.auth")
@@ -93,12 +96,29 @@ class MemoryKeyStore:
 class RedisKeyStore:
     """Keys in the Redis hash ``<key_prefix>:apikeys``; connects on first use."""
 
-    def __init__(self, redis_url: str, *, key_prefix: str) -> None:
+    def __init__(self, redis_url: str, *, key_prefix: str, cluster: bool = False) -> None:
         import redis
+        from redis.exceptions import RedisClusterException
 
         self.name = f"{key_prefix}:apikeys"
-        self._redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._url, self._cluster = redis_url, cluster
+        self._client: SyncRedis | None = None
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.RedisError,
+            RedisClusterException,
+            OSError,
+        )
+
+    @property
+    def _redis(self) -> SyncRedis:
+        # A cluster client asks for the slot map when made: not before the first use.
+        if self._client is None:
+            from services.common.redis_client import sync_redis
+
+            self._client = sync_redis(
+                self._url, cluster=self._cluster, socket_timeout=2, socket_connect_timeout=2
+            )
+        return self._client
 
     def get(self, key_hash: str) -> ApiKey | None:
         try:
@@ -172,7 +192,9 @@ class ApiKeys:
 
 def keys_from_settings(settings: CommonSettings) -> ApiKeys:
     """Redis-backed keys; ``dev-key`` only in development mode."""
-    store = RedisKeyStore(settings.redis_url, key_prefix=settings.key_prefix)
+    store = RedisKeyStore(
+        settings.redis_url, key_prefix=settings.key_prefix, cluster=settings.redis_cluster
+    )
     return ApiKeys(store, allow_dev_key=not settings.is_production)
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import faust
 
+from services.common.gc_tuning import tune_gc
+from services.common.kafka_security import faust_credentials
 from services.common.logs import worker_logging_config
 from services.common.settings import CommonSettings
 
@@ -13,12 +15,16 @@ from services.common.settings import CommonSettings
 def make_faust_app(
     settings: CommonSettings, *, group: str, datadir: str, session_timeout_s: float, **extra: Any
 ) -> faust.App:
-    """A Faust app that keeps DESIGN §7: acks from all in-sync replicas, topics made by us."""
+    """A Faust app that keeps DESIGN §7: acks from all in-sync replicas, topics made by us.
+
+    Kafka SASL/TLS comes from the settings (``broker_credentials``), like every other client.
+    """
     home = (settings.home / datadir).resolve()
     home.mkdir(parents=True, exist_ok=True)  # a fresh checkout using someone else's Kafka
     return faust.App(
         group,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=str(home),
         web_enabled=False,
@@ -44,5 +50,6 @@ def run_faust_worker(app: faust.App, settings: CommonSettings) -> int:
         redirect_stdouts=False,
         logging_config=worker_logging_config(settings.log_level, settings.log_format),
     )
+    tune_gc()
     worker.execute_from_commandline()
     return 0

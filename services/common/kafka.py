@@ -2,7 +2,9 @@
 
 The Faust workers use aiokafka through Faust; the HTTP services and the
 command-line tools use kafka-python through these helpers. Library errors are
-translated into :class:`BrokerUnavailable` here.
+translated into :class:`BrokerUnavailable` here, or :class:`ConfigError` when
+Kafka refuses our credentials. Every client gets the settings' SASL/TLS
+options (:mod:`services.common.kafka_security`) through :func:`client_options`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import contextlib
 import logging
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from services.common.errors import BrokerUnavailable
+from services.common.errors import BrokerUnavailable, ConfigError
+from services.common.kafka_security import credentials_problem, kafka_python_options
 from services.common.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -30,11 +33,60 @@ def all_topics(settings: CommonSettings) -> list[str]:
     ]
 
 
-def broker_answers(bootstrap: str, *, timeout_ms: int = 3000) -> bool:
-    """True when the broker answers a metadata request."""
+def client_options(settings: CommonSettings, **overrides: Any) -> dict[str, Any]:
+    """Bootstrap servers and security options of every kafka-python client, plus ``overrides``.
+
+    With SASL or TLS configured, one handshake first: refused credentials are a
+    clear :class:`ConfigError` now rather than a bootstrap timeout 30 s later.
+    """
+    refused = credentials_problem(settings)
+    if refused is not None:
+        raise ConfigError(refused)
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        **kafka_python_options(settings),
+        **overrides,
+    }
+
+
+def unavailable(exc: BaseException, settings: CommonSettings) -> BrokerUnavailable | ConfigError:
+    """The error to raise for a client that failed: refused credentials are a configuration
+    error (kafka-python only times out on them, so one handshake finds out)."""
+    refused = credentials_problem(settings)
+    if refused is not None:
+        return ConfigError(refused)
+    return BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}")
+
+
+def make_consumer(settings: CommonSettings, *topics: str, **overrides: Any) -> KafkaConsumer:
+    """A kafka-python consumer with the deployment's bootstrap servers and security."""
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
-    except (KafkaError, OSError, ValueError):
+        return KafkaConsumer(*topics, **client_options(settings, **overrides))
+    except (KafkaError, OSError) as exc:
+        raise unavailable(exc, settings) from exc
+
+
+def make_admin(settings: CommonSettings, **overrides: Any) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(**client_options(settings, **overrides))
+    except (KafkaError, OSError) as exc:
+        raise unavailable(exc, settings) from exc
+
+
+def broker_answers(bootstrap: str | CommonSettings, *, timeout_ms: int = 3000) -> bool:
+    """True when the broker answers a metadata request.
+
+    Given settings (not a bare ``host:port``), it connects with their SASL/TLS options;
+    credentials the broker refuses count as not answering.
+    """
+    try:
+        options = (
+            {"bootstrap_servers": bootstrap}
+            if isinstance(bootstrap, str)
+            else client_options(bootstrap)
+        )
+        admin = KafkaAdminClient(request_timeout_ms=timeout_ms, **options)
+    except (KafkaError, OSError, ValueError, ConfigError):
         return False
     try:
         admin.list_topics()
@@ -48,12 +100,7 @@ def broker_answers(bootstrap: str, *, timeout_ms: int = 3000) -> bool:
 def ensure_topics(settings: CommonSettings, topics: list[str] | None = None) -> None:
     """Create the deployment's topics if they are missing (idempotent)."""
     wanted = topics or all_topics(settings)
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000
-        )
-    except (KafkaError, OSError) as exc:
-        raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    admin = make_admin(settings, request_timeout_ms=10_000)
     try:
         existing = set(admin.list_topics())
         missing = [
@@ -75,7 +122,7 @@ def ensure_topics(settings: CommonSettings, topics: list[str] | None = None) -> 
 def make_producer(settings: CommonSettings, **overrides: Any) -> KafkaProducer:
     """A producer that keeps DESIGN §7: idempotent, acks from all in-sync replicas."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        **client_options(settings),
         "acks": "all",
         "enable_idempotence": True,
         "compression_type": "gzip",
@@ -91,4 +138,4 @@ def make_producer(settings: CommonSettings, **overrides: Any) -> KafkaProducer:
     try:
         return KafkaProducer(**options)
     except (KafkaError, OSError) as exc:
-        raise BrokerUnavailable(f"Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+        raise unavailable(exc, settings) from exc

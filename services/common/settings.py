@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.errors import ConfigError
@@ -21,6 +21,7 @@ from services.common.errors import ConfigError
 # a Kafka or Redis the machine already runs.
 LOCAL_KAFKA = "127.0.0.1:19092"
 LOCAL_REDIS = "redis://127.0.0.1:16379/0"
+LOCAL_REDIS_CLUSTER = "redis://127.0.0.1:17001/0"  # `stack up --redis-cluster`: 17001-17003
 
 
 class CommonSettings(BaseSettings):
@@ -35,7 +36,24 @@ class CommonSettings(BaseSettings):
         Path(".churnwatch"), description="where the local stack keeps its data and logs"
     )
     kafka_bootstrap: str = Field(LOCAL_KAFKA, description="Kafka bootstrap servers, host:port,...")
-    redis_url: str = Field(LOCAL_REDIS, description="redis:// or rediss:// URL")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how clients talk to Kafka (services/common/kafka_security.py)"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = Field(None, description="never logged or printed")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle (default: system's)")
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
+    kafka_ssl_keyfile: Path | None = Field(None, description="its private key")
+    kafka_ssl_check_hostname: bool = True
+    redis_url: str = Field(
+        LOCAL_REDIS,
+        description="redis:// or rediss:// URL; AUTH as redis://user:password@host, "
+        "TLS as rediss://...?ssl_ca_certs=/path/ca.pem (docs/operations.md)",
+    )
+    redis_cluster: bool = Field(
+        False, description="redis_url is a node of a Redis Cluster (common/redis_client.py)"
+    )
     key_prefix: str = Field("cw", description="prefix of every Redis key this deployment owns")
     topic_events: str = "user-events"
     topic_alerts: str = "churn-alerts"
@@ -62,8 +80,31 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {value!r}")
+            shown = (
+                value.split("://", 1)[0] + "://..." if "://" in value else "a URL without scheme"
+            )
+            # Not the URL itself: it may hold the password.
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {shown}")
         return value
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> CommonSettings:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"CHURNWATCH_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                "CHURNWATCH_KAFKA_SASL_USERNAME and CHURNWATCH_KAFKA_SASL_PASSWORD"
+            )
+        if protocol in ("SSL", "SASL_SSL"):
+            for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+                path = getattr(self, name)
+                if path is not None and not Path(path).is_file():
+                    raise ValueError(f"CHURNWATCH_{name.upper()}: no such file: {path}")
+            if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+                raise ValueError("CHURNWATCH_KAFKA_SSL_KEYFILE needs CHURNWATCH_KAFKA_SSL_CERTFILE")
+        return self
 
     @property
     def is_production(self) -> bool:
@@ -84,6 +125,9 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
         lines = []
         for err in exc.errors():
             name = "_".join(str(p) for p in err["loc"]).upper()
+            if not name:  # a check across fields: its message names the variables
+                lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+                continue
             lines.append(f"  {prefix}{name}: {err['msg']}")
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None
 
@@ -92,6 +136,10 @@ def env_for(settings: CommonSettings) -> dict[str, str]:
     """The environment a child process needs to see the same settings."""
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
+        if value is None:  # unset: the child's default, not the string "None"
+            continue
+        if isinstance(value, SecretStr):  # the child needs the secret, not its mask
+            value = value.get_secret_value()
         env[f"CHURNWATCH_{name.upper()}"] = str(value)
     return env
 

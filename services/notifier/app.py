@@ -85,6 +85,7 @@ def create_app(settings: NotifierSettings, runtime: NotifierRuntime) -> faust.Ap
                 )
             await _until_stored(runtime.directory.finish, job)
         metrics.DEFERRED.set(await runtime.directory.deferred_depth())
+        metrics.FAILED.set(await runtime.directory.failed_depth())
 
     return app
 

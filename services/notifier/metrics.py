@@ -28,3 +28,13 @@ REPEATS = Counter(
 )
 DEFERRED = Gauge("churnwatch_notifier_deferred_depth", "Actions waiting in the deferred queue")
 INVALID = Counter("churnwatch_notifier_invalid_alerts_total", "Alerts that failed validation")
+FAILED = Gauge(
+    "churnwatch_notifier_failed_deliveries",
+    "Failed deliveries kept for `churnwatch notifier redrive` (stale ones included until then)",
+)
+REDRIVES = Counter(
+    "churnwatch_notifier_redrives_total",
+    "Failed deliveries re-driven, by channel and outcome (sent, failed, suppressed, deferred, "
+    "skipped)",
+    ["channel", "outcome"],
+)

@@ -1,8 +1,10 @@
 """Turn one churn alert into win-back actions: plan, guard, render, deliver, record.
 
 No Faust here: the agent hands alerts in and publishes the actions returned.
-Ports: a directory (contacts, consent, sends, idempotency, deferred queue) and
-one channel per medium.
+Ports: a directory (contacts, consent, sends, idempotency, deferred queue,
+failed deliveries) and one channel per medium. A delivery that fails after its
+retries is published as ``failed`` and kept in the directory for
+``churnwatch notifier redrive`` (:mod:`services.notifier.redrive`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class Directory(Protocol):
     ) -> None: ...
 
     async def defer(self, job: dict[str, Any], not_before: float) -> None: ...
+
+    async def remember_failed(self, job: dict[str, Any]) -> None: ...
 
 
 def address_for(channel: str, contact: Mapping[str, str]) -> str | None:
@@ -117,11 +121,14 @@ class Notifier:
         playbook: str,
         contact: Mapping[str, str],
         now: float,
+        failures: int = 0,
     ) -> WinbackAction | None:
         """Execute one decision exactly once per alert and channel.
 
         None when the decision was carried out and its action published before
         (the alert was delivered again): nothing to send, nothing to publish.
+        A failed delivery is remembered for a re-drive (``failures`` counts the
+        earlier ones of the same action, when this is a re-drive).
         """
         uid = alert["user_id"]
         action_id = make_action_id(alert["alert_id"], decision.channel)
@@ -149,6 +156,21 @@ class Notifier:
             status, reason = await self._deliver(
                 alert, decision, contact=contact, action_id=action_id
             )
+            if status == "failed":
+                await self.directory.remember_failed(
+                    {
+                        "action_id": action_id,
+                        "alert_id": alert["alert_id"],
+                        "user_id": uid,
+                        "channel": decision.channel,
+                        "playbook": playbook,
+                        "alert": alert,
+                        "decision": asdict(decision),
+                        "error": reason,
+                        "failed_at": now,
+                        "failures": failures + 1,
+                    }
+                )
         action = self._action(
             alert, decision.channel, playbook, status, decision=decision, reason=reason, now=now
         )

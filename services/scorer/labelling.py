@@ -72,7 +72,10 @@ def label_user(
     confirmed = inactivity_churn_ts(last_active, now, settings=settings) if last_active else None
     if confirmed is not None and pending:
         resolved += resolve_on_churn(pending, confirmed, settings=settings, departed_at=last_active)
-        pending = [s for s in pending if s.taken_at > confirmed]
+        # The rest were taken after the churn was confirmed, in the same silence: the
+        # user had churned already, so they are dropped unlearned (as after an explicit
+        # churn). Kept, they would wait H + N days and learn y=0: "long silent = stays".
+        pending = []
     by_time, pending = resolve_by_time(pending, now, settings=settings, last_seen=last_active)
     return resolved + by_time, pending
 

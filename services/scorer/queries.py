@@ -9,6 +9,11 @@ with ``SCAN MATCH`` and keeps the names for ``scan_every_s`` seconds, so that
 cost is paid at most once a minute, not per request. A set of names written by
 the scorer and the notifier would remove the scan; until they keep one, this is
 the cheap way.
+
+Every query also works on a Redis Cluster: multi-key commands only name keys
+of one slot (a user's ``{uid}`` keys, or the daily HLLs under ``{hll}``), values
+of keys in several slots are read with one GET each in a pipeline (redis-py
+sends one batch per master), and ``SCAN`` goes to every master.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from functools import partial
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
-from services.scorer.adapters.redis_store import user_key
+from services.common.redis_client import AsyncRedis
+from services.scorer.adapters.redis_store import day_key, user_key
 from services.scorer.core.features import decode_state, to_vector
 from services.scorer.core.segments import STAGES
 
@@ -97,16 +102,16 @@ def day_keys(prefix: str, now: float, days: int) -> list[str]:
     """The activity HLL keys of the ``days`` UTC days ending today.
 
     >>> day_keys("cw", 86400 * 2.5, 2)
-    ['cw:hll:d:19700103', 'cw:hll:d:19700102']
+    ['cw:{hll}:d:19700103', 'cw:{hll}:d:19700102']
     """
     today = datetime.fromtimestamp(now, UTC)
-    return [f"{prefix}:hll:d:{(today - timedelta(days=i)):%Y%m%d}" for i in range(days)]
+    return [day_key(prefix, f"{(today - timedelta(days=i)):%Y%m%d}") for i in range(days)]
 
 
 class RiskQueries:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: AsyncRedis,
         *,
         prefix: str,
         scan_every_s: float = 60.0,
@@ -263,15 +268,17 @@ class RiskQueries:
         stage_keys = [f"{self.prefix}:atrisk:{stage}" for stage in STAGES]
 
         def read(pipe: Any) -> None:
+            # PFCOUNT by name: redis-py refuses pipe.pfcount on a cluster, where these
+            # are fine (the day HLLs share one hash tag; a cohort count names one key).
             for days in (1, 7, 30):
-                pipe.pfcount(*day_keys(self.prefix, now, days))
+                pipe.execute_command("PFCOUNT", *day_keys(self.prefix, now, days))
             for day in cohort_days:
                 for k in (0, 1, 7, 30):
-                    pipe.pfcount(f"{self.prefix}:cohort:{day}:d{k}")
+                    pipe.execute_command("PFCOUNT", f"{self.prefix}:cohort:{day}:d{k}")
             for key in stage_keys:
                 pipe.zcard(key)
-            if counters:
-                pipe.mget(counters)
+            for name in counters:  # one GET each: the counters are in several slots
+                pipe.get(name)
 
         dau, wau, mau, *rest = await self._run(read)
         cohort_counts, rest = rest[: 4 * len(cohort_days)], rest[4 * len(cohort_days) :]
@@ -292,7 +299,7 @@ class RiskQueries:
         by_stage = dict(zip(STAGES, stage_counts, strict=True))
         scored = sum(by_stage.values())
         winback: dict[str, dict[str, dict[str, Any]]] = {}
-        for name, value in zip(counters, values[0] if values else [], strict=True):
+        for name, value in zip(counters, values, strict=True):
             parts = name[len(self.prefix) + len(":winback:") :].rsplit(":", 2)
             if len(parts) != 3 or value is None:
                 continue
@@ -315,7 +322,7 @@ class RiskQueries:
         """Each scorer worker's model version, label counts, quality and checkpoint age."""
         now = self.clock()
         names = await self.family(f"{self.prefix}:model:*:quality")
-        values = await self._call(self.r.mget(names)) if names else []
+        values = await self._run(partial(_queue_gets, names)) if names else []
         workers = []
         for name, raw in zip(names, values, strict=True):
             if raw is None:
@@ -337,6 +344,11 @@ class RiskQueries:
                 }
             )
         return {"as_of": rfc3339(now), "workers": workers}
+
+
+def _queue_gets(keys: list[str], pipe: Any) -> None:
+    for key in keys:
+        pipe.get(key)
 
 
 def _queue_hgets(keys: list[str], field: str, pipe: Any) -> None:

@@ -11,12 +11,12 @@ import logging
 import time
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.common.clock import Clock, EventTimeClock, WallClock
 from services.common.errors import StoreUnavailable
 from services.common.messages import ChurnAlert
+from services.common.redis_client import async_redis
 from services.scorer import metrics
 from services.scorer.adapters.redis_store import RedisUserStore
 from services.scorer.config import ScorerSettings
@@ -83,7 +83,9 @@ class Runtime:
 
     async def _bootstrap(self) -> BatchScorer:
         s = self.settings
-        client = aioredis.Redis.from_url(s.redis_url, socket_timeout=5, health_check_interval=10)
+        client = async_redis(
+            s.redis_url, cluster=s.redis_cluster, socket_timeout=5, health_check_interval=10
+        )
         labels = make_core(s).labels
         self.store = RedisUserStore(
             client,
@@ -141,6 +143,8 @@ class Runtime:
                     "saved_at": time.time(),
                     **self.quality.to_dict(),
                     "metrics": quality_figures(self.quality),
+                    # The prior and the learner judged on the same labels: why the blend is where it is.
+                    "blend": self.core.model.blend_quality(),
                 }
             ),
         )
@@ -179,6 +183,7 @@ class Runtime:
             for name, value in quality_figures(self.quality).items():
                 if value is not None:
                     metrics.QUALITY.labels(name).set(value)
+            metrics.QUALITY.labels("prior_weight").set(self.core.model.weight_prior)
             self._learned_since_checkpoint += learned.total
             if self._learned_since_checkpoint >= self.settings.scorer_checkpoint_every:
                 await self.checkpoint()

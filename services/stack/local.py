@@ -8,8 +8,13 @@ apt-get when missing). Everything lives under ``$CHURNWATCH_HOME``:
     kafka/data/     the KRaft log directories    redis/redis.conf
     kafka/server.properties, kafka.pid, kafka.log   redis.pid, redis.log
 
+With ``CHURNWATCH_REDIS_CLUSTER=true`` (``stack up --redis-cluster``) the Redis
+is a three-master Redis Cluster instead (``redis_cluster.py``), its nodes on
+``CHURNWATCH_REDIS_URL``'s port and the next two, under ``redis-cluster/<port>/``.
+
 ``up`` is idempotent (a process that is already ours and answering is reused),
-``down`` stops only the processes whose pid files ``up`` wrote.
+``down`` stops only the processes whose pid files ``up`` wrote (every cluster
+node's too).
 """
 
 from __future__ import annotations
@@ -24,10 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from services.common.errors import ConfigError
 from services.common.settings import CommonSettings
+
+if TYPE_CHECKING:
+    from services.stack.redis_cluster import LocalRedisCluster
 
 DEPLOY_LOCAL = Path(__file__).resolve().parents[2] / "deploy" / "local"
 
@@ -105,6 +114,26 @@ class LocalStack:
         self.redis_dir = self.home / "redis"
         self.kafka = kafka_endpoint(settings)
         self.redis = redis_endpoint(settings)
+        self.cluster_dir = self.home / "redis-cluster"
+
+    @property
+    def redis_name(self) -> str:
+        return "redis-cluster" if self.settings.redis_cluster else "redis"
+
+    def address(self, name: str) -> str:
+        """Where the service ``name`` of :meth:`status` listens."""
+        if name == "kafka":
+            return f"{self.kafka.host}:{self.kafka.port}"
+        if name == "redis-cluster":
+            return f"{self.redis.host}:{self.redis.port}-{self.redis.port + 2}"
+        return f"{self.redis.host}:{self.redis.port}"
+
+    def redis_cluster(self) -> LocalRedisCluster:
+        from services.stack.redis_cluster import LocalRedisCluster
+
+        return LocalRedisCluster(
+            self.cluster_dir, host=self.redis.host, port=self.redis.port, say=self.say
+        )
 
     # -- Kafka -------------------------------------------------------------
     def fetch_kafka(self) -> Path:
@@ -272,6 +301,8 @@ class LocalStack:
     def redis_ready(self) -> bool:
         import redis
 
+        if self.settings.redis_cluster:
+            return self.redis_cluster().ready()
         try:
             return bool(redis.Redis.from_url(self.settings.redis_url, socket_timeout=1).ping())
         except redis.RedisError:
@@ -288,11 +319,20 @@ class LocalStack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.kafka_dir.mkdir(exist_ok=True)
         self.redis_dir.mkdir(exist_ok=True)
-        self.start_redis()
+        if self.settings.redis_cluster:
+            self.redis_cluster().up()
+        else:
+            self.start_redis()
         self.start_kafka()
         from services.common.kafka import ensure_topics
 
         ensure_topics(self.settings)
+        if self.settings.redis_cluster:
+            self.say(
+                f"stack is up; services use CHURNWATCH_REDIS_URL={self.settings.redis_url} "
+                "CHURNWATCH_REDIS_CLUSTER=true"
+            )
+            return
         self.say("stack is up")
 
     def down(self) -> None:
@@ -312,7 +352,19 @@ class LocalStack:
             if pid_alive(pid_file, marker):
                 os.kill(pid, signal.SIGKILL)
             pid_file.unlink(missing_ok=True)
+        self._stop_cluster_nodes()
         self.say("stack is down")
 
+    def _stop_cluster_nodes(self) -> None:
+        """Every cluster node ``up --redis-cluster`` started, whatever its ports."""
+        from services.stack.redis_cluster import LocalRedisCluster
+
+        for pid_file in sorted(self.cluster_dir.glob("*/redis.pid")):
+            port = int(pid_file.parent.name)
+            node = LocalRedisCluster(
+                self.cluster_dir, host=self.redis.host, port=port, nodes=1, say=self.say
+            )
+            node.down()
+
     def status(self) -> dict[str, bool]:
-        return {"kafka": self.kafka_ready(), "redis": self.redis_ready()}
+        return {"kafka": self.kafka_ready(), self.redis_name: self.redis_ready()}

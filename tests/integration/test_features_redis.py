@@ -6,6 +6,10 @@ consumes them. Then every user's stored state is decoded and its vector
 compared with an independent computation over the raw events written here
 (no code from ``core.features``). Events later than the tolerance, sent once
 everything else is in, must come out on the dead-letter topic with the reason.
+
+The test runs twice: on the single Redis, and on a three-master Redis Cluster
+(``CHURNWATCH_REDIS_CLUSTER=true``), where the scorer writes each user's keys
+atomically per slot instead of one transaction per batch.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from zoneinfo import ZoneInfo
 import httpx
 import orjson
 import pytest
-import redis
 from kafka import KafkaConsumer, KafkaProducer
 
+from services.common.redis_client import sync_redis
 from services.demo import Services
 from services.scorer.adapters.redis_store import user_key
 from services.scorer.core.features import decode_state, to_vector
@@ -183,7 +187,16 @@ def dead_letters(isolated: Isolated, want: int) -> list[dict[str, Any]]:
     return found
 
 
-def test_features_match_an_independent_recount(isolated: Isolated) -> None:
+@pytest.fixture(params=["redis", "redis-cluster"])
+def on_redis(request: pytest.FixtureRequest) -> Isolated:
+    """The usual isolated settings, on the single Redis and then on a Redis Cluster."""
+    name = "isolated" if request.param == "redis" else "isolated_cluster"
+    iso: Isolated = request.getfixturevalue(name)
+    return iso
+
+
+def test_features_match_an_independent_recount(on_redis: Isolated) -> None:
+    isolated = on_redis
     rng = random.Random(20261123)
     events = make_events(rng)
     stream = send_order(events, rng)
@@ -214,7 +227,7 @@ def test_features_match_an_independent_recount(isolated: Isolated) -> None:
     finally:
         services.stop()
 
-    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r = sync_redis(isolated.settings.redis_url, cluster=isolated.settings.redis_cluster)
     prefix = isolated.settings.key_prefix
     uids = sorted(by_user)
     pipe = r.pipeline(transaction=False)

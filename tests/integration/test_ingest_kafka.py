@@ -22,14 +22,21 @@ import orjson
 import pytest
 import uvicorn
 from kafka import KafkaConsumer
+from kafka.partitioner.default import murmur2
 
 from services.common.auth import RedisKeyStore, create_key
-from services.ingest.adapters.kafka_publisher import KafkaPublisher
+from services.ingest.adapters import make_publisher
 from services.ingest.app import create_app
 from services.ingest.config import IngestSettings
 from tests.conftest import Isolated, free_port
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["librdkafka", "kafka-python"])
+def producer(request: pytest.FixtureRequest) -> str:
+    """Both publishers keep the same promises."""
+    return str(request.param)
 
 
 def event(n: int, **changes: Any) -> dict[str, Any]:
@@ -44,10 +51,7 @@ def event(n: int, **changes: Any) -> dict[str, Any]:
 
 @contextmanager
 def serve(settings: IngestSettings) -> Iterator[str]:
-    publisher = KafkaPublisher(
-        settings, topic=settings.topic_events, timeout_s=settings.ingest_produce_timeout_s
-    )
-    app = create_app(settings, publisher)
+    app = create_app(settings, make_publisher(settings))
     config = uvicorn.Config(
         app, host="127.0.0.1", port=settings.ingest_port, log_config=None, access_log=False
     )
@@ -65,16 +69,23 @@ def serve(settings: IngestSettings) -> Iterator[str]:
         thread.join(timeout=30)
 
 
-def ingest_settings(isolated: Isolated, **changes: Any) -> IngestSettings:
+def ingest_settings(isolated: Isolated, producer: str, **changes: Any) -> IngestSettings:
     base = isolated.settings.model_dump()
     return IngestSettings(
         **base
-        | {"ingest_port": isolated.ports["ingest"], "ingest_produce_timeout_s": 5.0}
+        | {
+            "ingest_port": isolated.ports["ingest"],
+            "ingest_produce_timeout_s": 5.0,
+            "ingest_producer": producer,
+        }
         | changes
     )
 
 
-def read_topic(isolated: Isolated, topic: str) -> list[tuple[bytes, dict[str, Any]]]:
+def read_topic(
+    isolated: Isolated, topic: str, *, partitions: dict[bytes, set[int]] | None = None
+) -> list[tuple[bytes, dict[str, Any]]]:
+    """The records on ``topic``; ``partitions`` collects the partitions each key was on."""
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=isolated.settings.kafka_bootstrap,
@@ -83,13 +94,20 @@ def read_topic(isolated: Isolated, topic: str) -> list[tuple[bytes, dict[str, An
         enable_auto_commit=False,
     )
     try:
-        return [(msg.key, orjson.loads(msg.value)) for msg in consumer]
+        records = []
+        for msg in consumer:
+            records.append((msg.key, orjson.loads(msg.value)))
+            if partitions is not None:
+                partitions.setdefault(msg.key, set()).add(msg.partition)
+        return records
     finally:
         consumer.close()
 
 
-def test_accepted_events_are_on_the_topic_once_keyed_by_user(isolated: Isolated) -> None:
-    settings = ingest_settings(isolated)
+def test_accepted_events_are_on_the_topic_once_keyed_by_user(
+    isolated: Isolated, producer: str
+) -> None:
+    settings = ingest_settings(isolated, producer)
     key = create_key(
         RedisKeyStore(settings.redis_url, key_prefix=settings.key_prefix), scopes=["ingest"]
     )
@@ -110,10 +128,15 @@ def test_accepted_events_are_on_the_topic_once_keyed_by_user(isolated: Isolated)
         assert second.json() == {"accepted": 40, "duplicates": 20, "rejected": []}
         assert http.get("/readyz").status_code == 200
 
-    on_topic = read_topic(isolated, settings.topic_events)
+    partitions: dict[bytes, set[int]] = {}
+    on_topic = read_topic(isolated, settings.topic_events, partitions=partitions)
     ids = [value["event_id"] for _, value in on_topic]
     assert sorted(ids) == sorted(e["event_id"] for e in good)  # each exactly once, no bad ones
     assert all(k == v["user_id"].encode() for k, v in on_topic)
+    # Both clients partition like the Java default (murmur2), so a user's events
+    # stay on one partition whichever producer wrote them.
+    count = settings.topic_partitions
+    assert partitions == {k: {(murmur2(k) & 0x7FFFFFFF) % count} for k in partitions}
     assert all(v["received_at"].endswith("Z") for _, v in on_topic)
 
 
@@ -162,9 +185,11 @@ class Proxy:
         self.thread.join(timeout=10)
 
 
-def test_unreachable_broker_is_503_then_recovers_without_restart(isolated: Isolated) -> None:
+def test_unreachable_broker_is_503_then_recovers_without_restart(
+    isolated: Isolated, producer: str
+) -> None:
     port = free_port()  # nothing listens here yet
-    settings = ingest_settings(isolated, kafka_bootstrap=f"127.0.0.1:{port}")
+    settings = ingest_settings(isolated, producer, kafka_bootstrap=f"127.0.0.1:{port}")
     headers = {"Authorization": "Bearer dev-key"}
     proxy = Proxy(port, isolated.settings.kafka_bootstrap)
     with serve(settings) as url, httpx.Client(base_url=url, headers=headers, timeout=60) as http:

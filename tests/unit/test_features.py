@@ -6,6 +6,7 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,6 +54,11 @@ CONTRACT_KEYS = [
     "uninstalled",
     "winback_sent_90d",
     "winback_responded_90d",
+    "active_days_total",
+    "purchases_total",
+    "active_span_days",
+    "mean_gap_days",
+    "recency_vs_gap",
 ]
 _ids = iter(range(10**9))
 
@@ -283,6 +289,36 @@ def test_old_day_buckets_are_pruned_after_90_days() -> None:
     # Kept while 90 days behind, but the 90-day window is today and the 89 days before.
     assert to_vector(state, (T0 + timedelta(days=95)).timestamp())["events_90d"] == 1.0
     assert to_vector(state, (T0 + timedelta(days=94)).timestamp())["events_90d"] == 2.0
+
+
+def test_lifetime_counters_outlive_the_90_day_windows() -> None:
+    day = timedelta(days=1)
+    buys = [ev(T0 + d * day, "purchase", amount=5.0) for d in (0, 0, 40, 100, 200)]
+    state = fold([*buys, ev(T0 + 200 * day, "winback_sent")])
+    v = to_vector(state, (T0 + 230 * day).timestamp())
+    assert v["purchases_90d"] == v["active_days_90d"] == 1.0  # the windows forgot the rest
+    assert v["active_days_total"] == 4.0 and v["purchases_total"] == 5.0
+    assert v["active_span_days"] == 200.0 and v["mean_gap_days"] == pytest.approx(200 / 3)
+    assert v["recency_vs_gap"] == pytest.approx(30 / (200 / 3))
+    once = to_vector(fold([ev(T0)]), (T0 + 9 * day).timestamp())
+    assert (once["active_days_total"], once["mean_gap_days"], once["recency_vs_gap"]) == (1, 0, 0)
+
+
+def test_a_late_event_on_a_new_day_counts_that_day_once() -> None:
+    day = timedelta(days=1)
+    late_first = fold([ev(T0 + day), ev(T0), ev(T0 + timedelta(hours=1))])
+    in_order = fold([ev(T0), ev(T0 + timedelta(hours=1)), ev(T0 + day)])
+    assert late_first.active_days_total == in_order.active_days_total == 2
+
+
+def test_a_format_1_state_still_decodes() -> None:
+    state = _typical_user()
+    packed = orjson.loads(encode_state(state))
+    old = decode_state(orjson.dumps([1, *packed[1:15]]))
+    # Format 1 had no lifetime counters: they are rebuilt from the kept days.
+    assert old.active_days_total == state.active_days_total == 10
+    assert old.purchases_total == state.purchases_total == 1
+    assert old.days == state.days and old.seen == state.seen
 
 
 def test_remembered_ids_stay_within_the_lateness_window_and_the_cap() -> None:

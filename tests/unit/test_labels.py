@@ -16,6 +16,7 @@ from services.scorer.core.labels import (
     should_snapshot,
     take_snapshot,
 )
+from services.scorer.labelling import label_user
 
 S = LabelSettings()  # H = 14 days, N = 30 days
 
@@ -83,6 +84,17 @@ def test_inactivity_churn_labels_silent_snapshots_1_and_old_ones_0() -> None:
     assert confirmed == 70 * DAY
     resolved = resolve_on_churn(snaps, confirmed, settings=S, departed_at=40 * DAY)
     assert days(resolved) == [(20, 0), (26, 1), (40, 1), (45, 1), (69, 1)]
+
+
+def test_snapshots_taken_after_an_inactivity_churn_are_dropped_unlearned() -> None:
+    """Silent since day 0, churn confirmed on day 30: a snapshot of day 37 asks nothing
+    (the user had left); it must not wait H + N days and then learn "stayed" (y=0)."""
+    snaps = [snap(0), snap(37)]
+    for now in (38, 90):
+        resolved, pending = label_user(
+            snaps, churn_at=0.0, last_active=1.0, now=now * DAY, settings=S
+        )
+        assert days(resolved) == [(0, 1)] and pending == []
 
 
 def test_without_last_seen_a_snapshot_waits_horizon_plus_inactivity() -> None:

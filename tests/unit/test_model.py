@@ -62,7 +62,10 @@ def test_progressive_auc_after_2000_labels_is_above_0_8(kind: str) -> None:
     quality, _ = run_delayed(model, random.Random(1), labels=2000)
     measured = quality.roc_auc
     assert measured is not None and measured > 0.8, measured
-    assert model.calibrated and model.weight_prior == 0.0
+    figures = model.blend_quality()
+    # The learner ranks better than the prior on the same labels, so it earned weight.
+    assert figures["model_auc"] > figures["prior_auc"]  # type: ignore[operator]
+    assert model.calibrated and model.weight_prior < 1.0
 
 
 def test_learned_model_beats_prior_and_is_calibrated() -> None:
@@ -85,18 +88,40 @@ def test_learned_model_beats_prior_and_is_calibrated() -> None:
     assert mean_raw > churn_rate + 0.05
 
 
-def test_fresh_model_scores_with_the_prior_and_blends_it_out_linearly() -> None:
-    model = ChurnModel(ModelSettings(prior_weight_labels=10))
+def test_fresh_model_scores_with_the_prior_until_the_learner_is_measured_better() -> None:
+    model = ChurnModel(ModelSettings(prior_weight_labels=10, blend_every=10))
     x = {"recency_days": 20.0, "trend_7d_vs_30d": 0.1}
     s = model.score(x)
     assert s.weight_prior == 1.0 and s.risk == s.prior == prior_risk(x)
     rng = random.Random(3)
-    for _ in range(4):
+    for _ in range(30):  # past the count floor, but too few labels to judge the learner
         model.learn(*synthetic_user(rng))
-    assert model.score(x).weight_prior == pytest.approx(0.6)
-    for _ in range(6):
-        model.learn(*synthetic_user(rng))
+    assert model.score(x).weight_prior == 1.0
+    run_delayed(model, rng, labels=1000)
+    figures = model.blend_quality()
+    assert figures["model_auc"] > figures["prior_auc"] + 0.02  # type: ignore[operator]
     assert model.score(x).weight_prior == 0.0
+
+
+def test_the_prior_keeps_its_weight_while_it_ranks_better() -> None:
+    """Labels that are the prior's own verdict: no learner can beat it, so it keeps the risk."""
+    model = ChurnModel(ModelSettings(prior_weight_labels=10))
+    rng = random.Random(8)
+    for _ in range(1500):
+        x, _ = synthetic_user(rng)
+        model.learn(x, prior_risk(x) > 0.5)
+    figures = model.blend_quality()
+    assert figures["prior_auc"] == 1.0 and figures["labels"] == 1500
+    assert model.weight_prior == 1.0
+    x = synthetic_user(rng)[0]
+    assert model.score(x).risk == prior_risk(x)
+
+
+def test_the_count_floor_still_bounds_how_fast_the_prior_goes() -> None:
+    model = ChurnModel(ModelSettings(prior_weight_labels=5000))
+    run_delayed(model, random.Random(9), labels=1000)
+    assert model.prior_share == 0.0  # measured better...
+    assert model.weight_prior == pytest.approx(1.0 - model.learned / 5000)  # ...but not yet trusted
 
 
 def test_prior_thresholds() -> None:
@@ -191,7 +216,14 @@ def test_scoring_learns_nothing() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"kind": "svm"}, {"learning_rate": 0.0}, {"prior_weight_labels": -1}, {"calibration_bins": 1}],
+    [
+        {"kind": "svm"},
+        {"learning_rate": 0.0},
+        {"prior_weight_labels": -1},
+        {"calibration_bins": 1},
+        {"blend_margin": 0.0},
+        {"blend_window": 1},
+    ],
 )
 def test_bad_settings_fail_loudly(bad: dict) -> None:
     with pytest.raises(ConfigError):

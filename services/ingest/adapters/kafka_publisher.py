@@ -81,7 +81,7 @@ class KafkaPublisher:
             producer.close(timeout=0)
 
     def ready(self) -> bool:
-        return broker_answers(self.settings.kafka_bootstrap, timeout_ms=2000)
+        return broker_answers(self.settings, timeout_ms=2000)
 
     def close(self) -> None:
         with self._lock:

@@ -40,6 +40,8 @@ class MemoryDirectory:
         self.published: dict[str, set[str]] = {}
         self.counters: Counter[str] = Counter()
         self.deferred: list[tuple[float, dict[str, Any]]] = []
+        self.failed: dict[str, dict[str, Any]] = {}
+        self.leases: set[str] = set()
 
     # Set-up helpers: what the API or a bulk import writes in production.
 
@@ -111,3 +113,23 @@ class MemoryDirectory:
 
     async def deferred_depth(self) -> int:
         return len(self.deferred)
+
+    async def remember_failed(self, job: dict[str, Any]) -> None:
+        self.failed[job["action_id"]] = deepcopy(job)
+
+    async def failed_jobs(self) -> list[dict[str, Any]]:
+        return sorted(deepcopy(list(self.failed.values())), key=lambda job: job["failed_at"])
+
+    async def claim_failed(self, action_id: str, *, lease_s: float) -> dict[str, Any] | None:
+        if action_id in self.leases or action_id not in self.failed:
+            return None
+        self.leases.add(action_id)
+        return deepcopy(self.failed[action_id])
+
+    async def release_failed(self, action_id: str, *, settled: bool) -> None:
+        if settled:
+            self.failed.pop(action_id, None)
+        self.leases.discard(action_id)
+
+    async def failed_depth(self) -> int:
+        return len(self.failed)

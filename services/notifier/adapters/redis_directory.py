@@ -7,6 +7,8 @@ P:{uid}:done      hash  action_id -> status once delivered (idempotency)
 P:{uid}:actions   list  newest-first action history (capped)
 P:{uid}:u         hash  wb = the latest win-back decision (the scorer resolves outcomes)
 P:deferred        zset  JSON job -> not_before
+P:failed          hash  action_id -> JSON job of a delivery that failed after its retries
+P:failed:lease:<action_id>   string, a re-drive's claim on one failed delivery (expires)
 P:winback:<playbook>:<group>:{treated,won}   counters of the uplift report
 """
 
@@ -183,5 +185,57 @@ class RedisDirectory:
     async def deferred_depth(self) -> int:
         try:
             return int(await self.r.zcard(f"{self.prefix}:deferred"))
+        except RedisError:
+            return -1
+
+    # Failed deliveries, kept for ``churnwatch notifier redrive`` (services/notifier/redrive.py).
+
+    async def remember_failed(self, job: dict[str, Any]) -> None:
+        """Keep a delivery that failed after its retries, by action id (a later failure
+        of the same action replaces it), until a re-drive settles it."""
+        try:
+            await self.r.hset(f"{self.prefix}:failed", job["action_id"], orjson.dumps(job))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+    async def failed_jobs(self) -> list[dict[str, Any]]:
+        """Every remembered failed delivery, oldest failure first."""
+        try:
+            found = [
+                orjson.loads(raw)
+                async for _, raw in self.r.hscan_iter(f"{self.prefix}:failed", count=1000)
+            ]
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        return sorted(found, key=lambda job: job["failed_at"])
+
+    async def claim_failed(self, action_id: str, *, lease_s: float) -> dict[str, Any] | None:
+        """The failed job, claimed for one re-drive for ``lease_s``; None when another
+        re-drive holds it or it is settled already. A claim that is never released
+        (the re-drive died) ends with its lease."""
+        lease = f"{self.prefix}:failed:lease:{action_id}"
+        try:
+            if not await self.r.set(lease, 1, nx=True, px=max(1, int(lease_s * 1000))):
+                return None
+            raw = await self.r.hget(f"{self.prefix}:failed", action_id)
+            if raw is None:
+                await self.r.delete(lease)
+                return None
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        return dict(orjson.loads(raw))
+
+    async def release_failed(self, action_id: str, *, settled: bool) -> None:
+        """End a claim; ``settled`` also forgets the failure (sent, skipped, suppressed ...)."""
+        try:
+            if settled:
+                await self.r.hdel(f"{self.prefix}:failed", action_id)
+            await self.r.delete(f"{self.prefix}:failed:lease:{action_id}")
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+    async def failed_depth(self) -> int:
+        try:
+            return int(await self.r.hlen(f"{self.prefix}:failed"))
         except RedisError:
             return -1

@@ -15,7 +15,8 @@ user's keys in one slot:
     P:atrisk           zset  user -> current risk (the API's at-risk index)
     P:atrisk:<stage>   zset  the same within one lifecycle stage (per-stage percentiles)
     P:snapdue          zset  user -> earliest time one of its snapshots may get its label
-    P:hll:d:YYYYMMDD   HLL   users active that day (DAU/WAU/MAU by PFCOUNT/PFMERGE)
+    P:{hll}:d:YYYYMMDD HLL   users active that day (DAU/WAU/MAU by PFCOUNT over several
+                             days: one hash tag for all of them, so that works on a cluster)
     P:cohort:YYYYMMDD:d<k>  HLL  users who signed up that day and were active k days
                               later, k in 0 (the cohort), 1, 7, 30: day-k retention
     P:outbox:<worker>  hash  alert_id -> alert, until Kafka acknowledged it
@@ -23,18 +24,70 @@ user's keys in one slot:
 
 Every per-user key gets a TTL of ``user_ttl_days`` on each write, so a user
 gone for good stops costing memory.
+
+Writes, on one Redis: a micro-batch is ONE MULTI/EXEC, users' keys, the outbox
+and the shared indexes together; a crash leaves all of it or none.
+
+On a Redis Cluster (``CHURNWATCH_REDIS_CLUSTER=true``) one transaction cannot
+span slots, so :meth:`RedisUserStore.save` writes in two steps:
+
+1. the batch's alerts into the outbox ``P:outbox:<worker>`` (one HSET);
+2. one pipeline, one round trip per master: for each user, a Lua script that
+   applies all of that user's commands atomically (its keys share the slot of
+   ``{uid}``); then the shared indexes (ZADD last-seen/at-risk/label-due, the
+   HLLs, the win-back counters), which are not in the users' slots.
+
+What is still atomic: everything of one user (features, policy state, score
+record, snapshot, alert history). What is not any more:
+
+- the batch as a whole: after a crash some users of the batch may be stored
+  and others not. The offsets are not committed, the batch is redelivered, and
+  the per-event idempotency (``event_id``s kept in the feature state) makes the
+  users already stored skip the events they have; the rest apply them.
+- a user's state and the alert outbox: the outbox is written *first*, so a
+  stored "alerted" state always has its alert in the outbox (never lost). A
+  crash between the two steps leaves an alert in the outbox whose state was not
+  stored: it is republished at start (at least once, same ``alert_id``; the
+  notifier sends once per alert) and the redelivered events decide again, so
+  in the worst case one alert goes out that the stored state does not record.
+- a user's state and the shared indexes: an index entry may lag its user by
+  one failed batch (the redelivery writes it again; ZADD and PFADD are
+  idempotent). The win-back "won" counter is an INCR: a failure between the
+  user's step and the counter's can miss or repeat one count.
+
+``keep_snapshots`` (after learning) trims each user's snapshot list and moves
+its label-due time: one transaction on one Redis, one pipeline on a cluster; a
+partial failure there re-reads (never loses) snapshots, as on one Redis when
+the whole transaction fails after the model learned.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
+from services.common.redis_client import AsyncRedis, is_cluster
+
+Command = tuple[Any, ...]
+
+# Applies one user's commands atomically on a cluster (scripts run alone, like
+# MULTI/EXEC, and every key is declared, in one slot). ARGV: for each command,
+# its number of words, then the words: 4, "HSET", "k", "f", "v", 3, "EXPIRE" ...
+# Sent with EVAL (~200 bytes a user): redis-py refuses EVALSHA in a cluster pipeline.
+_APPLY = """
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
 
 
 def user_key(prefix: str, user_id: str, kind: str = "u") -> str:
@@ -44,6 +97,15 @@ def user_key(prefix: str, user_id: str, kind: str = "u") -> str:
     'cw:{u42}:u'
     """
     return f"{prefix}:{{{user_id}}}:{kind}"
+
+
+def day_key(prefix: str, day: str) -> str:
+    """The HLL of the users active on ``day`` (YYYYMMDD); one hash tag for every day.
+
+    >>> day_key("cw", "20261118")
+    'cw:{hll}:d:20261118'
+    """
+    return f"{prefix}:{{hll}}:d:{day}"
 
 
 # Snapshots are most of a user's bytes (one JSON vector per scored day, kept until
@@ -120,7 +182,7 @@ class RedisUserStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: AsyncRedis,
         *,
         prefix: str,
         user_ttl_s: int,
@@ -129,6 +191,7 @@ class RedisUserStore:
         worker: str = "scorer",
     ) -> None:
         self.r = client
+        self.cluster = is_cluster(client)
         self.prefix = prefix
         self.user_ttl_s = user_ttl_s
         self.snapshot_ttl_s = snapshot_ttl_s
@@ -152,80 +215,89 @@ class RedisUserStore:
         }
 
     async def save(self, writes: Iterable[UserWrite]) -> None:
-        """Write a whole micro-batch atomically (MULTI/EXEC in one round trip).
+        """Write a whole micro-batch: one MULTI/EXEC on one Redis, see the module doc
+        for a cluster.
 
         The shared indexes (last activity, risk, label due times, daily HLLs)
         take one command per batch with every user in it, not one per user:
         queueing commands is most of this adapter's CPU time.
         """
-        lastseen: dict[str, float] = {}
-        atrisk: dict[str, float] = {}
-        by_stage: dict[str, dict[str, float]] = {}
-        cohorts: dict[str, list[str]] = {}
-        due: dict[str, float] = {}
-        active: dict[str, list[str]] = {}
+        shared = _Shared()
         try:
-            async with self.r.pipeline(transaction=True) as pipe:
-                for w in writes:
-                    self._queue(pipe, w)
-                    lastseen[w.user_id] = w.last_active
-                    if w.risk is not None:
-                        atrisk[w.user_id] = w.risk
-                        if w.stage:
-                            by_stage.setdefault(w.stage, {})[w.user_id] = w.risk
-                        if w.previous_stage and w.previous_stage != w.stage:
-                            pipe.zrem(f"{self.atrisk_key}:{w.previous_stage}", w.user_id)
-                    if w.label_due is not None:
-                        due[w.user_id] = w.label_due
-                    for day in w.active_days:
-                        active.setdefault(day, []).append(w.user_id)
-                    for mark in w.cohort_marks:
-                        cohorts.setdefault(mark, []).append(w.user_id)
-                if lastseen:
-                    pipe.zadd(self.lastseen_key, lastseen)
-                if atrisk:
-                    pipe.zadd(self.atrisk_key, atrisk)
-                for stage, risks in by_stage.items():
-                    pipe.zadd(f"{self.atrisk_key}:{stage}", risks)
-                if due:  # LT keeps the earliest time a label may resolve
-                    pipe.zadd(self.snapdue_key, due, lt=True)
-                for mark, users in cohorts.items():
-                    hll = f"{self.prefix}:cohort:{mark}"
-                    pipe.pfadd(hll, *users)
-                    pipe.expire(hll, 120 * 86400)
-                for day, users in active.items():
-                    hll = f"{self.prefix}:hll:d:{day}"
-                    pipe.pfadd(hll, *users)
-                    pipe.expire(hll, 120 * 86400)
+            if not self.cluster:
+                async with self.r.pipeline(transaction=True) as pipe:
+                    for w in writes:
+                        for command in self._user_commands(w):
+                            pipe.execute_command(*command)
+                        shared.add(w)
+                    self._queue_shared(pipe, shared, outbox=True)
+                    await pipe.execute()
+                return
+            users = []
+            for w in writes:
+                users.append(self._user_commands(w))
+                shared.add(w)
+            if shared.outbox:  # first: a stored "alerted" state always has its alert here
+                await self.r.hset(self.outbox_key, mapping=shared.outbox)  # type: ignore[arg-type]
+            async with self.r.pipeline(transaction=False) as pipe:
+                for commands in users:
+                    keys = list(dict.fromkeys(c[1] for c in commands))
+                    argv = [word for c in commands for word in (len(c), *c)]
+                    pipe.eval(_APPLY, len(keys), *keys, *argv)
+                self._queue_shared(pipe, shared, outbox=False)
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
-    def _queue(self, pipe: aioredis.client.Pipeline, w: UserWrite) -> None:
-        """The user's own keys; the shared indexes are written once per batch by ``save``."""
+    def _user_commands(self, w: UserWrite) -> list[Command]:
+        """The commands on the user's own keys (one slot); the rest is in ``_Shared``."""
         key = user_key(self.prefix, w.user_id)
-        fields: dict[str, bytes | int] = {"f": w.features}
+        out: list[Command] = []
+        fields: list[Any] = ["f", w.features]
         if w.policy is not None and w.record is not None:
-            fields["p"], fields["r"] = w.policy, w.record
+            fields += ["p", w.policy, "r", w.record]
         if w.snapshot is not None and w.snapshot_day is not None:
             snap_key = user_key(self.prefix, w.user_id, "snap")
-            pipe.rpush(snap_key, pack_snapshot(w.snapshot))
-            pipe.expire(snap_key, self.snapshot_ttl_s)
-            fields["sd"] = w.snapshot_day
-        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-        pipe.expire(key, self.user_ttl_s)
+            out.append(("RPUSH", snap_key, pack_snapshot(w.snapshot)))
+            out.append(("EXPIRE", snap_key, self.snapshot_ttl_s))
+            fields += ["sd", w.snapshot_day]
+        out.append(("HSET", key, *fields))
+        out.append(("EXPIRE", key, self.user_ttl_s))
         if w.winback is not None:
-            pipe.hdel(key, "wb")  # "wbid" stays: that alert never counts again
-            if w.winback == "won":
-                pipe.incr(f"{self.prefix}:winback:{w.winback_counter}:won")
+            out.append(("HDEL", key, "wb"))  # "wbid" stays: that alert never counts again
         if w.alert is not None:
+            alerts_key = user_key(self.prefix, w.user_id, "alerts")
+            out.append(("LPUSH", alerts_key, w.alert))
+            out.append(("LTRIM", alerts_key, 0, self.alert_history - 1))
+            out.append(("EXPIRE", alerts_key, self.user_ttl_s))
+        return out
+
+    def _queue_shared(self, pipe: Any, shared: _Shared, *, outbox: bool) -> None:
+        """The batch's commands on keys shared by all users (other slots than theirs)."""
+        if outbox and shared.outbox:
             # The outbox: written with the state that says "alerted", emptied once
             # Kafka acknowledged the alert, republished at start if a crash came between.
-            pipe.hset(self.outbox_key, w.alert_id, w.alert)
-            alerts_key = user_key(self.prefix, w.user_id, "alerts")
-            pipe.lpush(alerts_key, w.alert)
-            pipe.ltrim(alerts_key, 0, self.alert_history - 1)
-            pipe.expire(alerts_key, self.user_ttl_s)
+            pipe.hset(self.outbox_key, mapping=shared.outbox)
+        for counter in shared.won:
+            pipe.incr(f"{self.prefix}:winback:{counter}:won")
+        for stage, users in shared.left_stage.items():
+            pipe.zrem(f"{self.atrisk_key}:{stage}", *users)
+        if shared.lastseen:
+            pipe.zadd(self.lastseen_key, shared.lastseen)
+        if shared.atrisk:
+            pipe.zadd(self.atrisk_key, shared.atrisk)
+        for stage, risks in shared.by_stage.items():
+            pipe.zadd(f"{self.atrisk_key}:{stage}", risks)
+        if shared.due:  # LT keeps the earliest time a label may resolve
+            pipe.zadd(self.snapdue_key, shared.due, lt=True)
+        for mark, users in shared.cohorts.items():
+            hll = f"{self.prefix}:cohort:{mark}"
+            pipe.pfadd(hll, *users)
+            pipe.expire(hll, 120 * 86400)
+        for day, users in shared.active.items():
+            hll = day_key(self.prefix, day)
+            pipe.pfadd(hll, *users)
+            pipe.expire(hll, 120 * 86400)
 
     async def silent_since(self, low: float, high: float, *, limit: int) -> list[str]:
         """Users whose last activity lies in [low, high): one range query, no scan."""
@@ -280,7 +352,9 @@ class RedisUserStore:
     async def keep_snapshots(self, remaining: dict[str, tuple[int, float | None]]) -> None:
         """Drop each user's oldest ``n`` snapshots (now learned) and set its next due time."""
         try:
-            async with self.r.pipeline(transaction=True) as pipe:
+            # One transaction on one Redis; on a cluster the users' lists and the
+            # due index are in other slots (see the module doc).
+            async with self.r.pipeline(transaction=not self.cluster) as pipe:
                 for uid, (dropped, due) in remaining.items():
                     if dropped:
                         pipe.ltrim(user_key(self.prefix, uid, "snap"), dropped, -1)
@@ -327,3 +401,37 @@ class RedisUserStore:
             await self.r.set(f"{self.prefix}:model:{worker}", data)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+
+@dataclass(slots=True)
+class _Shared:
+    """What a batch writes to the keys every user shares, gathered user by user."""
+
+    lastseen: dict[str, float] = field(default_factory=dict)
+    atrisk: dict[str, float] = field(default_factory=dict)
+    by_stage: dict[str, dict[str, float]] = field(default_factory=dict)
+    left_stage: dict[str, list[str]] = field(default_factory=dict)
+    cohorts: dict[str, list[str]] = field(default_factory=dict)
+    due: dict[str, float] = field(default_factory=dict)
+    active: dict[str, list[str]] = field(default_factory=dict)
+    outbox: dict[str, bytes] = field(default_factory=dict)
+    won: list[str] = field(default_factory=list)
+
+    def add(self, w: UserWrite) -> None:
+        self.lastseen[w.user_id] = w.last_active
+        if w.risk is not None:
+            self.atrisk[w.user_id] = w.risk
+            if w.stage:
+                self.by_stage.setdefault(w.stage, {})[w.user_id] = w.risk
+            if w.previous_stage and w.previous_stage != w.stage:
+                self.left_stage.setdefault(w.previous_stage, []).append(w.user_id)
+        if w.label_due is not None:
+            self.due[w.user_id] = w.label_due
+        for day in w.active_days:
+            self.active.setdefault(day, []).append(w.user_id)
+        for mark in w.cohort_marks:
+            self.cohorts.setdefault(mark, []).append(w.user_id)
+        if w.alert is not None:
+            self.outbox[w.alert_id] = w.alert
+        if w.winback == "won":
+            self.won.append(w.winback_counter)

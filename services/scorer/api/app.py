@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -16,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.auth import ApiKeys, docs_routes, install_auth, keys_from_settings
 from services.common.errors import StoreUnavailable
+from services.common.redis_client import AsyncRedis, async_redis
 from services.scorer.api import ops, users
 from services.scorer.api.commands import AdminCommands
 from services.scorer.api.dashboard import install_dashboard
@@ -52,7 +52,7 @@ def build_api(settings: ApiSettings, *, keys: ApiKeys | None = None) -> FastAPI:
     Connections belong to the event loop that opened them: serve it from one loop
     (uvicorn, or ``with TestClient(app)``).
     """
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = async_redis(settings.redis_url, cluster=settings.redis_cluster, socket_timeout=5)
     app = FastAPI(
         title="churnwatch risk API",
         version="1",
@@ -105,7 +105,7 @@ def build_api(settings: ApiSettings, *, keys: ApiKeys | None = None) -> FastAPI:
     return app
 
 
-def _closing(client: aioredis.Redis) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def _closing(client: AsyncRedis) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield

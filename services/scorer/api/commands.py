@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
+from services.common.redis_client import AsyncRedis, is_cluster
 from services.scorer.adapters.redis_store import user_key
 from services.scorer.core.segments import STAGES
 
@@ -22,8 +22,9 @@ USER_INDEXES = ("lastseen", "atrisk", "snapdue", *(f"atrisk:{stage}" for stage i
 
 
 class AdminCommands:
-    def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
+    def __init__(self, client: AsyncRedis, *, prefix: str) -> None:
         self.r = client
+        self.cluster = is_cluster(client)
         self.prefix = prefix
 
     async def _replace_hash(self, key: str, mapping: dict[str, str]) -> None:
@@ -58,12 +59,16 @@ class AdminCommands:
         user can be read back or removed) and the aggregate win-back counters.
         An event of the user that arrives later creates a new record: stop
         sending them first.
+
+        One transaction on one Redis. On a Redis Cluster the user's keys and the
+        shared indexes are in different slots: one pipeline, which a failure can
+        leave half done; the erase is idempotent, so repeat it.
         """
         kinds = [user_key(self.prefix, user_id, k) for k in USER_KINDS]
         indexes = [f"{self.prefix}:{name}" for name in USER_INDEXES]
         try:
             jobs = await self._deferred_jobs_of(user_id)
-            async with self.r.pipeline(transaction=True) as pipe:
+            async with self.r.pipeline(transaction=not self.cluster) as pipe:
                 for key in kinds:
                     pipe.delete(key)
                 for index in indexes:

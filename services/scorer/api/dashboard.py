@@ -162,9 +162,12 @@ async def _follow_from_end(settings: ApiSettings) -> tuple[Any, str]:
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
+    from services.common.kafka_security import aiokafka_options
+
     consumer = AIOKafkaConsumer(
         settings.topic_alerts,
         bootstrap_servers=settings.kafka_bootstrap,
+        **aiokafka_options(settings),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="latest",

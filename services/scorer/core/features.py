@@ -49,7 +49,7 @@ from services.common.clock import day_index
 from services.common.errors import LateEvent
 from services.common.events import UserEvent
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the lifetime counters; 1 still decodes
 DAY_S = 86_400
 # Days between two active days (or an explicit churn) that make the next one a "return".
 RETURN_GAP_DAYS = 14
@@ -122,6 +122,10 @@ class UserState:
     last_type: str = ""
     days: dict[int, Day] = field(default_factory=dict)
     seen: dict[int, int] = field(default_factory=dict)
+    # Whole-history counters (the windows forget after 90 days): local days with
+    # user activity, and purchases, since first seen.
+    active_days_total: int = 0
+    purchases_total: int = 0
 
 
 def _hash64(text: str) -> int:
@@ -217,8 +221,13 @@ def update_features(
 
     days = dict(old.days)
     cutoff = day_index(max(ts, old.last_seen), state_tz) - settings.history_days
+    new_day = False
     if day >= cutoff:
-        days[day] = _bump_day(days.get(day), event, user=user)
+        bucket = days.get(day)
+        # A day joins the lifetime count with its first user event, in whatever order
+        # events come: a late one (< lateness_s << history) still finds its day's bucket.
+        new_day = user and (bucket is None or not bucket[0][EVENTS])
+        days[day] = _bump_day(bucket, event, user=user)
     if ts > old.last_seen and min(days, default=cutoff) < cutoff:
         days = {d: v for d, v in days.items() if d >= cutoff}
 
@@ -241,6 +250,8 @@ def update_features(
         last_type=etype[:32] if newest else old.last_type,
         days=days,
         seen=_remember(old.seen, h, ts, last_seen=max(old.last_seen, ts), settings=settings),
+        active_days_total=old.active_days_total + new_day,
+        purchases_total=old.purchases_total + (etype in PAYMENT_TYPES),
     )
 
 
@@ -319,6 +330,12 @@ def to_vector(
     not followed by activity) and ``days_since_return`` (days since the user
     came back after >= 14 silent days or an explicit churn; -1 if not seen).
 
+    Whole history, what the BG/NBD model reads off a purchase log (x, t_x, T):
+    ``active_days_total``, ``purchases_total``, ``active_span_days`` (first
+    seen to last activity), ``mean_gap_days`` (span / (active days - 1); 0
+    before a second active day) and ``recency_vs_gap`` (recency / mean gap:
+    away for longer than usual *for this user*; 0 before a second active day).
+
     >>> from datetime import datetime, UTC
     >>> e = UserEvent("a", "u", "purchase", datetime(2026, 1, 5, tzinfo=UTC),
     ...               properties={"amount": 9.99})
@@ -392,7 +409,30 @@ def to_vector(
     vector["days_since_return"] = _days_since_return(
         state, newest_first, today, explicit_churn=explicit_churn
     )
+    vector.update(_lifetime(state, vector["recency_days"]))
     return vector
+
+
+def _lifetime(state: UserState, recency_days: float) -> dict[str, float]:
+    """The whole-history features of ``to_vector``.
+
+    >>> s = UserState(first_seen=0, last_seen=20 * DAY_S, last_active=20 * DAY_S,
+    ...               active_days_total=3, purchases_total=2)
+    >>> _lifetime(s, 30.0)
+    {'active_days_total': 3.0, 'purchases_total': 2.0, 'active_span_days': 20.0, \
+'mean_gap_days': 10.0, 'recency_vs_gap': 3.0}
+    """
+    n = state.active_days_total
+    span = max((state.last_active or state.first_seen) - state.first_seen, 0) / DAY_S
+    gap = span / (n - 1) if n > 1 else 0.0
+    return {
+        "active_days_total": float(n),
+        "purchases_total": float(state.purchases_total),
+        "active_span_days": span,
+        "mean_gap_days": gap,
+        # A gap under a day (several active days in a row) counts as one day.
+        "recency_vs_gap": recency_days / max(gap, 1.0) if n > 1 else 0.0,
+    }
 
 
 _DEFAULT_SETTINGS = FeatureSettings()
@@ -408,7 +448,7 @@ def encode_state(state: UserState) -> bytes:
     >>> from datetime import datetime, UTC
     >>> e = UserEvent("a", "u", "login", datetime(2026, 1, 5, tzinfo=UTC))
     >>> encode_state(update_features(None, e, settings=FeatureSettings()))[:20]
-    b'[1,1767571200,0,0,0,'
+    b'[2,1767571200,0,0,0,'
     """
     ls = state.last_seen
     rows: list[list[object]] = []
@@ -438,6 +478,8 @@ def encode_state(state: UserState) -> bytes:
             base,
             rows,
             seen,
+            state.active_days_total,
+            state.purchases_total,
         ]
     )
 
@@ -445,14 +487,16 @@ def encode_state(state: UserState) -> bytes:
 def decode_state(data: bytes | str) -> UserState:
     """Inverse of :func:`encode_state` (bytes, or text from a decoding Redis client).
 
-    Raises ``ValueError`` on an unknown format version.
+    Raises ``ValueError`` on an unknown format version. Format 1 (before the
+    lifetime counters) still decodes: its active days are those in the kept
+    history, its purchases the kept ones (lower bounds).
     """
     packed = orjson.loads(data)
     version = packed[0] if isinstance(packed, list) and packed else None
-    if version != FORMAT_VERSION:
+    if version not in (1, FORMAT_VERSION):
         raise ValueError(f"unknown feature state format {version!r}")
     _, ls, first, active, engaged, churn, uninstall, signup, plan_at = packed[:9]
-    tz, plan, last_type, day, rows, seen_text = packed[9:]
+    tz, plan, last_type, day, rows, seen_text = packed[9:15]
     days: dict[int, Day] = {}
     empty: frozenset[int] = frozenset()
     for row in rows:
@@ -462,6 +506,11 @@ def decode_state(data: bytes | str) -> UserState:
     raw = base64.b64decode(seen_text)
     hour_now = ls // 3600
     seen = {k: hour_now - back for k, back in struct.iter_unpack("<QH", raw)}
+    if version == 1:
+        n_days = sum(1 for c, _ in days.values() if c[EVENTS])
+        n_buys = sum(c[PURCHASES] for c, _ in days.values())
+    else:
+        n_days, n_buys = packed[15:17]
     return UserState(
         first_seen=ls - first,
         last_seen=ls,
@@ -476,4 +525,6 @@ def decode_state(data: bytes | str) -> UserState:
         last_type=last_type,
         days=days,
         seen=seen,
+        active_days_total=n_days,
+        purchases_total=n_buys,
     )

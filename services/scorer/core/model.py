@@ -3,8 +3,13 @@
 Pure logic, no I/O. A feature vector is the ``dict[str, float]`` of
 ``features.to_vector`` (keys in docs/CONTRACTS.md); missing keys count as 0.
 
-- ``prior_risk`` scores users before any label exists (see ``PRIOR_RULES``);
-  its weight falls linearly to 0 over ``prior_weight_labels`` resolved labels.
+- ``prior_risk`` scores users before any label exists (see ``PRIOR_RULES``).
+  Its weight follows measured quality, not the label count alone: every
+  resolved label judges the prior and the learner on the same example, before
+  the learner learns it (progressive validation), and weight moves to the
+  learner only while its ROC AUC on the last ``blend_window`` labels beats the
+  prior's (all of it at a lead of ``blend_margin``). The weight also never
+  falls faster than linearly over ``prior_weight_labels`` labels.
 - The learner is ``FuncTransformer(log1p) | StandardScaler | LogisticRegression``,
   class-weighted by a sample weight on positives (or an ARF forest).
 - Class weighting inflates probabilities, so ``BinCalibrator`` maps raw scores
@@ -22,6 +27,7 @@ import math
 import operator
 import pickle
 from bisect import bisect_right
+from collections import deque
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any, Literal, NamedTuple
@@ -31,6 +37,7 @@ import river
 from river import compose, forest, linear_model, optim, preprocessing
 
 from services.common.errors import ChurnwatchError, ConfigError
+from services.scorer.core.quality import roc_auc
 
 __all__ = [
     "LABELS",
@@ -69,6 +76,11 @@ LABELS: dict[str, str] = {
     "uninstalled": "app uninstalled",
     "winback_sent_90d": "win-back messages received in the last 90 days",
     "winback_responded_90d": "win-back messages answered in the last 90 days",
+    "active_days_total": "active days since first seen",
+    "purchases_total": "purchases since first seen",
+    "active_span_days": "days from first seen to last activity",
+    "mean_gap_days": "usual days between active days",
+    "recency_vs_gap": "time away against the user's usual gap",
 }
 FEATURES: tuple[str, ...] = tuple(LABELS)
 _MAGIC = b"churnwatch-model\n"
@@ -92,6 +104,10 @@ class ModelSettings:
     calibration_bins: int = 20
     calibration_min_labels: int = 200
     calibration_window: int = 5000
+    blend_window: int = 2000
+    blend_margin: float = 0.02
+    blend_every: int = 100
+    blend_min_class: int = 20
     forest_models: int = 10
     seed: int = 42
 
@@ -104,6 +120,10 @@ class ModelSettings:
             raise ConfigError("prior_weight_labels must be >= 0 and calibration_bins >= 2")
         if self.calibration_window < 1 or self.forest_models < 1:
             raise ConfigError("calibration_window and forest_models must be >= 1")
+        if self.blend_window < 2 or self.blend_every < 1 or self.blend_min_class < 1:
+            raise ConfigError("blend_window must be >= 2, blend_every and blend_min_class >= 1")
+        if self.blend_margin <= 0:
+            raise ConfigError("blend_margin must be > 0")
 
 
 class Score(NamedTuple):
@@ -298,15 +318,58 @@ class ChurnModel:
         )
         self.learned = 0
         self.positives = 0
+        # (prior, learner's raw score, y) of recent labels, each scored before it was learned.
+        self.judged: deque[tuple[float, float, bool]] = deque(maxlen=self.settings.blend_window)
+        self.prior_share = 1.0  # the prior's weight that measured quality allows
         # A running hash of settings and every label learned: the same history gives
         # the same version, before and after a checkpoint round trip.
         self.lineage = blake2b(repr(self.settings).encode(), digest_size=16).digest()
 
     @property
     def weight_prior(self) -> float:
-        """Share of the prior in the risk: 1 with no labels, 0 after ``prior_weight_labels``."""
+        """Share of the prior in the risk: 1 until the learner is measured to rank better.
+
+        The larger of the count floor (1 falling to 0 over ``prior_weight_labels``)
+        and the quality share (see :meth:`blend_quality`); ``prior_weight_labels=0``
+        turns the prior off.
+        """
         n = self.settings.prior_weight_labels
-        return max(0.0, 1.0 - self.learned / n) if n else 0.0
+        if not n:
+            return 0.0
+        return max(1.0 - self.learned / n, self.prior_share, 0.0)
+
+    def blend_quality(self) -> dict[str, float | None]:
+        """Progressive ROC AUC of the prior and the learner on the same recent labels.
+
+        >>> ChurnModel().blend_quality()
+        {'prior_auc': None, 'model_auc': None, 'labels': 0.0, 'prior_share': 1.0}
+        """
+        judged = list(self.judged)
+        return {
+            "prior_auc": roc_auc([(p, y) for p, _, y in judged]),
+            "model_auc": roc_auc([(r, y) for _, r, y in judged]),
+            "labels": float(len(judged)),
+            "prior_share": self.prior_share,
+        }
+
+    def _reblend(self) -> None:
+        """Set ``prior_share`` from the AUCs: 1 while the learner does not beat the prior,
+        falling linearly to 0 as its lead grows to ``blend_margin``.
+
+        Both scores are judged on the same labels, each before the learner saw
+        it, so the comparison is fair and out of sample. Too few labels of
+        either class (``blend_min_class``) is no evidence: the prior keeps it all.
+        """
+        s = self.settings
+        positives = sum(1 for *_, y in self.judged if y)
+        if min(positives, len(self.judged) - positives) < s.blend_min_class:
+            self.prior_share = 1.0
+            return
+        figures = self.blend_quality()
+        prior_auc, model_auc = figures["prior_auc"], figures["model_auc"]
+        assert prior_auc is not None and model_auc is not None
+        lead = model_auc - prior_auc
+        self.prior_share = min(1.0, max(0.0, 1.0 - lead / s.blend_margin))
 
     @property
     def calibrated(self) -> bool:
@@ -337,8 +400,10 @@ class ChurnModel:
     def learn(self, x: dict[str, float], y: bool | int) -> None:
         """Learn one resolved label; ``x`` must be the features as they were at the snapshot."""
         label = bool(y)
-        # Calibrate on the prediction made before learning: an honest, out-of-sample pair.
-        self.calibrator.learn(self.raw(x), label)
+        # Calibrate and judge on the prediction made before learning: honest, out of sample.
+        raw = self.raw(x)
+        self.calibrator.learn(raw, label)
+        self.judged.append((prior_risk(x), raw, label))
         weight = self.settings.positive_weight if label else 1.0
         if self.settings.kind == "logreg":
             self.pipeline.learn_one(x, label, w=weight)
@@ -348,6 +413,8 @@ class ChurnModel:
                 self.pipeline.learn_one(x, label)
         self.learned += 1
         self.positives += label
+        if self.learned % self.settings.blend_every == 0:
+            self._reblend()
         step = orjson.dumps([x, label], option=orjson.OPT_SORT_KEYS)
         self.lineage = blake2b(self.lineage + step, digest_size=16).digest()
 
@@ -412,6 +479,8 @@ class ChurnModel:
             "learned": self.learned,
             "positives": self.positives,
             "lineage": self.lineage,
+            "judged": list(self.judged),
+            "prior_share": self.prior_share,
             "river": river.__version__,
         }
         return pickle.dumps(state, protocol=5)
@@ -454,4 +523,7 @@ class ChurnModel:
         model.learned = state["learned"]
         model.positives = state["positives"]
         model.lineage = state["lineage"]
+        # Checkpoints from before the quality blend: no evidence yet, the count floor rules.
+        model.judged.extend(state.get("judged", ()))
+        model.prior_share = state.get("prior_share", 0.0)
         return model

@@ -1,0 +1,281 @@
+"""Re-drive failed deliveries: send them again through the normal path.
+
+A delivery that fails after its retries (a provider down for longer than the
+backoff) is published on ``winback-actions`` as ``failed`` and kept in the
+directory's failed-delivery record (``P:failed``, one entry per action id, with
+the alert, the playbook and the decision). The record, not the topic, is what a
+re-drive reads: it holds everything needed to render the message again, it
+does not depend on the topic's retention, and an entry leaves it only when the
+action is settled.
+
+For each failed delivery (oldest first) a re-drive
+
+1. claims it with a lease, so two re-drives never send the same action;
+2. skips it when the action is done since (the alert came again and the send
+   succeeded, or an earlier re-drive got there): the done mark keeps one
+   message per alert and channel; a failure never leaves a done mark, so it
+   never blocks its own re-drive;
+3. reads consent again (an opt-out since the failure suppresses it) and defers
+   it to the deferred queue during the user's quiet hours; the frequency cap
+   was judged when the action was planned and is not judged again;
+4. delivers it with the notifier's channels and retry policy
+   (:meth:`~services.notifier.service.Notifier.carry_out`), publishes the
+   resulting action on ``winback-actions`` and forgets the failure, unless it
+   failed again (then it stays, with its failure count raised).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from services.common.messages import WinbackAction
+from services.notifier import metrics
+from services.notifier.core.guardrails import Decision, quiet_hours_end
+from services.notifier.service import Notifier
+
+log = logging.getLogger("churnwatch.notifier.redrive")
+
+_UNITS = {"m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def parse_since(text: str, *, now: float) -> float:
+    """A UNIX time from ``30m``, ``6h``, ``2d``, ``1w`` (ago) or an RFC 3339 time.
+
+    >>> parse_since("2h", now=10_000.0)
+    2800.0
+    >>> parse_since("2026-01-15T12:00:00Z", now=0.0)
+    1768478400.0
+    """
+    text = text.strip()
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in _UNITS:
+        return now - float(text[:-1]) * _UNITS[text[-1]]
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r}: expected 30m, 6h, 2d, 1w or an RFC 3339 time"
+        ) from None
+
+
+@dataclass(frozen=True)
+class RedriveFilter:
+    """Which failed deliveries to re-drive; every field left None matches all."""
+
+    since: float | None = None
+    alert_id: str | None = None
+    channel: str | None = None
+    user_id: str | None = None
+
+    def matches(self, job: dict[str, Any]) -> bool:
+        return (
+            (self.since is None or job["failed_at"] >= self.since)
+            and (self.alert_id is None or job["alert_id"] == self.alert_id)
+            and (self.channel is None or job["channel"] == self.channel)
+            and (self.user_id is None or job["user_id"] == self.user_id)
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one failed delivery: sent, failed, suppressed, deferred or skipped."""
+
+    job: dict[str, Any]
+    outcome: str
+    reason: str | None = None
+
+
+@dataclass
+class RedriveSummary:
+    found: int = 0
+    redriven: int = 0
+    sent: int = 0
+    failed_again: int = 0
+    suppressed: int = 0
+    deferred: int = 0
+    skipped: int = 0
+    dry_run: bool = False
+    outcomes: list[Outcome] = field(default_factory=list, repr=False)
+
+    def add(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        kind = {"failed": "failed_again"}.get(outcome.outcome, outcome.outcome)
+        if kind not in ("sent", "failed_again", "suppressed", "deferred"):
+            kind = "skipped"
+        setattr(self, kind, getattr(self, kind) + 1)
+        if kind != "skipped":
+            self.redriven += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "outcomes"}
+
+
+class FailedDeliveries(Protocol):
+    """What a re-drive needs of the directory, beyond the Notifier's own port."""
+
+    async def failed_jobs(self) -> list[dict[str, Any]]: ...
+
+    async def claim_failed(self, action_id: str, *, lease_s: float) -> dict[str, Any] | None: ...
+
+    async def release_failed(self, action_id: str, *, settled: bool) -> None: ...
+
+    async def mark_published(self, user_id: str, action_ids: list[str]) -> None: ...
+
+
+class ActionSink(Protocol):
+    async def publish(self, actions: list[WinbackAction]) -> None:
+        """Put the actions on winback-actions and return once Kafka acknowledged them."""
+
+
+class Redriver:
+    def __init__(
+        self,
+        notifier: Notifier,
+        directory: FailedDeliveries,
+        sink: ActionSink,
+        *,
+        lease_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.notifier = notifier
+        self.directory = directory
+        self.sink = sink
+        self.lease_s = lease_s
+        self.clock = clock
+
+    async def run(
+        self,
+        which: RedriveFilter,
+        *,
+        dry_run: bool = False,
+        limit: int | None = None,
+        progress: Callable[[Outcome], None] | None = None,
+    ) -> RedriveSummary:
+        jobs = [job for job in await self.directory.failed_jobs() if which.matches(job)]
+        summary = RedriveSummary(found=len(jobs), dry_run=dry_run)
+        for job in jobs[:limit]:
+            outcome = await (self.preview(job) if dry_run else self.redrive(job))
+            summary.add(outcome)
+            if not dry_run:
+                metrics.REDRIVES.labels(job["channel"], outcome.outcome).inc()
+                log.info(
+                    "redrive",
+                    extra={
+                        "action_id": job["action_id"],
+                        "channel": job["channel"],
+                        "outcome": outcome.outcome,
+                        "reason": outcome.reason,
+                    },
+                )
+            if progress is not None:
+                progress(outcome)
+        return summary
+
+    async def preview(self, job: dict[str, Any]) -> Outcome:
+        """What :meth:`redrive` would do now, without claiming, sending or recording."""
+        skip = await self._skip_reason(job)
+        if skip is not None:
+            return Outcome(job, "skipped", skip)
+        decision = await self._decide(job)
+        return Outcome(job, _planned(decision.status), decision.reason)
+
+    async def redrive(self, job: dict[str, Any]) -> Outcome:
+        action_id = job["action_id"]
+        claimed = await self.directory.claim_failed(action_id, lease_s=self.lease_s)
+        if claimed is None:
+            return Outcome(job, "skipped", "settled or being re-driven elsewhere")
+        settled = False
+        try:
+            outcome, action = await self._redrive_claimed(claimed)
+            if action is not None:
+                await self.sink.publish([action])
+                await self.directory.mark_published(action.user_id, [action.action_id])
+            settled = outcome.outcome not in ("failed",) and not _unconfigured(outcome)
+            return outcome
+        finally:
+            await self.directory.release_failed(action_id, settled=settled)
+
+    async def _redrive_claimed(self, job: dict[str, Any]) -> tuple[Outcome, WinbackAction | None]:
+        skip = await self._skip_reason(job)
+        now = self.clock()
+        if skip is not None:
+            action = None
+            if skip.startswith("already"):  # done, maybe not on the topic yet: carry_out says
+                action = await self._carry_out(job, _decision(job), now=now)
+            return Outcome(job, "skipped", skip), action
+        decision = await self._decide(job)
+        action = await self._carry_out(job, decision, now=now)
+        if action is None:  # done and published between our check and now
+            return Outcome(job, "skipped", "already handled"), None
+        return Outcome(job, action.status, action.reason), action
+
+    async def _carry_out(
+        self, job: dict[str, Any], decision: Decision, *, now: float
+    ) -> WinbackAction | None:
+        contact, _, _ = await self.notifier.directory.profile(job["user_id"])
+        return await self.notifier.carry_out(
+            job["alert"],
+            decision,
+            playbook=job["playbook"],
+            contact=contact,
+            now=now,
+            failures=int(job.get("failures", 1)),
+        )
+
+    async def _skip_reason(self, job: dict[str, Any]) -> str | None:
+        if job["channel"] not in self.notifier.channels:
+            return f"channel {job['channel']} is not configured"
+        done = await self.notifier.directory.already_done(job["user_id"], job["action_id"])
+        return f"already {done}" if done is not None else None
+
+    async def _decide(self, job: dict[str, Any]) -> Decision:
+        """Send again, unless consent was withdrawn (suppress) or it is quiet hours (defer)."""
+        decision = _decision(job)
+        if decision.channel == "webhook":  # the CS hand-off: no consent, no quiet hours
+            return decision
+        contact, consent, _ = await self.notifier.directory.profile(job["user_id"])
+        if not consent.allows(decision.channel):
+            return replace(
+                decision, status="suppressed", reason=f"no consent for {decision.channel}"
+            )
+        defaults = self.notifier.book.defaults
+        tz = _zone(
+            contact.get("timezone") or job["alert"].get("timezone"), defaults.default_timezone
+        )
+        quiet = defaults.quiet_hours
+        until = quiet_hours_end(self.clock(), tz, start=quiet.start, end=quiet.end)
+        if until is not None:
+            return replace(
+                decision,
+                status="defer",
+                reason=f"quiet hours until {quiet.end} {tz}",
+                not_before=until,
+            )
+        return decision
+
+
+def _decision(job: dict[str, Any]) -> Decision:
+    return replace(Decision(**job["decision"]), status="send", reason=None, not_before=None)
+
+
+def _planned(status: str) -> str:
+    return {"send": "sent", "defer": "deferred"}.get(status, status)
+
+
+def _unconfigured(outcome: Outcome) -> bool:
+    return outcome.outcome == "skipped" and "not configured" in (outcome.reason or "")
+
+
+def _zone(name: Any, default: str) -> str:
+    if isinstance(name, str) and name:
+        try:
+            ZoneInfo(name)
+            return name
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return default
