@@ -32,11 +32,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.common.messages import WinbackAction
 from services.notifier import metrics
-from services.notifier.core.guardrails import Decision, quiet_hours_end
+from services.notifier.core.guardrails import Decision, quiet_hours_end, zone_name
 from services.notifier.service import Notifier
 
 log = logging.getLogger("churnwatch.notifier.redrive")
@@ -244,7 +243,7 @@ class Redriver:
                 decision, status="suppressed", reason=f"no consent for {decision.channel}"
             )
         defaults = self.notifier.book.defaults
-        tz = _zone(
+        tz = zone_name(
             contact.get("timezone") or job["alert"].get("timezone"), defaults.default_timezone
         )
         quiet = defaults.quiet_hours
@@ -269,13 +268,3 @@ def _planned(status: str) -> str:
 
 def _unconfigured(outcome: Outcome) -> bool:
     return outcome.outcome == "skipped" and "not configured" in (outcome.reason or "")
-
-
-def _zone(name: Any, default: str) -> str:
-    if isinstance(name, str) and name:
-        try:
-            ZoneInfo(name)
-            return name
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    return default

@@ -80,6 +80,20 @@ def pid_alive(pid_file: Path, marker: str) -> int | None:
     return pid if marker in cmdline else None
 
 
+def stop_process(pid_file: Path, marker: str, *, what: str, say: Say) -> None:
+    """Stop the process ``up`` started (SIGTERM, then SIGKILL after 30 s); forget its pid."""
+    pid = pid_alive(pid_file, marker)
+    if pid is not None:
+        say(f"stopping {what} (pid {pid}) ...")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while pid_alive(pid_file, marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid_file, marker):
+            os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+
+
 def _render(template: str, target: Path, **values: object) -> None:
     text = Template((DEPLOY_LOCAL / template).read_text()).substitute(values)
     target.write_text(text)
@@ -340,18 +354,7 @@ class LocalStack:
             (self.kafka_dir / "kafka.pid", "kafka.Kafka"),
             (self.redis_dir / "redis.pid", "redis-server"),
         ):
-            pid = pid_alive(pid_file, marker)
-            if pid is None:
-                pid_file.unlink(missing_ok=True)
-                continue
-            self.say(f"stopping {marker} (pid {pid}) ...")
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while pid_alive(pid_file, marker) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if pid_alive(pid_file, marker):
-                os.kill(pid, signal.SIGKILL)
-            pid_file.unlink(missing_ok=True)
+            stop_process(pid_file, marker, what=marker, say=self.say)
         self._stop_cluster_nodes()
         self.say("stack is down")
 

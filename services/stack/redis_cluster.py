@@ -14,17 +14,14 @@ the nodes whose pid files ``up`` wrote.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import redis
 
 from services.common.errors import ConfigError
-from services.stack.local import Endpoint, Say, _spawn, pid_alive, wait_until
+from services.stack.local import Endpoint, Say, _spawn, pid_alive, stop_process, wait_until
 
 NODES = 3
 SLOTS = 16384
@@ -170,19 +167,12 @@ class LocalRedisCluster:
 
     def down(self) -> None:
         for port in self.ports:
-            pid_file = self._dir(port) / "redis.pid"
-            pid = pid_alive(pid_file, "redis-server")
-            if pid is None:
-                pid_file.unlink(missing_ok=True)
-                continue
-            self.say(f"stopping Redis Cluster node {port} (pid {pid}) ...")
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while pid_alive(pid_file, "redis-server") and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if pid_alive(pid_file, "redis-server"):
-                os.kill(pid, signal.SIGKILL)
-            pid_file.unlink(missing_ok=True)
+            stop_process(
+                self._dir(port) / "redis.pid",
+                "redis-server",
+                what=f"Redis Cluster node {port}",
+                say=self.say,
+            )
 
     def started(self) -> bool:
         """Whether ``up`` started any node that still runs (``down`` would stop it)."""

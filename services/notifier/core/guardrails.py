@@ -148,7 +148,7 @@ def plan_actions(
     """
     if in_control_group(str(alert["user_id"]), settings.control_share, salt=settings.control_salt):
         return [Decision("none", None, None, "control", "control group")]
-    tz = _zone_name(alert.get("timezone"), settings.default_timezone)
+    tz = zone_name(alert.get("timezone"), settings.default_timezone)
     sends = list(recent_sends)
     decisions = []
     for action in order_by_preference(playbook.actions, consent.preferred):
@@ -202,7 +202,7 @@ def _decide(
     return decision("send")
 
 
-def _zone_name(name: Any, default: str) -> str:
+def zone_name(name: Any, default: str) -> str:
     """The alert's IANA zone, or ``default`` when it is missing or unknown."""
     if isinstance(name, str) and name:
         try:
