@@ -152,7 +152,14 @@ def batch_summary(url: str) -> str:
     secs = counter(url, "churnwatch_scorer_batch_seconds_sum") or 0.0
     if not n:
         return "no batches"
-    return f"{n:.0f} batches, {size / n:.0f} events and {secs / n * 1000:.1f} ms each on average"
+    redis_ms = {
+        op: (counter(url, f'churnwatch_scorer_redis_seconds_sum{{op="{op}"}}') or 0.0) / n * 1000
+        for op in ("load", "save")
+    }
+    return (
+        f"{n:.0f} batches, {size / n:.0f} events and {secs / n * 1000:.1f} ms each on average "
+        f"(Redis load {redis_ms['load']:.1f} ms, save {redis_ms['save']:.1f} ms)"
+    )
 
 
 def free_port() -> int:

@@ -8,8 +8,9 @@ never see each other's data.
 
 ``redis_cluster`` starts a three-master Redis Cluster of its own (the code of
 ``churnwatch stack up --redis-cluster``, on free ports, in a temporary
-directory) for the tests that run again on a cluster (``isolated_cluster``),
-and stops it at the end of the session.
+directory) for the tests that run again on a cluster (``isolated_cluster``,
+or ``isolated_each``: the test once on each), and stops it at the end of the
+session.
 """
 
 from __future__ import annotations
@@ -146,4 +147,13 @@ def isolated_cluster(redis_cluster: CommonSettings, tmp_path: Path) -> Isolated:
 
     iso = Isolated(redis_cluster, tmp_path)
     ensure_topics(iso.settings)
+    return iso
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def isolated_each(request: pytest.FixtureRequest) -> Isolated:
+    """``isolated``, then ``isolated_cluster``: the test runs on one Redis and on a cluster."""
+    iso: Isolated = request.getfixturevalue(
+        "isolated_cluster" if request.param == "redis-cluster" else "isolated"
+    )
     return iso

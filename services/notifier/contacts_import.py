@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from services.common.redis_client import async_redis
 from services.common.settings import CommonSettings
 from services.scorer.api.commands import AdminCommands
 from services.scorer.api.models import ConsentIn, ContactIn
@@ -76,7 +76,7 @@ def parse_row(row: dict[str, Any]) -> tuple[str, ContactIn, ConsentIn | None]:
 
 
 async def import_contacts(path: Path, settings: CommonSettings) -> dict[str, int]:
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = async_redis(settings.redis_url, cluster=settings.redis_cluster)
     commands = AdminCommands(client, prefix=settings.key_prefix)
     counts = {"imported": 0, "skipped": 0}
     try:

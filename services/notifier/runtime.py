@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import redis.asyncio as aioredis
 
+from services.common.redis_client import async_redis
 from services.notifier.adapters.redis_directory import RedisDirectory
 from services.notifier.channels.base import Channel, RetryPolicy
 from services.notifier.channels.http_channels import PushChannel, SmsChannel, WebhookChannel
@@ -61,7 +61,7 @@ class NotifierRuntime:
         async with self._lock:
             if self._notifier is None:
                 s = self.settings
-                client = aioredis.Redis.from_url(s.redis_url, socket_timeout=5)
+                client = async_redis(s.redis_url, cluster=s.redis_cluster, socket_timeout=5)
                 self.directory = RedisDirectory(client, prefix=s.key_prefix)
                 self._notifier = Notifier(
                     book=self.book,

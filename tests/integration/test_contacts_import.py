@@ -1,4 +1,5 @@
-"""``churnwatch contacts import`` into the real Redis, read back by the notifier's directory."""
+"""``churnwatch contacts import`` into the real Redis (and a Redis Cluster), read back by the
+notifier's directory."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
+from services.common.redis_client import async_redis
 from services.notifier.adapters.redis_directory import RedisDirectory
 from services.notifier.contacts_import import run_import
 from tests.conftest import Isolated
@@ -23,11 +24,12 @@ u3,,+14155550100,America/New_York,,,maybe,
 
 
 def test_import_validates_rows_and_feeds_the_directory(
-    isolated: Isolated, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    isolated_each: Isolated, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    settings = isolated_each.settings
     path = tmp_path / "contacts.csv"
     path.write_text(CSV)
-    counts = run_import(path, isolated.settings)
+    counts = run_import(path, settings)
     assert counts == {"imported": 1, "skipped": 3}
     err = capsys.readouterr().err
     assert "contacts.csv:3: skipped: invalid email" in err
@@ -36,9 +38,9 @@ def test_import_validates_rows_and_feeds_the_directory(
     assert "not-an-email" not in err and "someone@" not in err  # values are never echoed
 
     async def profile() -> tuple:
-        client = aioredis.Redis.from_url(isolated.settings.redis_url)
+        client = async_redis(settings.redis_url, cluster=settings.redis_cluster)
         try:
-            return await RedisDirectory(client, prefix=isolated.settings.key_prefix).profile("u1")
+            return await RedisDirectory(client, prefix=settings.key_prefix).profile("u1")
         finally:
             await client.aclose()
 

@@ -1,22 +1,25 @@
-"""The notifier's deferred queue on real Redis: a claimed job is leased, never lost."""
+"""The notifier's deferred queue on real Redis and on a Redis Cluster: a claimed job is
+leased, never lost."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-import redis.asyncio as aioredis
 
+from services.common.redis_client import async_redis
 from services.notifier.adapters.redis_directory import RedisDirectory
 from tests.conftest import Isolated
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_claimed_job_comes_back_if_its_notifier_dies(isolated: Isolated) -> None:
+def test_a_claimed_job_comes_back_if_its_notifier_dies(isolated_each: Isolated) -> None:
+    settings = isolated_each.settings
+
     async def scenario() -> list[int]:
-        client = aioredis.Redis.from_url(isolated.settings.redis_url)
-        queue = RedisDirectory(client, prefix=isolated.settings.key_prefix, lease_s=60)
+        client = async_redis(settings.redis_url, cluster=settings.redis_cluster)
+        queue = RedisDirectory(client, prefix=settings.key_prefix, lease_s=60)
         job = {"alert": {"user_id": "u1", "alert_id": "a1"}, "playbook": "p", "decision": {}}
         await queue.defer(job, 1000.0)
         seen = [len(await queue.due(999.0))]  # not due yet

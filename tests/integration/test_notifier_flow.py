@@ -5,7 +5,9 @@ catcher on loopback SMTP and a loopback CRM webhook. Both servers write to one
 arrival log, so "the hand-off before the e-mail" is read from the order in
 which the servers received them. The crash case kills the notifier with
 SIGKILL right after the e-mail is delivered and marked done, restarts it, and
-checks that the redelivered alert sends nothing a second time.
+checks that the redelivered alert sends nothing a second time and that each
+alert's win-back decision counts once. It runs on the single Redis and again on
+a Redis Cluster (``isolated_each``).
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 from aiosmtpd.controller import Controller
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from services.common.messages import ChurnAlert, Reason, Segment, make_action_id, make_alert_id
+from services.common.redis_client import sync_redis
 from services.common.schemas import validate
 from services.demo import Services, noon_zone
 from services.notifier.core.guardrails import in_control_group
@@ -81,9 +83,9 @@ def arrivals() -> Arrivals:
 
 
 @pytest.fixture
-def mail_server(isolated: Isolated, arrivals: Arrivals) -> Iterator[RecordingInbox]:
+def mail_server(isolated_each: Isolated, arrivals: Arrivals) -> Iterator[RecordingInbox]:
     inbox = RecordingInbox(arrivals)
-    controller = Controller(inbox, hostname="127.0.0.1", port=isolated.ports["smtp"])
+    controller = Controller(inbox, hostname="127.0.0.1", port=isolated_each.ports["smtp"])
     controller.start()
     yield inbox
     controller.stop()
@@ -205,12 +207,13 @@ def body_text(mail: Email) -> str:
 
 
 def test_handoff_then_email_and_no_resend_after_a_crash(
-    isolated: Isolated, arrivals: Arrivals, mail_server: RecordingInbox, crm_webhook: str
+    isolated_each: Isolated, arrivals: Arrivals, mail_server: RecordingInbox, crm_webhook: str
 ) -> None:
+    isolated = isolated_each
     prefix = isolated.settings.key_prefix
     uid = vip_user(isolated.run)
     address = f"{uid}@example.test"
-    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r = sync_redis(isolated.settings.redis_url, cluster=isolated.settings.redis_cluster)
     r.hset(
         f"{prefix}:{{{uid}}}:contact",
         mapping={"email": address, "timezone": noon_zone(time.time()), "locale": "en"},
@@ -307,7 +310,10 @@ def test_handoff_then_email_and_no_resend_after_a_crash(
         assert arrivals.count("webhook", hook_id2) == 1
         assert arrivals.count("email", mail_id) == 1
         assert len(mail_server.to(address)) == 2
+        # Two alerts, two win-back decisions counted, whatever the kill interrupted.
+        assert r.get(f"{prefix}:winback:high-value-critical:treated:treated") == b"2"
     finally:
         services.stop()
         actions.close()
         producer.close()
+        r.close()

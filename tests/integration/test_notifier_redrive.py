@@ -5,7 +5,8 @@ with its SMTP provider down (nothing listens on its port): the e-mail fails
 after its retries and is published as ``failed``. The provider comes back (a
 mail catcher on that port), ``churnwatch notifier redrive`` runs as a process
 of its own and exactly one e-mail arrives, its action published as ``sent``;
-a second re-drive finds nothing and sends nothing.
+a second re-drive finds nothing and sends nothing. It runs on the single Redis
+and again on a Redis Cluster (``isolated_each``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 from kafka import KafkaProducer
 
 from services.common.messages import ChurnAlert, Reason, Segment, make_action_id, make_alert_id
+from services.common.redis_client import sync_redis
 from services.demo import Services, noon_zone
 from services.notifier.mailcatcher import MailCatcher
 from tests.conftest import Isolated
@@ -60,11 +61,12 @@ def redrive(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
     return done.returncode, summary, done.stderr
 
 
-def test_provider_down_then_redrive_delivers_exactly_once(isolated: Isolated) -> None:
+def test_provider_down_then_redrive_delivers_exactly_once(isolated_each: Isolated) -> None:
+    isolated = isolated_each
     prefix = isolated.settings.key_prefix
     uid = vip_user(isolated.run)  # not in the control group
     address = f"{uid}@example.test"
-    r = redis.Redis.from_url(isolated.settings.redis_url)
+    r = sync_redis(isolated.settings.redis_url, cluster=isolated.settings.redis_cluster)
     r.hset(
         f"{prefix}:{{{uid}}}:contact",
         mapping={"email": address, "timezone": noon_zone(time.time()), "locale": "en"},
@@ -129,6 +131,8 @@ def test_provider_down_then_redrive_delivers_exactly_once(isolated: Isolated) ->
         assert len(catcher.inbox.to(address)) == 1
         assert not r.hexists(f"{prefix}:failed", action_id)
         assert r.hget(f"{prefix}:{{{uid}}}:done", action_id) == b"sent"
+        # The failure decided nothing; the re-driven send counts once as treated.
+        assert r.get(f"{prefix}:winback:medium-value-coupon:treated:treated") == b"1"
     finally:
         services.stop()
         actions.close()

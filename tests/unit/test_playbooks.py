@@ -188,6 +188,14 @@ def test_no_match_gives_none() -> None:
             "playbook 'p1': actions: no actions; list at least one",
         ),
         (
+            {
+                "playbooks": [
+                    {"name": "{vip}", "actions": [{"channel": "push", "template": "nudge"}]}
+                ]
+            },
+            "playbook '{{vip}}': name: bad playbook name '{{vip}}'; leave out {{ and }}",
+        ),
+        (
             {"playbooks": [{"name": "p1", "actions": [{"chanel": "push", "template": "nudge"}]}]},
             "playbook 'p1': actions[0].channel: Field required\n"
             "{path}: playbook 'p1': actions[0].chanel: Extra inputs are not permitted",

@@ -130,6 +130,14 @@ class Playbook(_Frozen):
     match: Match = Match()
     actions: tuple[Action, ...]
 
+    @field_validator("name")
+    @classmethod
+    def _no_braces(cls, value: str) -> str:
+        # The name is part of Redis keys, where braces would make a cluster hash tag.
+        if "{" in value or "}" in value:
+            raise ValueError(f"bad playbook name {value!r}; leave out {{ and }}")
+        return value
+
     @field_validator("actions")
     @classmethod
     def _some_actions(cls, value: tuple[Action, ...]) -> tuple[Action, ...]:

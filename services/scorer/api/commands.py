@@ -17,7 +17,8 @@ from services.scorer.adapters.redis_store import user_key
 from services.scorer.core.segments import STAGES
 
 # Every per-user key kind the scorer and the notifier write (all hash-tagged {uid}).
-USER_KINDS = ("u", "snap", "alerts", "contact", "consent", "sends", "done", "pub", "actions")
+# "wbc" (pending win-back counts) exists only on a Redis Cluster, and only briefly.
+USER_KINDS = ("u", "snap", "alerts", "contact", "consent", "sends", "done", "pub", "actions", "wbc")
 USER_INDEXES = ("lastseen", "atrisk", "snapdue", *(f"atrisk:{stage}" for stage in STAGES))
 
 

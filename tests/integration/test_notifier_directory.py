@@ -1,0 +1,199 @@
+"""The notifier's Redis directory on one Redis and on a three-master Redis Cluster.
+
+What the notifier and ``churnwatch notifier redrive`` ask of Redis, through
+:class:`RedisDirectory`, once on each kind of Redis (``isolated_each``):
+decisions recorded with their done marks, frequency-cap window and history, a
+win-back decision counted once per alert, published marks, and the
+failed-delivery store with a re-drive's lease (the deferred queue's lease is
+tests/integration/test_deferred_queue.py). On the cluster the count is a step
+of its own: a crash before it, or between it and removing the pending mark, is
+finished by the user's next write, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from services.common.errors import StoreUnavailable
+from services.common.redis_client import AsyncRedis, async_redis, is_cluster
+from services.common.settings import CommonSettings
+from services.notifier.adapters.redis_directory import (
+    COUNT_ONCE,
+    COUNTED_S,
+    RedisDirectory,
+    counted_key,
+    treated_key,
+    ukey,
+)
+from services.notifier.config import NotifierSettings
+from services.notifier.runtime import NotifierRuntime
+from tests.conftest import Isolated
+
+pytestmark = pytest.mark.integration
+
+
+def action(alert_id: str, channel: str, status: str = "sent") -> dict[str, Any]:
+    return {"action_id": f"{alert_id}-{channel}", "alert_id": alert_id, "status": status}
+
+
+def winback(alert_id: str, group: str = "treated") -> dict[str, Any]:
+    return {"alert_id": alert_id, "playbook": "vip", "at": 1.0, "group": group}
+
+
+def run(
+    settings: CommonSettings, scenario: Callable[[AsyncRedis, RedisDirectory], Awaitable[None]]
+) -> None:
+    """``scenario`` with a directory of its own, then every key of the test removed."""
+
+    async def main() -> None:
+        client = async_redis(settings.redis_url, cluster=settings.redis_cluster)
+        try:
+            await scenario(client, RedisDirectory(client, prefix=settings.key_prefix, history=3))
+        finally:
+            async for key in client.scan_iter(match=f"{settings.key_prefix}:*", count=1000):
+                await client.delete(key)
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+async def counter(client: AsyncRedis, prefix: str, name: str) -> int:
+    return int(await client.get(treated_key(prefix, name)) or 0)
+
+
+def test_decisions_are_recorded_and_counted_once_per_alert(isolated_each: Isolated) -> None:
+    prefix = isolated_each.settings.key_prefix
+
+    async def scenario(client: AsyncRedis, d: RedisDirectory) -> None:
+        assert is_cluster(client) == isolated_each.settings.redis_cluster
+        # Two actions of one alert: both done, one contact (the webhook is not one), one count.
+        await d.record("u1", action("a1", "webhook"), contacted=False, winback=winback("a1"))
+        await d.record("u1", action("a1", "email"), contacted=True, winback=winback("a1"))
+        assert await counter(client, prefix, "vip:treated") == 1
+        assert await d.already_done("u1", "a1-email") == "sent"
+        assert await d.already_done("u1", "a1-webhook") == "sent"
+        _, _, sends = await d.profile("u1")
+        assert len(sends) == 1
+        # The alert redelivered: its action recorded again counts nothing.
+        await d.record("u1", action("a1", "email"), contacted=True, winback=winback("a1"))
+        assert await counter(client, prefix, "vip:treated") == 1
+        # The next alert is the latest decision and counts once more.
+        await d.record("u1", action("a2", "email"), contacted=True, winback=winback("a2"))
+        assert await counter(client, prefix, "vip:treated") == 2
+        assert await client.hget(ukey(prefix, "u1", "u"), "wbid") == b"a2"
+        # A control-group decision counts in its own group; a failure leaves no done mark.
+        await d.record(
+            "u2",
+            action("b1", "email", "control"),
+            contacted=False,
+            winback=winback("b1", "control"),
+        )
+        await d.record("u2", action("b2", "sms", "failed"), contacted=False, winback=None)
+        assert await counter(client, prefix, "vip:control") == 1
+        assert await d.already_done("u2", "b1-email") == "control"
+        assert await d.already_done("u2", "b2-sms") is None
+        # History is capped (history=3 here), nothing is left pending.
+        assert await client.llen(ukey(prefix, "u1", "actions")) == 3
+        assert [k async for k in client.scan_iter(match=f"{prefix}:*:wbc", count=1000)] == []
+
+        assert not await d.is_published("u1", "a1-email")
+        await d.mark_published("u1", ["a1-email", "a1-webhook"])
+        await d.mark_published("u1", [])
+        assert await d.is_published("u1", "a1-email") and await d.is_published("u1", "a1-webhook")
+        assert not await d.is_published("u1", "a2-email")
+
+    run(isolated_each.settings, scenario)
+
+
+def test_failed_deliveries_and_the_redrive_lease(isolated_each: Isolated) -> None:
+    prefix = isolated_each.settings.key_prefix
+
+    async def scenario(client: AsyncRedis, d: RedisDirectory) -> None:
+        for n, failed_at in (("x2", 20.0), ("x1", 10.0)):
+            await d.remember_failed({"action_id": n, "user_id": "u1", "failed_at": failed_at})
+        assert [j["action_id"] for j in await d.failed_jobs()] == ["x1", "x2"]
+        assert await d.failed_depth() == 2
+
+        claimed = await d.claim_failed("x1", lease_s=60)
+        assert claimed is not None and claimed["action_id"] == "x1"
+        assert await d.claim_failed("x1", lease_s=60) is None  # another re-drive holds it
+        await d.release_failed("x1", settled=False)  # failed again: stays, free to claim
+        assert await d.claim_failed("x1", lease_s=60) is not None
+        await d.release_failed("x1", settled=True)
+        assert await d.claim_failed("x1", lease_s=60) is None  # settled: gone
+        assert await client.exists(f"{prefix}:failed:lease:x1") == 0
+        assert await d.failed_depth() == 1
+
+        assert await d.claim_failed("x2", lease_s=0.2) is not None
+        await asyncio.sleep(0.3)  # the re-drive died: its lease ends
+        assert await d.claim_failed("x2", lease_s=60) is not None
+
+    run(isolated_each.settings, scenario)
+
+
+def test_the_runtime_builds_the_configured_client(isolated_each: Isolated) -> None:
+    s = isolated_each.settings
+    runtime = NotifierRuntime(NotifierSettings.model_validate(s.model_dump()))
+
+    async def main() -> tuple[bool, int]:
+        await runtime.notifier()
+        try:
+            return is_cluster(runtime.directory.r), await runtime.directory.deferred_depth()
+        finally:
+            await runtime.directory.r.aclose()
+
+    assert asyncio.run(main()) == (s.redis_cluster, 0)
+
+
+class DiesBeforeTheCount(RedisDirectory):
+    """A notifier killed right after the user's step of a record (cluster)."""
+
+    async def _count(self, user_id: str, pending: list[Any]) -> None:
+        if pending:
+            raise RedisConnectionError("killed before the count")
+
+
+def test_an_interrupted_count_is_finished_once(isolated_cluster: Isolated) -> None:
+    prefix = isolated_cluster.settings.key_prefix
+    name = treated_key(prefix, "vip:treated")
+    assert key_slot(name.encode()) != key_slot(ukey(prefix, "u1", "u").encode())
+
+    async def scenario(client: AsyncRedis, d: RedisDirectory) -> None:
+        dying = DiesBeforeTheCount(client, prefix=prefix)
+
+        # 1. Killed between the decision and the count: the mark waits for the
+        #    redelivered alert, whose mark_published counts it.
+        with pytest.raises(StoreUnavailable):
+            await dying.record("u1", action("a1", "email"), contacted=True, winback=winback("a1"))
+        assert await counter(client, prefix, "vip:treated") == 0
+        assert await client.hgetall(ukey(prefix, "u1", "wbc")) == {b"a1": b"vip:treated"}
+        assert await d.already_done("u1", "a1-email") == "sent"  # the retry sends nothing
+        await d.mark_published("u1", ["a1-email"])
+        assert await counter(client, prefix, "vip:treated") == 1
+        assert await client.exists(ukey(prefix, "u1", "wbc")) == 0
+
+        # 2. Killed between the count and removing the mark: the next write removes it
+        #    without counting again.
+        with pytest.raises(StoreUnavailable):
+            await dying.record("u1", action("a2", "email"), contacted=True, winback=winback("a2"))
+        await client.eval(COUNT_ONCE, 2, name, counted_key(prefix, name, "a2"), COUNTED_S)
+        assert await counter(client, prefix, "vip:treated") == 2
+        await d.record("u1", action("a2", "email"), contacted=True, winback=winback("a2"))
+        assert await counter(client, prefix, "vip:treated") == 2
+        assert await client.exists(ukey(prefix, "u1", "wbc")) == 0
+
+        # 3. Several writers finish one pending mark at once: one count.
+        with pytest.raises(StoreUnavailable):
+            await dying.record("u1", action("a3", "email"), contacted=True, winback=winback("a3"))
+        others = [RedisDirectory(client, prefix=prefix) for _ in range(4)]
+        await asyncio.gather(*(o.mark_published("u1", ["a3-email"]) for o in others))
+        assert await counter(client, prefix, "vip:treated") == 3
+        assert await client.exists(ukey(prefix, "u1", "wbc")) == 0
+
+    run(isolated_cluster.settings, scenario)
