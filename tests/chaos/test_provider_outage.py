@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from email import message_from_bytes
 from typing import Any
 
@@ -31,10 +30,11 @@ import redis
 from aiosmtpd.controller import Controller
 from kafka import KafkaProducer
 
-from services.common.messages import ChurnAlert, Reason, Segment, make_action_id, make_alert_id
+from services.common.messages import make_action_id
 from services.demo import Services, noon_zone
 from services.notifier.core.guardrails import in_control_group
 from services.notifier.core.playbooks import load_playbooks
+from tests.alerts import sample_alert
 from tests.chaos.conftest import read_topic, wait_caught_up
 from tests.conftest import Isolated
 
@@ -81,23 +81,6 @@ def users(run: str, n: int) -> list[str]:
     return out
 
 
-def coupon_alert(user_id: str) -> dict[str, Any]:
-    return ChurnAlert(
-        alert_id=make_alert_id(user_id, "high", 1),
-        user_id=user_id,
-        risk=0.7,
-        score=70,
-        band="high",
-        previous_band="medium",
-        trigger="band_up",
-        segment=Segment(stage="active", tier="medium"),
-        reasons=(Reason("recency_days", "No visit for 12 days", 0.4, 12.0),),
-        model_version="chaos@1",
-        horizon_days=14,
-        occurred_at=datetime.now(UTC),
-    ).to_dict()
-
-
 def failed_on_topic(chaos: Isolated) -> set[str]:
     return {
         a["action_id"]
@@ -130,7 +113,7 @@ def test_provider_outage_then_redrive_sends_each_message_once(chaos: Isolated) -
         )
         pipe.hset(f"{prefix}:{{{uid}}}:consent", mapping={"email": 1})
     pipe.execute()
-    alerts = [coupon_alert(uid) for uid in uids]
+    alerts = [sample_alert(uid, model_version="chaos@1") for uid in uids]
     action_ids = {make_action_id(a["alert_id"], "email") for a in alerts}
     env = chaos.env | {
         "CHURNWATCH_NOTIFIER_ATTEMPTS": "3",

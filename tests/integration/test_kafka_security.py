@@ -28,7 +28,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +39,9 @@ from pydantic import SecretStr
 from services.common.errors import ConfigError
 from services.common.kafka import ensure_topics, make_consumer, make_producer
 from services.common.kafka_security import aiokafka_options
-from services.common.messages import ChurnAlert, Reason, Segment, make_alert_id
 from services.common.settings import CommonSettings, env_for, load_settings
 from services.demo import Services
+from tests.alerts import sample_alert
 from tests.conftest import Isolated, free_port
 from tests.integration.test_notifier_flow import vip_user
 
@@ -209,20 +208,7 @@ def test_faust_worker_consumes_and_publishes_over_sasl(
     assert env["CHURNWATCH_KAFKA_SASL_PASSWORD"] == PASSWORD  # the child gets the secret
     ensure_topics(settings, [settings.topic_alerts, settings.topic_actions])
     user = vip_user(iso.run)  # not in the control group
-    alert = ChurnAlert(
-        alert_id=make_alert_id(user, "high", 1),
-        user_id=user,
-        risk=0.7,
-        score=70,
-        band="high",
-        previous_band="medium",
-        trigger="band_up",
-        segment=Segment(stage="active", tier="medium"),
-        reasons=(Reason("recency_days", "No visit for 12 days", 0.4, 12.0),),
-        model_version="sasl@1",
-        horizon_days=14,
-        occurred_at=datetime.now(UTC),
-    ).to_dict()
+    alert = sample_alert(user, model_version="sasl@1")
     services = Services(settings, env, names=("notifier",), logs=tmp_path / "logs")
     consumer = make_consumer(settings, enable_auto_commit=False, consumer_timeout_ms=500)
     try:

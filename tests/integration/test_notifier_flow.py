@@ -17,7 +17,6 @@ import hmac
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from email.message import Message as Email
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,13 +26,13 @@ import pytest
 from aiosmtpd.controller import Controller
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from services.common.messages import ChurnAlert, Reason, Segment, make_action_id, make_alert_id
+from services.common.messages import make_action_id
 from services.common.redis_client import sync_redis
-from services.common.schemas import validate
 from services.demo import Services, noon_zone
 from services.notifier.core.guardrails import in_control_group
 from services.notifier.core.playbooks import load_playbooks
 from services.notifier.mailcatcher import Inbox
+from tests.alerts import sample_alert
 from tests.conftest import Isolated
 
 pytestmark = pytest.mark.e2e
@@ -156,25 +155,6 @@ def vip_user(run: str) -> str:
     return f"vip-{run}-{n}"
 
 
-def critical_alert(user_id: str, bucket: int) -> dict[str, Any]:
-    alert = ChurnAlert(
-        alert_id=make_alert_id(user_id, "critical", bucket),
-        user_id=user_id,
-        risk=0.93,
-        score=93,
-        band="critical",
-        previous_band="high",
-        trigger="band_up",
-        segment=Segment(stage="active", tier="high"),
-        reasons=(Reason("recency_days", "No visit for 12 days", 1.4, 12.0),),
-        model_version="e2e@1",
-        horizon_days=14,
-        occurred_at=datetime.now(UTC),
-    ).to_dict()
-    assert validate("churn-alert", alert) == []
-    return alert
-
-
 def committed_offset(group: str, where: TopicPartition, isolated: Isolated) -> int:
     """The group's committed offset (the next to read), -1 if none; does not join the group."""
     consumer = KafkaConsumer(
@@ -243,7 +223,7 @@ def test_handoff_then_email_and_no_resend_after_a_crash(
     actions = ActionsTopic(isolated)
     try:
         # 1. A high-value user at critical risk: CRM hand-off first, then the personal e-mail.
-        first = critical_alert(uid, bucket=1)
+        first = sample_alert(uid, band="critical", tier="high", bucket=1, model_version="e2e@1")
         hook_id = make_action_id(first["alert_id"], "webhook")
         mail_id = make_action_id(first["alert_id"], "email")
         produce(first)
@@ -272,7 +252,7 @@ def test_handoff_then_email_and_no_resend_after_a_crash(
 
         # 2. The crash: kill -9 as soon as the e-mail is delivered and marked done, which is
         #    before the offset of the alert can be committed (Faust commits every second).
-        second = critical_alert(uid, bucket=2)
+        second = sample_alert(uid, band="critical", tier="high", bucket=2, model_version="e2e@1")
         mail_id2 = make_action_id(second["alert_id"], "email")
         hook_id2 = make_action_id(second["alert_id"], "webhook")
         where, offset = produce(second)

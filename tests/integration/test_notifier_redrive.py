@@ -14,39 +14,21 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 from kafka import KafkaProducer
 
-from services.common.messages import ChurnAlert, Reason, Segment, make_action_id, make_alert_id
+from services.common.messages import make_action_id
 from services.common.redis_client import sync_redis
 from services.demo import Services, noon_zone
 from services.notifier.mailcatcher import MailCatcher
+from tests.alerts import sample_alert
 from tests.conftest import Isolated
 from tests.integration.test_notifier_flow import ActionsTopic, vip_user
 
 pytestmark = pytest.mark.integration
-
-
-def coupon_alert(user_id: str) -> dict[str, Any]:
-    """Medium value, high risk: the e-mail-with-a-coupon playbook, one e-mail and nothing else."""
-    return ChurnAlert(
-        alert_id=make_alert_id(user_id, "high", 1),
-        user_id=user_id,
-        risk=0.7,
-        score=70,
-        band="high",
-        previous_band="medium",
-        trigger="band_up",
-        segment=Segment(stage="active", tier="medium"),
-        reasons=(Reason("recency_days", "No visit for 12 days", 0.4, 12.0),),
-        model_version="it@1",
-        horizon_days=14,
-        occurred_at=datetime.now(UTC),
-    ).to_dict()
 
 
 def redrive(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
@@ -77,7 +59,7 @@ def test_provider_down_then_redrive_delivers_exactly_once(isolated_each: Isolate
         "CHURNWATCH_NOTIFIER_BACKOFF_S": "0.05",
         "CHURNWATCH_SMTP_TIMEOUT_S": "2",
     }
-    alert = coupon_alert(uid)
+    alert = sample_alert(uid, model_version="it@1")
     action_id = make_action_id(alert["alert_id"], "email")
     services = Services(isolated.settings, env, names=("notifier",), logs=isolated.out / "logs")
     actions = ActionsTopic(isolated)

@@ -15,14 +15,14 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from services.common.errors import DeliveryFailed
-from services.common.messages import ChurnAlert, Reason, Segment, make_action_id, make_alert_id
-from services.common.schemas import validate
+from services.common.messages import make_action_id
 from services.notifier.adapters.memory_directory import MemoryDirectory
 from services.notifier.channels.base import Message, RetryPolicy
 from services.notifier.core.guardrails import in_control_group
 from services.notifier.core.playbooks import PlaybookBook, load_playbooks
 from services.notifier.core.templates import Brand, Renderer
 from services.notifier.service import Notifier
+from tests.alerts import sample_alert
 
 T = TypeVar("T")
 LA = ZoneInfo("America/Los_Angeles")
@@ -53,23 +53,14 @@ def control_user(prefix: str) -> str:
 def make_alert(
     user_id: str, *, tier: str = "medium", band: str = "high", bucket: int = 1
 ) -> dict[str, Any]:
-    alert = ChurnAlert(
-        alert_id=make_alert_id(user_id, band, bucket),
-        user_id=user_id,
-        risk=0.91 if band == "critical" else 0.7,
-        score=91 if band == "critical" else 70,
+    return sample_alert(
+        user_id,
+        tier=tier,
         band=band,
-        trigger="band_up",
-        segment=Segment(stage="active", tier=tier),
-        reasons=(Reason("recency_days", "No visit for 12 days", 0.4, 12.0),),
-        model_version="test@1",
-        horizon_days=14,
+        bucket=bucket,
         occurred_at=datetime.fromtimestamp(NOW, UTC),
-        previous_band="medium",
         timezone="Europe/London",
-    ).to_dict()
-    assert validate("churn-alert", alert) == []
-    return alert
+    )
 
 
 class Recorder:
