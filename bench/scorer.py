@@ -10,6 +10,14 @@
    ``churnwatch_scorer_events_total`` counter until every event is counted;
 4. removes its topics and Redis keys.
 
+So that the figure includes learning as well as features, scoring and
+snapshots, every user starts with one label snapshot whose horizon ended
+(taken H days before the user's history starts, due 15 s after the worker
+starts; its features: the user's vector after its first five events), and
+the worker's timer sweeps every second: it labels and learns them while the events stream in, about one label per ten events,
+the ratio of a live service whose users are active daily (one snapshot per
+user and day). The learned labels are printed with the rate.
+
 Both rates run from the first event processed to the last, so neither start-up
 (group join, topic metadata) counts. The last line is the result JSON.
 """
@@ -138,6 +146,11 @@ def measure_scorer(
                 first = (now, count)
             if count >= total and first is not None:
                 print(batch_summary(url))
+                learned = sum(
+                    counter(url, f'churnwatch_scorer_labels_total{{label="{y}"}}') or 0.0
+                    for y in ("0", "1")
+                )
+                print(f"labels learned meanwhile: {learned:,.0f}")
                 return (total - first[1]) / (now - first[0]) if now > first[0] else float("nan")
             time.sleep(0.05)
         raise RuntimeError(f"the scorer did not process {total} events in time; see {logs}")
@@ -160,6 +173,44 @@ def batch_summary(url: str) -> str:
         f"{n:.0f} batches, {size / n:.0f} events and {secs / n * 1000:.1f} ms each on average "
         f"(Redis load {redis_ms['load']:.1f} ms, save {redis_ms['save']:.1f} ms)"
     )
+
+
+SEED_DUE_AFTER_S = 15.0
+
+
+def seed_due_snapshots(settings: CommonSettings, events: list[dict[str, Any]], now: float) -> int:
+    """One label snapshot per user, due at ``now`` (see the module doc); returns how many."""
+    from services.common.events import parse_event
+    from services.scorer.adapters.redis_store import pack_snapshot, user_key
+    from services.scorer.config import ScorerSettings
+    from services.scorer.core.features import FeatureSettings, apply_batch, to_vector
+    from services.scorer.core.labels import take_snapshot
+
+    horizon = load_settings(ScorerSettings).scorer_horizon_days
+    # Before the users' nine days of history: their first event already tells that
+    # they were there after the horizon, so each label resolves (y=0) at once.
+    taken_at = now - (horizon + 10) * DAY
+    firsts: dict[str, list[Any]] = {}
+    for e in events:
+        got = firsts.setdefault(e["user_id"], [])
+        if len(got) < 5:
+            got.append(parse_event(e))
+    r = redis.Redis.from_url(settings.redis_url)
+    due = f"{settings.key_prefix}:snapdue"
+    with r.pipeline(transaction=False) as pipe:
+        for n, (uid, first) in enumerate(firsts.items(), start=1):
+            state, _ = apply_batch(None, first, settings=FeatureSettings())
+            assert state is not None
+            snap = take_snapshot(
+                uid, to_vector(state, taken_at), taken_at=taken_at, raw=0.0, risk=0.5
+            )
+            key = user_key(settings.key_prefix, uid, "snap")
+            pipe.rpush(key, pack_snapshot(orjson.dumps(snap.to_dict())))
+            pipe.zadd(due, {uid: now - 1})
+            if n % 5000 == 0:
+                pipe.execute()
+        pipe.execute()
+    return len(firsts)
 
 
 def free_port() -> int:
@@ -210,15 +261,20 @@ def main(argv: Sequence[str] = ()) -> int:
         "CHURNWATCH_SCORER_WORKER_NAME": f"bench{run}-w1",
         "CHURNWATCH_SCORER_METRICS_PORT": str(port),
         "CHURNWATCH_LOG_LEVEL": "warning",
+        "CHURNWATCH_SCORER_SWEEP_INTERVAL_S": "1",  # label and learn while scoring
     }
     try:
         events = make_events(args.size)
         total = len(events)
         print(f"producing {total} events of {total // EVENTS_PER_USER} users")
         asyncio.run(produce(settings, settings.topic_events, events))
-        del events
         bare = asyncio.run(bare_loop(settings, settings.topic_events, copy_topic, total=total))
         print(f"bare aiokafka consume-and-produce: {bare:,.0f} events/s")
+        # Due a little after the worker starts: by then it holds most users' state
+        # (a snapshot of a user without state is dropped unlearned, as for an expired one).
+        seeded = seed_due_snapshots(settings, events, time.time() + SEED_DUE_AFTER_S)
+        print(f"{seeded} label snapshots due in {SEED_DUE_AFTER_S:.0f} s, one per user")
+        del events
         with tempfile.TemporaryDirectory(prefix="bench-scorer-") as logs:
             rate = measure_scorer(settings, env, port=port, total=total, logs=Path(logs))
         print(f"scorer worker: {rate:,.0f} events/s")
