@@ -75,10 +75,14 @@ from services.common.redis_client import AsyncRedis, is_cluster
 
 Command = tuple[Any, ...]
 
-# Applies one user's commands atomically on a cluster (scripts run alone, like
-# MULTI/EXEC, and every key is declared, in one slot). ARGV: for each command,
-# its number of words, then the words: 4, "HSET", "k", "f", "v", 3, "EXPIRE" ...
-# Sent with EVAL (~200 bytes a user): redis-py refuses EVALSHA in a cluster pipeline.
+# Applies a list of commands atomically (scripts run alone, like MULTI/EXEC).
+# ARGV: for each command, its number of words, then the words:
+# 4, "HSET", "k", "f", "v", 3, "EXPIRE" ... On a cluster: one user's commands,
+# every key declared and in one slot, sent with EVAL (~200 bytes a user; redis-py
+# refuses EVALSHA in a cluster pipeline). On one Redis: the whole batch, users
+# and shared indexes, in one EVALSHA. One command instead of one per write
+# matters: redis-py spends ~13 µs of Python on each command of a pipeline,
+# which was half of the scorer's batch time (BENCHMARKS.md).
 _APPLY = """
 local i = 1
 while i <= #ARGV do
@@ -88,6 +92,24 @@ while i <= #ARGV do
 end
 return 1
 """
+
+
+# The batch's users' rows in one command (one Redis): HMGET of each key in KEYS.
+_LOAD = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call("HMGET", key, "f", "p", "r", "sd", "wb")
+end
+return out
+"""
+
+# Members per ZADD/ZREM/PFADD/HSET in a script: Lua's unpack() is bounded by
+# its C stack (~8,000 values), and a micro-batch may hold more users.
+_CHUNK = 1000
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    return (items[i : i + size] for i in range(0, len(items), size))
 
 
 def user_key(prefix: str, user_id: str, kind: str = "u") -> str:
@@ -200,13 +222,19 @@ class RedisUserStore:
         self.atrisk_key = f"{prefix}:atrisk"
         self.snapdue_key = f"{prefix}:snapdue"
         self.outbox_key = f"{prefix}:outbox:{worker}"
+        self._apply = None if self.cluster else client.register_script(_APPLY)
+        self._load = None if self.cluster else client.register_script(_LOAD)
 
     async def load(self, user_ids: Sequence[str]) -> dict[str, StoredUser]:
+        keys = [user_key(self.prefix, uid) for uid in user_ids]
         try:
-            async with self.r.pipeline(transaction=False) as pipe:
-                for uid in user_ids:
-                    pipe.hmget(user_key(self.prefix, uid), "f", "p", "r", "sd", "wb")
-                rows = await pipe.execute()
+            if self._load is not None:
+                rows = await self._load(keys=keys) if keys else []
+            else:
+                async with self.r.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.hmget(key, "f", "p", "r", "sd", "wb")
+                    rows = await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return {
@@ -215,8 +243,8 @@ class RedisUserStore:
         }
 
     async def save(self, writes: Iterable[UserWrite]) -> None:
-        """Write a whole micro-batch: one MULTI/EXEC on one Redis, see the module doc
-        for a cluster.
+        """Write a whole micro-batch: one script on one Redis (atomic, like a
+        MULTI/EXEC), see the module doc for a cluster.
 
         The shared indexes (last activity, risk, label due times, daily HLLs)
         take one command per batch with every user in it, not one per user:
@@ -224,14 +252,14 @@ class RedisUserStore:
         """
         shared = _Shared()
         try:
-            if not self.cluster:
-                async with self.r.pipeline(transaction=True) as pipe:
-                    for w in writes:
-                        for command in self._user_commands(w):
-                            pipe.execute_command(*command)
-                        shared.add(w)
-                    self._queue_shared(pipe, shared, outbox=True)
-                    await pipe.execute()
+            if self._apply is not None:
+                commands: list[Command] = []
+                for w in writes:
+                    commands += self._user_commands(w)
+                    shared.add(w)
+                commands += self._shared_commands(shared, outbox=True)
+                if commands:
+                    await self._apply(args=[x for c in commands for x in (len(c), *c)])
                 return
             users = []
             for w in writes:
@@ -244,7 +272,8 @@ class RedisUserStore:
                     keys = list(dict.fromkeys(c[1] for c in commands))
                     argv = [word for c in commands for word in (len(c), *c)]
                     pipe.eval(_APPLY, len(keys), *keys, *argv)
-                self._queue_shared(pipe, shared, outbox=False)
+                for command in self._shared_commands(shared, outbox=False):
+                    pipe.execute_command(*command)
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
@@ -272,32 +301,35 @@ class RedisUserStore:
             out.append(("EXPIRE", alerts_key, self.user_ttl_s))
         return out
 
-    def _queue_shared(self, pipe: Any, shared: _Shared, *, outbox: bool) -> None:
+    def _shared_commands(self, shared: _Shared, *, outbox: bool) -> list[Command]:
         """The batch's commands on keys shared by all users (other slots than theirs)."""
+        out: list[Command] = []
         if outbox and shared.outbox:
             # The outbox: written with the state that says "alerted", emptied once
             # Kafka acknowledged the alert, republished at start if a crash came between.
-            pipe.hset(self.outbox_key, mapping=shared.outbox)
+            for part in _chunks(list(shared.outbox.items())):
+                out.append(("HSET", self.outbox_key, *(x for pair in part for x in pair)))
         for counter in shared.won:
-            pipe.incr(f"{self.prefix}:winback:{counter}:won")
+            out.append(("INCR", f"{self.prefix}:winback:{counter}:won"))
         for stage, users in shared.left_stage.items():
-            pipe.zrem(f"{self.atrisk_key}:{stage}", *users)
-        if shared.lastseen:
-            pipe.zadd(self.lastseen_key, shared.lastseen)
-        if shared.atrisk:
-            pipe.zadd(self.atrisk_key, shared.atrisk)
-        for stage, risks in shared.by_stage.items():
-            pipe.zadd(f"{self.atrisk_key}:{stage}", risks)
-        if shared.due:  # LT keeps the earliest time a label may resolve
-            pipe.zadd(self.snapdue_key, shared.due, lt=True)
-        for mark, users in shared.cohorts.items():
-            hll = f"{self.prefix}:cohort:{mark}"
-            pipe.pfadd(hll, *users)
-            pipe.expire(hll, 120 * 86400)
-        for day, users in shared.active.items():
-            hll = day_key(self.prefix, day)
-            pipe.pfadd(hll, *users)
-            pipe.expire(hll, 120 * 86400)
+            for part in _chunks(users):
+                out.append(("ZREM", f"{self.atrisk_key}:{stage}", *part))
+        indexes: list[tuple[str, dict[str, float], tuple[str, ...]]] = [
+            (self.lastseen_key, shared.lastseen, ()),
+            (self.atrisk_key, shared.atrisk, ()),
+            *((f"{self.atrisk_key}:{st}", risks, ()) for st, risks in shared.by_stage.items()),
+            (self.snapdue_key, shared.due, ("LT",)),  # LT keeps the earliest due time
+        ]
+        for key, scores, flags in indexes:
+            for part in _chunks(list(scores.items())):
+                out.append(("ZADD", key, *flags, *(x for uid, sc in part for x in (sc, uid))))
+        hlls = [(f"{self.prefix}:cohort:{mark}", users) for mark, users in shared.cohorts.items()]
+        hlls += [(day_key(self.prefix, day), users) for day, users in shared.active.items()]
+        for hll, users in hlls:
+            for part in _chunks(users):
+                out.append(("PFADD", hll, *part))
+            out.append(("EXPIRE", hll, 120 * 86400))
+        return out
 
     async def silent_since(self, low: float, high: float, *, limit: int) -> list[str]:
         """Users whose last activity lies in [low, high): one range query, no scan."""
