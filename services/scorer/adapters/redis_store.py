@@ -103,6 +103,17 @@ end
 return out
 """
 
+# Each user's feature state and pending snapshots (one Redis): KEYS alternate
+# the user's hash and its snapshot list.
+_LOAD_SNAPSHOTS = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  out[#out + 1] = redis.call("HGET", KEYS[i], "f")
+  out[#out + 1] = redis.call("LRANGE", KEYS[i + 1], 0, -1)
+end
+return out
+"""
+
 # Members per ZADD/ZREM/PFADD/HSET in a script: Lua's unpack() is bounded by
 # its C stack (~8,000 values), and a micro-batch may hold more users.
 _CHUNK = 1000
@@ -224,6 +235,7 @@ class RedisUserStore:
         self.outbox_key = f"{prefix}:outbox:{worker}"
         self._apply = None if self.cluster else client.register_script(_APPLY)
         self._load = None if self.cluster else client.register_script(_LOAD)
+        self._load_snapshots = None if self.cluster else client.register_script(_LOAD_SNAPSHOTS)
 
     async def load(self, user_ids: Sequence[str]) -> dict[str, StoredUser]:
         keys = [user_key(self.prefix, uid) for uid in user_ids]
@@ -258,8 +270,7 @@ class RedisUserStore:
                     commands += self._user_commands(w)
                     shared.add(w)
                 commands += self._shared_commands(shared, outbox=True)
-                if commands:
-                    await self._apply(args=[x for c in commands for x in (len(c), *c)])
+                await self._apply_all(commands)
                 return
             users = []
             for w in writes:
@@ -277,6 +288,11 @@ class RedisUserStore:
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+    async def _apply_all(self, commands: list[Command]) -> None:
+        """Run ``commands`` in one script call (one Redis only)."""
+        if commands and self._apply is not None:
+            await self._apply(args=[word for c in commands for word in (len(c), *c)])
 
     def _user_commands(self, w: UserWrite) -> list[Command]:
         """The commands on the user's own keys (one slot); the rest is in ``_Shared``."""
@@ -368,12 +384,16 @@ class RedisUserStore:
         self, user_ids: Sequence[str]
     ) -> dict[str, tuple[bytes | None, list[bytes]]]:
         """Each user's feature state and pending snapshots, in one round trip."""
+        keys = [user_key(self.prefix, uid, kind) for uid in user_ids for kind in ("u", "snap")]
         try:
-            async with self.r.pipeline(transaction=False) as pipe:
-                for uid in user_ids:
-                    pipe.hget(user_key(self.prefix, uid), "f")
-                    pipe.lrange(user_key(self.prefix, uid, "snap"), 0, -1)
-                rows = await pipe.execute()
+            if self._load_snapshots is not None:
+                rows = await self._load_snapshots(keys=keys) if keys else []
+            else:
+                async with self.r.pipeline(transaction=False) as pipe:
+                    for i in range(0, len(keys), 2):
+                        pipe.hget(keys[i], "f")
+                        pipe.lrange(keys[i + 1], 0, -1)
+                    rows = await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return {
@@ -384,9 +404,27 @@ class RedisUserStore:
     async def keep_snapshots(self, remaining: dict[str, tuple[int, float | None]]) -> None:
         """Drop each user's oldest ``n`` snapshots (now learned) and set its next due time."""
         try:
-            # One transaction on one Redis; on a cluster the users' lists and the
-            # due index are in other slots (see the module doc).
-            async with self.r.pipeline(transaction=not self.cluster) as pipe:
+            if self._apply is not None:  # one script, atomic like a transaction
+                commands: list[Command] = []
+                due_now: dict[str, float] = {}
+                gone: list[str] = []
+                for uid, (dropped, due) in remaining.items():
+                    if dropped:
+                        commands.append(("LTRIM", user_key(self.prefix, uid, "snap"), dropped, -1))
+                    if due is None:
+                        gone.append(uid)
+                    else:
+                        due_now[uid] = due
+                for part in _chunks(gone):
+                    commands.append(("ZREM", self.snapdue_key, *part))
+                for pairs in _chunks(list(due_now.items())):
+                    flat = (x for uid, due in pairs for x in (due, uid))
+                    commands.append(("ZADD", self.snapdue_key, *flat))
+                await self._apply_all(commands)
+                return
+            # On a cluster the users' lists and the due index are in other slots
+            # (see the module doc).
+            async with self.r.pipeline(transaction=False) as pipe:
                 for uid, (dropped, due) in remaining.items():
                     if dropped:
                         pipe.ltrim(user_key(self.prefix, uid, "snap"), dropped, -1)
