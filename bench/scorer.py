@@ -14,9 +14,10 @@ So that the figure includes learning as well as features, scoring and
 snapshots, every user starts with one label snapshot whose horizon ended
 (taken H days before the user's history starts, due 15 s after the worker
 starts; its features: the user's vector after its first five events), and
-the worker's timer sweeps every second: it labels and learns them while the events stream in, about one label per ten events,
-the ratio of a live service whose users are active daily (one snapshot per
-user and day). The learned labels are printed with the rate.
+the worker's timer sweeps every second: it labels and learns them while the
+events stream in, about one label per ten events, the ratio of a live service
+whose users are active daily (one snapshot per user and day). The learned
+labels are printed with the rate.
 
 Both rates run from the first event processed to the last, so neither start-up
 (group join, topic metadata) counts. The last line is the result JSON.

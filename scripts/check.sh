@@ -3,6 +3,8 @@
 # end to end on the real local stack, which the tests start themselves).
 # Extra arguments go to pytest, e.g. ./scripts/check.sh -m "not chaos" -x
 EXTRAS=dev source "$(dirname "$0")/_env.sh"
-echo "== ruff"; ruff check . && ruff format --check .
+# One command per line: `set -e` (from _env.sh) ignores a failure on the left of `&&`.
+echo "== ruff"; ruff check .
+ruff format --check .
 echo "== mypy"; mypy
 echo "== pytest"; pytest "$@"

@@ -56,6 +56,11 @@ class ScorerSettings(CommonSettings):
     scorer_checkpoint_interval_s: float = Field(60.0, gt=0, description="... or every T seconds")
     scorer_horizon_days: int = Field(14, ge=1, description="predict churn within H days")
     scorer_inactivity_days: int = Field(30, ge=1, description="no activity for N days = churned")
+    scorer_label_equal_delay: bool = Field(
+        False,
+        description="survivors' labels wait horizon + inactivity days, like churners' can "
+        "(no class skew in what the model has learned so far; slower)",
+    )
     scorer_band_medium: int = Field(40, ge=0, le=100)
     scorer_band_high: int = Field(65, ge=0, le=100)
     scorer_band_critical: int = Field(85, ge=0, le=100)

@@ -72,10 +72,13 @@ def label_user(
     confirmed = inactivity_churn_ts(last_active, now, settings=settings) if last_active else None
     if confirmed is not None and pending:
         resolved += resolve_on_churn(pending, confirmed, settings=settings, departed_at=last_active)
-        # The rest were taken after the churn was confirmed, in the same silence: the
-        # user had churned already, so they are dropped unlearned (as after an explicit
-        # churn). Kept, they would wait H + N days and learn y=0: "long silent = stays".
-        pending = []
+        pending = [s for s in pending if s.taken_at > confirmed]
+        # Taken after the churn was confirmed, in the same silence: the question is
+        # whether the user stays gone through the horizon. Still silent at t + H: y=1.
+        # (A return makes last_active newer, so they resolve like any other snapshot.)
+        horizon = settings.horizon_days * DAY
+        resolved += [(s, 1) for s in pending if now >= s.taken_at + horizon]
+        pending = [s for s in pending if now < s.taken_at + horizon]
     by_time, pending = resolve_by_time(pending, now, settings=settings, last_seen=last_active)
     return resolved + by_time, pending
 
@@ -100,7 +103,8 @@ def next_due(
     """
     if not pending:
         return None
-    first = min(s.taken_at for s in pending) + settings.horizon_days * DAY
+    wait = settings.longest_wait_days if settings.equal_delay else settings.horizon_days
+    first = min(s.taken_at for s in pending) + wait * DAY
     if first > now:
         return first
     confirm = last_active + (settings.inactivity_days or settings.horizon_days) * DAY

@@ -59,6 +59,7 @@ def make_core(settings: ScorerSettings, model: ChurnModel | None = None) -> Scor
             horizon_days=settings.scorer_horizon_days,
             inactivity_days=settings.scorer_inactivity_days,
             snapshot_ttl_days=settings.scorer_horizon_days + settings.scorer_inactivity_days + 1,
+            equal_delay=settings.scorer_label_equal_delay,
         ),
         silent_snapshot_days=settings.scorer_silent_snapshot_days,
     )
@@ -143,7 +144,7 @@ class Runtime:
                     "saved_at": time.time(),
                     **self.quality.to_dict(),
                     "metrics": quality_figures(self.quality),
-                    # The prior and the learner judged on the same labels: why the blend is where it is.
+                    # The prior and the learner judged on the same labels: why the blend is so.
                     "blend": self.core.model.blend_quality(),
                 }
             ),

@@ -108,11 +108,6 @@ class ScoringCore:
         self.segments = segments
         self.labels = labels
 
-    def _churned_by_inactivity(self, state: UserState, now: float) -> bool:
-        n = self.labels.inactivity_days
-        last = state.last_active or state.last_seen
-        return n is not None and now - last >= n * 86_400
-
     def score_user(
         self, user_id: str, state: UserState, row: StoredUser, *, now: float, silent: bool = False
     ) -> UserScore:
@@ -120,9 +115,7 @@ class ScoringCore:
 
         A silent user's features change only by the passing of time: a label
         snapshot every ``silent_snapshot_days`` is enough to learn from them, and
-        far cheaper than one a day. Once the silence is an inactivity churn, no
-        more snapshots: the question "churn within H days?" is already answered
-        (labelling drops such snapshots unlearned).
+        far cheaper than one a day.
         """
         vector = to_vector(state, now)
         stage = lifecycle_stage(
@@ -163,10 +156,8 @@ class ScoringCore:
         day = int(now // 86_400)
         if should_snapshot(row.snapshot_day, day) and (
             not silent
-            or (
-                (row.snapshot_day is None or day - row.snapshot_day >= self.silent_snapshot_days)
-                and not self._churned_by_inactivity(state, now)
-            )
+            or row.snapshot_day is None
+            or day - row.snapshot_day >= self.silent_snapshot_days
         ):
             snap = take_snapshot(user_id, vector, taken_at=now, raw=scored.raw, risk=scored.risk)
             snapshot, snapshot_day = orjson.dumps(snap.to_dict()), day

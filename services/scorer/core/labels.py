@@ -12,7 +12,13 @@ The question a snapshot taken at ``t`` answers: did the user churn within
 Labels, given the moment ``m`` (``resolve_on_churn``):
 - taken in ``[m - H, confirmation]`` -> y=1. This includes snapshots taken
   while the user was already silent: they had left, and never came back;
-- taken before ``m - H`` -> y=0: the user was still there H days later.
+- taken before ``m - H`` -> y=0: the user was still there H days later;
+- taken after an inactivity churn was confirmed, still in that silence (the
+  timer keeps re-scoring users for H days past N): the question becomes
+  whether they stay gone, so y=1 once ``t + H`` passes with no return
+  (``services.scorer.labelling.label_user``). These teach the model about
+  long-silent users, the ones a purchase-data question like "will they buy
+  again?" is mostly about.
 
 A snapshot learns y=0 by time (``resolve_by_time``) only once no churn can
 fall in its horizon any more: H days have passed *and* the user has been
@@ -44,12 +50,22 @@ class LabelSettings:
 
     ``snapshot_ttl_days`` must cover ``horizon_days + inactivity_days``, the
     longest a snapshot can wait; the store expires snapshots after it.
+
+    ``equal_delay``: a survivor's y=0 waits ``horizon_days + inactivity_days``,
+    as long as a churner's y=1 can, instead of resolving once the user is
+    active after the horizon. Labels then reach the learner in the order their
+    snapshots were taken whatever their class; otherwise the newest resolved
+    labels are mostly survivors (churners are still being confirmed), which an
+    online learner reads as "later = safer" when time-like features (tenure)
+    grow with the calendar, as in a one-cohort replay. Slower to learn, so off
+    by default.
     """
 
     horizon_days: float = 14.0
     churn_events: frozenset[str] = DEFAULT_CHURN_EVENTS
     inactivity_days: float | None = 30.0
     snapshot_ttl_days: float = 60.0
+    equal_delay: bool = False
 
     def __post_init__(self) -> None:
         if self.horizon_days <= 0:
@@ -205,7 +221,7 @@ def resolve_by_time(
     remaining: list[Snapshot] = []
     for snap in snapshots:
         end = snap.taken_at + horizon
-        active_after = last_seen is not None and last_seen > end
+        active_after = last_seen is not None and last_seen > end and not settings.equal_delay
         if now >= end and (active_after or now >= snap.taken_at + longest):
             resolved.append((snap, 0))
         else:
