@@ -76,12 +76,11 @@ auto.create.topics.enable=false
 """
 
 
-def kafka_libs() -> Path | None:
-    shared = load_settings(CommonSettings).home.resolve() / "kafka" / "libs"
-    for candidate in (shared, REPO / ".churnwatch" / "kafka" / "libs"):
-        if (candidate / ".complete").exists():
-            return candidate
-    return None
+def kafka_libs() -> Path:
+    """The broker's jars, fetched from Maven Central like ``churnwatch stack up`` does."""
+    from services.stack.local import LocalStack
+
+    return LocalStack(load_settings(CommonSettings)).fetch_kafka()
 
 
 def free_port_pair() -> int:
@@ -110,8 +109,7 @@ def sasl_settings(port: int, *, password: str = PASSWORD, **extra: Any) -> Commo
 @pytest.fixture(scope="module")
 def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CommonSettings]:
     libs, java = kafka_libs(), shutil.which("java")
-    if libs is None or java is None:
-        pytest.skip("Kafka jars (churnwatch stack up) and a JDK are needed")
+    assert java is not None, "the SASL broker needs a JDK (java on PATH)"
     home = tmp_path_factory.mktemp("sasl-kafka")
     port = free_port_pair()
     props = home / "server.properties"
