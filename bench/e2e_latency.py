@@ -30,7 +30,7 @@ from kafka import TopicPartition
 
 from bench.registry import emit, fresh_deployment
 from bench.scorer import cleanup, free_port
-from services.common.kafka import make_consumer
+from services.common.kafka import all_topics, make_consumer
 from services.common.settings import CommonSettings, env_for
 from services.demo import Services, wait_http
 from services.sim.generator import DAY, SimUser, event
@@ -59,13 +59,8 @@ class Follower(threading.Thread):
             fetch_max_wait_ms=5,
             consumer_timeout_ms=200,
         )
-        deadline = time.monotonic() + 30
-        while not self.consumer.partitions_for_topic(topic):  # a new topic: metadata lags
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topic {topic} has no partitions after 30 s")
-            self.consumer.topics()  # refreshes the cluster metadata
-            time.sleep(0.2)
-        parts = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic)]
+        # ensure_topics returned once the topic's partitions had leaders.
+        parts = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic) or ()]
         self.consumer.assign(parts)
         self.consumer.seek_to_end(*parts)
         for tp in parts:
@@ -181,15 +176,7 @@ def main(argv: Sequence[str] = ()) -> int:
         events.stop.set()
         alerts.stop.set()
         services.stop()
-        cleanup(
-            settings,
-            [
-                settings.topic_events,
-                settings.topic_alerts,
-                settings.topic_actions,
-                settings.topic_dlq,
-            ],
-        )
+        cleanup(settings, all_topics(settings))
     latency = [alerts.seen[u] - t for u, t in accepted.items() if u in alerts.seen]
     transport = [events.seen[u] - t for u, t in accepted.items() if u in events.seen]
     if not latency:

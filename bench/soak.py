@@ -28,7 +28,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from bench.registry import emit, fresh_deployment
 from bench.scorer import cleanup, free_port
-from services.common.kafka import make_consumer
+from services.common.kafka import all_topics, make_consumer
 from services.common.settings import env_for
 from services.demo import Services, register_contacts, wait_http
 from services.notifier.mailcatcher import MailCatcher
@@ -175,15 +175,7 @@ def main(argv: Sequence[str] = ()) -> int:
         services.stop()
         catcher.stop()
         consumer.close()
-        cleanup(
-            settings,
-            [
-                settings.topic_events,
-                settings.topic_alerts,
-                settings.topic_actions,
-                settings.topic_dlq,
-            ],
-        )
+        cleanup(settings, all_topics(settings))
     with (args.out / "soak.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()

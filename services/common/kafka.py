@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -97,8 +98,15 @@ def broker_answers(bootstrap: str | CommonSettings, *, timeout_ms: int = 3000) -
         admin.close()
 
 
-def ensure_topics(settings: CommonSettings, topics: list[str] | None = None) -> None:
-    """Create the deployment's topics if they are missing (idempotent)."""
+def ensure_topics(
+    settings: CommonSettings, topics: list[str] | None = None, *, timeout_s: float = 30.0
+) -> None:
+    """Create the deployment's topics if they are missing (idempotent).
+
+    Returns once every new topic's partitions have a leader: right after the
+    create call the broker's metadata may still show none, and a client that
+    asks then finds no partitions (a consumer assigning them, a producer).
+    """
     wanted = topics or all_topics(settings)
     admin = make_admin(settings, request_timeout_ms=10_000)
     try:
@@ -112,11 +120,25 @@ def ensure_topics(settings: CommonSettings, topics: list[str] | None = None) -> 
             # A concurrent process may have created one first: that is fine.
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
+            _wait_for_leaders(admin, [t.name for t in missing], timeout_s)
             log.info("created topics", extra={"topics": [t.name for t in missing]})
     except KafkaError as exc:
         raise BrokerUnavailable(f"could not create topics: {exc}") from exc
     finally:
         admin.close()
+
+
+def _wait_for_leaders(admin: KafkaAdminClient, topics: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(_has_leaders(t) for t in admin.describe_topics(topics)):
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"topics {topics} have no partition leaders in {timeout_s} s")
+        time.sleep(0.1)
+
+
+def _has_leaders(topic: dict[str, Any]) -> bool:
+    parts = topic["partitions"]
+    return topic["error_code"] == 0 and bool(parts) and all(p["leader_id"] >= 0 for p in parts)
 
 
 def make_producer(settings: CommonSettings, **overrides: Any) -> KafkaProducer:

@@ -31,12 +31,12 @@ from aiosmtpd.controller import Controller
 from kafka import KafkaProducer
 
 from services.common.messages import make_action_id
-from services.demo import Services, noon_zone
+from services.demo import Services
 from services.notifier.core.guardrails import in_control_group
 from services.notifier.core.playbooks import load_playbooks
-from tests.alerts import sample_alert
 from tests.chaos.conftest import read_topic, wait_caught_up
 from tests.conftest import Isolated
+from tests.notifier_data import give_email_contacts, sample_alert
 
 pytestmark = pytest.mark.chaos
 
@@ -104,15 +104,7 @@ def test_provider_outage_then_redrive_sends_each_message_once(chaos: Isolated) -
     prefix = chaos.settings.key_prefix
     uids = users(chaos.run, ALERTS)
     r = redis.Redis.from_url(chaos.settings.redis_url)
-    zone = noon_zone(time.time())  # quiet hours never hold a message back
-    pipe = r.pipeline(transaction=False)
-    for uid in uids:
-        pipe.hset(
-            f"{prefix}:{{{uid}}}:contact",
-            mapping={"email": f"{uid}@example.test", "timezone": zone, "locale": "en"},
-        )
-        pipe.hset(f"{prefix}:{{{uid}}}:consent", mapping={"email": 1})
-    pipe.execute()
+    give_email_contacts(r, prefix, uids)
     alerts = [sample_alert(uid, model_version="chaos@1") for uid in uids]
     action_ids = {make_action_id(a["alert_id"], "email") for a in alerts}
     env = chaos.env | {

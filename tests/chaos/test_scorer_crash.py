@@ -29,7 +29,7 @@ import orjson
 import pytest
 import redis
 
-from services.demo import Services, noon_zone
+from services.demo import Services
 from services.notifier.mailcatcher import MailCatcher
 from tests.chaos.conftest import (
     Streamer,
@@ -40,6 +40,7 @@ from tests.chaos.conftest import (
     wait_caught_up,
 )
 from tests.conftest import Isolated
+from tests.notifier_data import give_email_contacts
 
 pytestmark = pytest.mark.chaos
 
@@ -51,15 +52,7 @@ EVENTS_PER_USER = 5.0 * DAYS  # what the generator makes on average
 
 def register_contacts(iso: Isolated, user_ids: list[str]) -> None:
     r = redis.Redis.from_url(iso.settings.redis_url)
-    zone = noon_zone(time.time())  # quiet hours never hold the mail back
-    pipe = r.pipeline(transaction=False)
-    for uid in user_ids:
-        pipe.hset(
-            f"{iso.settings.key_prefix}:{{{uid}}}:contact",
-            mapping={"email": f"{uid}@example.test", "timezone": zone, "locale": "en"},
-        )
-        pipe.hset(f"{iso.settings.key_prefix}:{{{uid}}}:consent", mapping={"email": 1})
-    pipe.execute()
+    give_email_contacts(r, iso.settings.key_prefix, user_ids)
     r.close()
 
 

@@ -28,12 +28,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from services.common.messages import make_action_id
 from services.common.redis_client import sync_redis
-from services.demo import Services, noon_zone
+from services.demo import Services
 from services.notifier.core.guardrails import in_control_group
 from services.notifier.core.playbooks import load_playbooks
 from services.notifier.mailcatcher import Inbox
-from tests.alerts import sample_alert
 from tests.conftest import Isolated
+from tests.notifier_data import give_email_contacts, sample_alert
 
 pytestmark = pytest.mark.e2e
 
@@ -194,11 +194,7 @@ def test_handoff_then_email_and_no_resend_after_a_crash(
     uid = vip_user(isolated.run)
     address = f"{uid}@example.test"
     r = sync_redis(isolated.settings.redis_url, cluster=isolated.settings.redis_cluster)
-    r.hset(
-        f"{prefix}:{{{uid}}}:contact",
-        mapping={"email": address, "timezone": noon_zone(time.time()), "locale": "en"},
-    )
-    r.hset(f"{prefix}:{{{uid}}}:consent", mapping={"email": 1})
+    give_email_contacts(r, prefix, [uid])
     env = isolated.env | {
         "CHURNWATCH_WEBHOOK_URL": crm_webhook,
         "CHURNWATCH_WEBHOOK_SECRET": SECRET,

@@ -22,11 +22,11 @@ from kafka import KafkaProducer
 
 from services.common.messages import make_action_id
 from services.common.redis_client import sync_redis
-from services.demo import Services, noon_zone
+from services.demo import Services
 from services.notifier.mailcatcher import MailCatcher
-from tests.alerts import sample_alert
 from tests.conftest import Isolated
 from tests.integration.test_notifier_flow import ActionsTopic, vip_user
+from tests.notifier_data import give_email_contacts, sample_alert
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +49,7 @@ def test_provider_down_then_redrive_delivers_exactly_once(isolated_each: Isolate
     uid = vip_user(isolated.run)  # not in the control group
     address = f"{uid}@example.test"
     r = sync_redis(isolated.settings.redis_url, cluster=isolated.settings.redis_cluster)
-    r.hset(
-        f"{prefix}:{{{uid}}}:contact",
-        mapping={"email": address, "timezone": noon_zone(time.time()), "locale": "en"},
-    )
-    r.hset(f"{prefix}:{{{uid}}}:consent", mapping={"email": 1})
+    give_email_contacts(r, prefix, [uid])
     env = isolated.env | {
         "CHURNWATCH_NOTIFIER_ATTEMPTS": "3",
         "CHURNWATCH_NOTIFIER_BACKOFF_S": "0.05",

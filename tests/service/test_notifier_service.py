@@ -22,7 +22,7 @@ from services.notifier.core.guardrails import in_control_group
 from services.notifier.core.playbooks import PlaybookBook, load_playbooks
 from services.notifier.core.templates import Brand, Renderer
 from services.notifier.service import Notifier
-from tests.alerts import sample_alert
+from tests.notifier_data import sample_alert
 
 T = TypeVar("T")
 LA = ZoneInfo("America/Los_Angeles")

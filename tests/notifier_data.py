@@ -1,12 +1,14 @@
-"""Churn alerts as the scorer publishes them, for the notifier's tests."""
+"""What the notifier's tests feed it: alerts as the scorer publishes them, and contacts."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from services.common.messages import ChurnAlert, Reason, Segment, make_alert_id
 from services.common.schemas import validate
+from services.demo import noon_zone
 
 
 def sample_alert(
@@ -42,3 +44,20 @@ def sample_alert(
     ).to_dict()
     assert validate("churn-alert", alert) == []
     return alert
+
+
+def give_email_contacts(client: Any, prefix: str, user_ids: list[str]) -> None:
+    """An e-mail address ``<uid>@example.test`` with consent for each user, in a time
+    zone where it is noon now, so quiet hours never hold a message back.
+
+    ``client``: a redis-py client, single or cluster (one pipeline, no transaction).
+    """
+    zone = noon_zone(time.time())
+    pipe = client.pipeline(transaction=False)
+    for uid in user_ids:
+        pipe.hset(
+            f"{prefix}:{{{uid}}}:contact",
+            mapping={"email": f"{uid}@example.test", "timezone": zone, "locale": "en"},
+        )
+        pipe.hset(f"{prefix}:{{{uid}}}:consent", mapping={"email": 1})
+    pipe.execute()
