@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -117,6 +119,26 @@ async def bare_loop(settings: CommonSettings, source: str, sink: str, *, total: 
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+def faust_ceiling(env: dict[str, str], topic: str, *, total: int) -> float:
+    """Events/s of a Faust agent that does nothing (:mod:`bench.faust_ceiling`), or NaN."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.faust_ceiling", "--topic", topic, "--total", str(total)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        print("faust alone: did not finish in 300 s")
+        return float("nan")
+    for line in done.stdout.splitlines():
+        if "faust-ceiling " in line:  # after whatever terminal codes Faust's worker prints
+            return float(line.rsplit(" ", 1)[1])
+    print(f"faust alone: no figure (exit {done.returncode}): {done.stderr[-500:]}")
+    return float("nan")
 
 
 def counter(url: str, name: str) -> float | None:
@@ -271,6 +293,8 @@ def main(argv: Sequence[str] = ()) -> int:
         asyncio.run(produce(settings, settings.topic_events, events))
         bare = asyncio.run(bare_loop(settings, settings.topic_events, copy_topic, total=total))
         print(f"bare aiokafka consume-and-produce: {bare:,.0f} events/s")
+        ceiling = faust_ceiling(env, settings.topic_events, total=total)
+        print(f"faust alone (an agent that does nothing): {ceiling:,.0f} events/s")
         # Due a little after the worker starts: by then it holds most users' state
         # (a snapshot of a user without state is dropped unlearned, as for an expired one).
         seeded = seed_due_snapshots(settings, events, time.time() + SEED_DUE_AFTER_S)
@@ -278,7 +302,7 @@ def main(argv: Sequence[str] = ()) -> int:
         del events
         with tempfile.TemporaryDirectory(prefix="bench-scorer-") as logs:
             rate = measure_scorer(settings, env, port=port, total=total, logs=Path(logs))
-        print(f"scorer worker: {rate:,.0f} events/s")
+        print(f"scorer worker: {rate:,.0f} events/s ({rate / ceiling:.2f} of faust alone)")
     finally:
         cleanup(
             settings,

@@ -275,7 +275,17 @@ def cohort_marks(state: UserState, active_days: tuple[str, ...]) -> tuple[str, .
     signup = int((state.signup_ts or state.first_seen) // 86_400)
     marks = []
     for day in active_days:
-        k = (datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC).timestamp() // 86_400) - signup
+        k = _day_number(day) - signup
         if k in RETENTION_DAYS:
-            marks.append(f"{_utc_day(signup)}:d{int(k)}")
+            marks.append(f"{_utc_day(signup)}:d{k}")
     return tuple(marks)
+
+
+@lru_cache(maxsize=1024)
+def _day_number(day: str) -> int:
+    """The UTC day number of ``YYYYMMDD`` (inverse of :func:`_utc_day`), cached.
+
+    >>> _day_number(_utc_day(20_000))
+    20000
+    """
+    return int(datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC).timestamp() // 86_400)
