@@ -148,6 +148,9 @@ def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(prog="churnwatch bench e2e-latency", description=__doc__)
     parser.add_argument("--rate", type=float, default=5000.0, help="background events/s")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="scorer workers (the topic has 4 partitions)"
+    )
     args = parser.parse_args(list(argv))
     run, settings = fresh_deployment("lat")
     port = free_port()
@@ -157,15 +160,21 @@ def main(argv: Sequence[str] = ()) -> int:
         "CHURNWATCH_SCORER_METRICS_PORT": str(free_port()),
         "CHURNWATCH_LOG_LEVEL": "warning",
     }
-    services = Services(
-        settings, env, names=("ingest", "scorer"), logs=Path(f"/tmp/churnwatch-bench-{run}")
-    )
+    logs = Path(f"/tmp/churnwatch-bench-{run}")
+    services = [Services(settings, env, names=("ingest", "scorer"), logs=logs)]
+    for n in range(2, args.workers + 1):  # each its own checkpoint name and metrics port
+        extra = {
+            "CHURNWATCH_SCORER_WORKER_NAME": f"{run}-w{n}",
+            "CHURNWATCH_SCORER_METRICS_PORT": str(free_port()),
+        }
+        services.append(Services(settings, env | extra, names=("scorer",), logs=logs / f"w{n}"))
     events = Follower(settings, settings.topic_events)
     alerts = Follower(settings, settings.topic_alerts)
     try:
-        services.start()
-        wait_http(f"http://127.0.0.1:{port}/healthz", 60, services)
-        time.sleep(8)  # the scorer joins its group
+        for group in services:
+            group.start()
+        wait_http(f"http://127.0.0.1:{port}/healthz", 60, services[0])
+        time.sleep(8 + 4 * (args.workers - 1))  # the scorers join their group
         events.start()
         alerts.start()
         accepted, achieved = load(
@@ -175,7 +184,8 @@ def main(argv: Sequence[str] = ()) -> int:
     finally:
         events.stop.set()
         alerts.stop.set()
-        services.stop()
+        for group in services:
+            group.stop()
         cleanup(settings, all_topics(settings))
     latency = [alerts.seen[u] - t for u, t in accepted.items() if u in alerts.seen]
     transport = [events.seen[u] - t for u, t in accepted.items() if u in events.seen]
@@ -188,7 +198,7 @@ def main(argv: Sequence[str] = ()) -> int:
         f"probes: {len(accepted)} sent, {len(latency)} alerted; alert latency p50 "
         f"{p50:.1f} ms, p99 {p99:.1f} ms (mean {statistics.mean(latency) * 1000:.1f}); "
         f"transport p99 {base99:.1f} ms; background {achieved:.0f} events/s "
-        f"(asked {args.rate:.0f})",
+        f"(asked {args.rate:.0f}); {args.workers} scorer worker(s)",
         flush=True,
     )
     emit("e2e-latency", p99, "ms (p99)", base99, ratio=p99 / base99 if base99 else 0.0)

@@ -134,10 +134,23 @@ def faust_ceiling(env: dict[str, str], topic: str, *, total: int) -> float:
     except subprocess.TimeoutExpired:
         print("faust alone: did not finish in 300 s")
         return float("nan")
-    for line in done.stdout.splitlines():
-        if "faust-ceiling " in line:  # after whatever terminal codes Faust's worker prints
+    rate = ceiling_from(done.stdout)
+    if rate != rate:  # NaN
+        print(f"faust alone: no figure (exit {done.returncode}): {done.stderr[-500:]}")
+    return rate
+
+
+def ceiling_from(stdout: str) -> float:
+    """The figure :mod:`bench.faust_ceiling` printed, after whatever terminal codes Faust wrote.
+
+    >>> ceiling_from("\\x1b[?25l\\x1b[?25hfaust-ceiling 14335\\n")
+    14335.0
+    >>> ceiling_from("nothing")
+    nan
+    """
+    for line in stdout.splitlines():
+        if "faust-ceiling " in line:
             return float(line.rsplit(" ", 1)[1])
-    print(f"faust alone: no figure (exit {done.returncode}): {done.stderr[-500:]}")
     return float("nan")
 
 
