@@ -48,15 +48,18 @@ async def at_risk(
     "/stats",
     dependencies=READ,
     response_model=Stats,
-    summary="Active users and win-back counters",
+    summary="Active users, cohort retention, churn rate and win-back counters",
     description=(
         "`active_users`: distinct users with activity today (DAU), in the last 7 (WAU) and "
         "30 (MAU) UTC days, HyperLogLog estimates (about 0.8% error) from one PFCOUNT each. "
+        "`cohorts`: for each of the last 35 UTC signup days with signups, the cohort's size "
+        "and the share active on day 1, 7 and 30 after signing up (a day-k share is final "
+        "only k days after the signup day). `users_by_stage`: scored users per lifecycle "
+        "stage; `churn_rate`: the share of them in the churned stage. "
         "`winback`: per playbook and group (treated, control) the number of users who "
         "entered it (`treated` counter), those won back (`won`, null until the outcome "
         "counter exists) and the win rate. Alerts per day are not kept in Redis and are "
-        "not shown here: use the scorer's `churnwatch_scorer_alerts_total` metric. "
-        "Cohort retention and churn rate are not computed yet."
+        "not shown here: use the scorer's `churnwatch_scorer_alerts_total` metric."
     ),
     responses=errors(),
 )
