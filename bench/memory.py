@@ -9,9 +9,12 @@ live service would keep; the label resolution runs after each day, as the
 worker's timer would.
 
 The figure is the exact ``MEMORY USAGE`` of every key of the run's prefix
-(per-user keys, the shared sorted sets and HyperLogLogs) divided by the users.
-The baseline is the bytes of the feature state itself (``len`` of the stored
-``f`` field), the least any layout could keep. The keys are removed at the end.
+(per-user keys, the shared sorted sets and their shards, HyperLogLogs) divided
+by the users. The prefix is six characters (``m`` and five hex digits), about
+as long as a deployment's (``cw``): key names are part of the bytes. The
+baseline is the bytes of the feature state itself (its part of the user's
+string ``P:{uid}:s``), the least any layout could keep. The keys are removed at
+the end.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,7 +35,7 @@ import redis.asyncio as aioredis
 from bench.registry import emit
 from services.common.clock import ManualClock
 from services.common.settings import CommonSettings, load_settings
-from services.scorer.adapters.redis_store import RedisUserStore, user_key
+from services.scorer.adapters.redis_store import RedisUserStore, split_user, user_key
 from services.scorer.config import ScorerSettings
 from services.scorer.core.features import FeatureSettings
 from services.scorer.core.quality import QualityTracker
@@ -103,7 +107,10 @@ async def measure(client: aioredis.Redis, prefix: str, users: int) -> tuple[floa
                 pipe.memory_usage(key, samples=0)
             for key, n in zip(chunk, await pipe.execute(), strict=True):
                 kind = key.decode().rsplit("}", 1)[-1] if b"{" in key else key.decode()
-                by_kind[kind.removeprefix(prefix + ":").split(":d:")[0]] += n or 0
+                kind = kind.removeprefix(prefix + ":").split(":d:")[0]
+                # an index's shards, a day's cohort marks: one line each
+                kind = re.sub(r"^(cohort):.*|:\d+$", r"\1", kind)
+                by_kind[kind] += n or 0
     total = sum(by_kind.values())
     print(
         "bytes per user by key: "
@@ -115,13 +122,13 @@ async def measure(client: aioredis.Redis, prefix: str, users: int) -> tuple[floa
     for start in range(0, users, 5000):
         async with client.pipeline(transaction=False) as pipe:
             for i in range(start, min(users, start + 5000)):
-                pipe.hstrlen(user_key(prefix, f"mem-{i:06d}"), "f")
-            features += sum(await pipe.execute())
+                pipe.get(user_key(prefix, f"mem-{i:06d}", "s"))
+            features += sum(len(split_user(b).features) for b in await pipe.execute() if b)
     return float(total), float(features)
 
 
 async def run(settings: CommonSettings, *, users: int) -> tuple[float, float]:
-    prefix = f"benchmem{uuid.uuid4().hex[:8]}"
+    prefix = f"m{uuid.uuid4().hex[:5]}"
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=30)
     store = RedisUserStore(client, prefix=prefix, user_ttl_s=400 * 86400, snapshot_ttl_s=45 * 86400)
     try:

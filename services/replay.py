@@ -30,10 +30,11 @@ from services.common.kafka import ensure_topics, make_admin, make_consumer, make
 from services.common.redis_client import sync_redis
 from services.common.settings import CommonSettings, env_for, load_settings, scratch_settings
 from services.demo import Services
-from services.scorer.adapters.redis_store import user_key
+from services.scorer.adapters.redis_store import user_fields, user_key
 from services.scorer.core.features import decode_state, to_vector
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.policy import PolicySettings, band_for
+from services.scorer.core.records import decode_record
 from services.scorer.core.segments import SegmentSettings, lifecycle_stage
 
 SCORE_COLUMNS = ("user_id", "as_of", "risk", "score", "band", "stage", "tier")
@@ -125,19 +126,26 @@ class Replay:
 
     def scores_at(self, as_of: float, model: ChurnModel) -> list[dict[str, Any]]:
         """Every user's score as of ``as_of``, from its stored state and the model of then."""
-        found = self.redis.zrange(f"{self.settings.key_prefix}:lastseen", 0, -1)
-        users = [u.decode() for u in found if isinstance(u, bytes)]
+        index = f"{self.settings.key_prefix}:lastseen"
+        pipe = self.redis.pipeline(transaction=False)
+        for key in [index, *(f"{index}:{s}" for s in range(self.settings.redis_index_shards))]:
+            pipe.zrange(key, 0, -1)
+        found = [u for part in pipe.execute() for u in part]
+        users = list(dict.fromkeys(u.decode() for u in found if isinstance(u, bytes)))
         policy, segments = PolicySettings(), SegmentSettings()
         rows = []
         for start in range(0, len(users), 2000):
             chunk = users[start : start + 2000]
             pipe = self.redis.pipeline(transaction=False)
             for uid in chunk:
+                pipe.get(user_key(self.settings.key_prefix, uid, "s"))
                 pipe.hmget(user_key(self.settings.key_prefix, uid), "f", "r")
-            for uid, (features, record) in zip(chunk, pipe.execute(), strict=True):
+            found = pipe.execute()
+            for uid, blob, old in zip(chunk, found[::2], found[1::2], strict=True):
+                features, record = user_fields(blob, old)
                 if features is None:
                     continue
-                before = orjson.loads(record) if record else {}
+                before = decode_record(record) if record else {}
                 vector = to_vector(decode_state(features), as_of)
                 stage = lifecycle_stage(
                     vector, previous_stage=before.get("stage"), settings=segments

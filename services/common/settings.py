@@ -55,6 +55,14 @@ class CommonSettings(BaseSettings):
         False, description="redis_url is a node of a Redis Cluster (common/redis_client.py)"
     )
     key_prefix: str = Field("cw", description="prefix of every Redis key this deployment owns")
+    redis_index_shards: int = Field(
+        1024,
+        ge=1,
+        le=65_536,
+        description="small sorted sets per shared per-user index (last activity, label due): "
+        "at least users / 100 keeps each one compact (docs/operations.md); changing it "
+        "needs a re-index",
+    )
     topic_events: str = "user-events"
     topic_alerts: str = "churn-alerts"
     topic_actions: str = "winback-actions"

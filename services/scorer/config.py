@@ -44,6 +44,13 @@ class ScorerSettings(CommonSettings):
         description="a user re-scored only because time passed gets a label snapshot "
         "at most this often",
     )
+    scorer_snapshot_every_days: int = Field(
+        7,
+        ge=1,
+        description="an active user gets a label snapshot at most this often, like a silent "
+        "one (each pending snapshot costs ~55 bytes of Redis until its label resolves; "
+        "1 = one per scored day)",
+    )
     scorer_clock: Literal["live", "replay"] = Field(
         "live", description="live: wall clock; replay: the stream's event time"
     )
@@ -68,6 +75,12 @@ class ScorerSettings(CommonSettings):
     scorer_cooldown_s: float = Field(7 * 86400, ge=0, description="at most one alert per window")
     scorer_user_ttl_days: int = Field(
         400, ge=1, description="a user silent for this long costs no memory any more"
+    )
+    scorer_long_silent_every_days: int = Field(
+        7,
+        ge=0,
+        description="past inactivity + horizon days of silence, re-score (and snapshot) a "
+        "silent user this often until its state expires; 0 = stop re-scoring there",
     )
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-import orjson
-
 from services.scorer.core.features import decode_state
 from services.scorer.core.labels import (
     LabelSettings,
@@ -24,6 +22,7 @@ from services.scorer.core.labels import (
 )
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.quality import QualityTracker
+from services.scorer.core.records import decode_snapshot
 
 DAY = 86_400.0
 
@@ -128,7 +127,7 @@ async def resolve_labels(
         remaining: dict[str, tuple[int, float | None]] = {}
         for uid in chunk:
             features, raw_snaps = rows[uid]
-            snaps = [Snapshot.from_dict(orjson.loads(s)) for s in raw_snaps]
+            snaps = [decode_snapshot(s, uid) for s in raw_snaps]
             if features is None:  # the user's state expired: nothing to learn against
                 remaining[uid] = (len(snaps), None)
                 continue

@@ -25,15 +25,23 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
-from services.common.redis_client import AsyncRedis
-from services.scorer.adapters.redis_store import day_key, user_key
+from services.common.redis_client import AsyncRedis, is_cluster
+from services.scorer.adapters.redis_scripts import INDEX_READ
+from services.scorer.adapters.redis_store import (
+    INDEX_SHARDS,
+    day_key,
+    shard_of,
+    user_fields,
+    user_key,
+)
 from services.scorer.core.features import decode_state, to_vector
+from services.scorer.core.records import decode_record
 from services.scorer.core.segments import STAGES
 
 MAX_EXAMINED = 5000  # at-risk entries looked at per request, whatever the filters
@@ -89,7 +97,7 @@ def public_record(record: bytes) -> dict[str, Any]:
     >>> public_record(b'{"risk":0.7,"reasons":[["recency_days",0.4,12.0]],"updated_at":0}')
     {'risk': 0.7, 'reasons': [{'feature': 'recency_days', 'contribution': 0.4, 'value': 12.0}], 'updated_at': '1970-01-01T00:00:00Z'}
     """  # noqa: E501
-    out: dict[str, Any] = orjson.loads(record)
+    out = decode_record(record)
     out["reasons"] = [
         {"feature": f, "contribution": c, "value": v} for f, c, v in out.get("reasons", [])
     ]
@@ -116,9 +124,12 @@ class RiskQueries:
         prefix: str,
         scan_every_s: float = 60.0,
         clock: Callable[[], float] = time.time,
+        index_shards: int = INDEX_SHARDS,
     ) -> None:
         self.r = client
         self.prefix = prefix
+        self.shards = index_shards
+        self._index_read = None if is_cluster(client) else client.register_script(INDEX_READ)
         self.scan_every_s = scan_every_s
         self.clock = clock
         self._families: dict[str, tuple[float, list[str]]] = {}
@@ -137,6 +148,42 @@ class RiskQueries:
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
 
+    def _keys(self, base: str) -> list[str]:
+        """A sharded index's keys: the unsharded one of before, then the shards."""
+        return [base, *(f"{base}:{s}" for s in range(self.shards))]
+
+    async def _count(self, bases: list[str], at_most: str) -> list[tuple[int, int]]:
+        """(members, members scored <= ``at_most``) of each sharded index."""
+        try:
+            if self._index_read is not None:  # one script per index (each reads ~1,000 keys)
+                out = []
+                for base in bases:
+                    a, b = await self._index_read(args=["count", self.shards, at_most, base])
+                    out.append((int(a), int(b)))
+                return out
+            async with self.r.pipeline(transaction=False) as pipe:
+                for base in bases:
+                    for key in self._keys(base):
+                        pipe.zcard(key)
+                        pipe.zcount(key, "-inf", at_most)
+                found = await pipe.execute()
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        per = 2 * (self.shards + 1)
+        parts = [found[i * per : (i + 1) * per] for i in range(len(bases))]
+        return [(sum(part[::2]), sum(part[1::2])) for part in parts]
+
+    async def _merge(
+        self, bases: list[str], *, top: float, after: str | None, limit: int
+    ) -> tuple[list[tuple[str, float]], bool]:
+        """The next ``limit`` entries after the cursor across sharded indexes (one Redis)."""
+        assert self._index_read is not None
+        high = "+inf" if math.isinf(top) else repr(top)
+        args: list[Any] = ["merge", self.shards, high, after or "", limit, *bases]
+        found = await self._call(self._index_read(args=args))
+        entries = [(_text(found[i]), float(found[i + 1])) for i in range(0, len(found) - 1, 2)]
+        return entries, bool(found[-1])
+
     async def ping(self) -> bool:
         try:
             return bool(await self.r.ping())
@@ -147,23 +194,28 @@ class RiskQueries:
         """Risk, segment, reasons and features of one user; None when never scored.
 
         The percentile is the share of users in the same lifecycle stage whose
-        risk is at most this user's: one ZCOUNT on the stage's risk index.
+        risk is at most this user's: ZCARD and ZCOUNT over the shards of the
+        stage's risk index (one script on one Redis).
         """
-        features, record = await self._call(self.r.hmget(user_key(self.prefix, user_id), "f", "r"))
+        features, record = user_fields(
+            *await self._run(partial(_queue_user_reads, self.prefix, [user_id]))
+        )
         if features is None or record is None:
             return None
-        raw = orjson.loads(record)
+        raw = decode_record(record)
         index = f"{self.prefix}:atrisk:{raw.get('stage', '')}"
+        shard = f"{index}:{shard_of(user_id, self.shards)}"
 
         def read(pipe: Any) -> None:
-            pipe.zscore(index, user_id)
-            pipe.zcard(index)
+            pipe.zscore(shard, user_id)
+            pipe.zscore(index, user_id)  # the unsharded index of before
 
-        risk, total = await self._run(read)
+        found, old = await self._run(read)
+        risk = found if found is not None else old
         percentile = None
-        if risk is not None and total:
-            at_most = await self._call(self.r.zcount(index, "-inf", float(risk)))
-            percentile = round(100.0 * at_most / total, 2)
+        if risk is not None:
+            ((total, at_most),) = await self._count([index], repr(float(risk)))
+            percentile = round(100.0 * at_most / total, 2) if total else None
         out = {"user_id": user_id, **public_record(record), "percentile": percentile}
         out["features"] = to_vector(decode_state(features), float(raw["updated_at"]))
         return out
@@ -187,7 +239,7 @@ class RiskQueries:
 
     async def known(self, user_id: str) -> bool:
         """Whether Redis holds anything of this user (a scored record or a history)."""
-        keys = [user_key(self.prefix, user_id, k) for k in ("u", "alerts", "actions")]
+        keys = [user_key(self.prefix, user_id, k) for k in ("s", "u", "alerts", "actions")]
         return bool(await self._call(self.r.exists(*keys)))
 
     async def at_risk(
@@ -201,40 +253,45 @@ class RiskQueries:
     ) -> dict[str, Any]:
         """Users by risk, highest first, filtered on their score records.
 
-        Entries are read from the at-risk index in chunks from the cursor on
-        (ties in risk go in descending user order, as ZREVRANGEBYSCORE gives
-        them) until ``limit`` users pass the filters or :data:`MAX_EXAMINED`
-        entries were looked at; ``next_cursor`` then points after the last
-        entry examined, so a page may be short and still have a next one.
+        There is no global at-risk index: the per-stage ones (``P:atrisk:<stage>``)
+        are merged, highest risk first (ties in descending user order, as
+        ZREVRANGEBYSCORE gives them), read in chunks from the cursor on until
+        ``limit`` users pass the filters or :data:`MAX_EXAMINED` entries were
+        looked at; ``next_cursor`` then points after the last entry examined,
+        so a page may be short and still have a next one. A stage filter reads
+        that stage's index only.
         """
-        index = f"{self.prefix}:atrisk"
         top, after = decode_cursor(cursor) if cursor else (math.inf, None)
         wanted = {"band": band, "stage": stage, "tier": tier}
-        high = "+inf" if math.isinf(top) else repr(top)
         chunk = max(100, 2 * limit)
+        bases = [f"{self.prefix}:atrisk:{st}" for st in (STAGES if stage is None else (stage,))]
+        merged = _Merged(self, bases, top=top, after=after, chunk=chunk)
         items: list[dict[str, Any]] = []
         last = None if after is None else (top, after)
         examined = 0
         more = True
         while more and len(items) < limit and examined < MAX_EXAMINED:
-            found = await self._call(
-                self.r.zrevrangebyscore(
-                    index, high, "-inf", start=examined, num=chunk, withscores=True
-                )
+            entries = await merged.take(chunk, self._run)
+            examined += len(entries)
+            more = merged.more
+            found = await self._run(
+                partial(_queue_user_reads, self.prefix, [m for m, _ in entries], head=True)
             )
-            examined += len(found)
-            more = len(found) == chunk
-            entries = [(_text(m), float(score)) for m, score in found]
-            if after is not None:  # the tie group's part already served (ZREVRANGE order)
-                entries = [(m, s) for m, s in entries if s < top or m < after]
-            records = await self._run(
-                partial(_queue_hgets, [user_key(self.prefix, m) for m, _ in entries], "r")
-            )
+            records = [
+                _head_record(blob, old) for blob, old in zip(found[::2], found[1::2], strict=True)
+            ]
+            longer = [i for i, rec in enumerate(records) if rec is False]
+            if longer:  # records longer than the head read (old JSON ones): read them whole
+                keys = [user_key(self.prefix, entries[i][0], "s") for i in longer]
+                for i, blob in zip(
+                    longer, await self._run(partial(_queue_gets, keys)), strict=True
+                ):
+                    records[i] = user_fields(blob, (None, None))[1]
             for i, ((member, risk), record) in enumerate(zip(entries, records, strict=True)):
                 last = (risk, member)
-                if record is None:
-                    continue  # the user's hash expired; its index entry outlived it
-                rec = orjson.loads(record)
+                if not record:
+                    continue  # the user's record expired; its index entry outlived it
+                rec = decode_record(record)
                 if all(v is None or rec.get(k) == v for k, v in wanted.items()):
                     items.append(_row(member, risk, rec))
                     if len(items) == limit:
@@ -265,7 +322,12 @@ class RiskQueries:
         counters = await self.family(f"{self.prefix}:winback:*")
 
         cohort_days = [rfc3339(now - d * 86_400)[:10].replace("-", "") for d in range(1, 36)]
-        stage_keys = [f"{self.prefix}:atrisk:{stage}" for stage in STAGES]
+        stage_counts = [
+            total
+            for total, _ in await self._count(
+                [f"{self.prefix}:atrisk:{stage}" for stage in STAGES], "+inf"
+            )
+        ]
 
         def read(pipe: Any) -> None:
             # PFCOUNT by name: redis-py refuses pipe.pfcount on a cluster, where these
@@ -275,14 +337,12 @@ class RiskQueries:
             for day in cohort_days:
                 for k in (0, 1, 7, 30):
                     pipe.execute_command("PFCOUNT", f"{self.prefix}:cohort:{day}:d{k}")
-            for key in stage_keys:
-                pipe.zcard(key)
             for name in counters:  # one GET each: the counters are in several slots
                 pipe.get(name)
 
         dau, wau, mau, *rest = await self._run(read)
         cohort_counts, rest = rest[: 4 * len(cohort_days)], rest[4 * len(cohort_days) :]
-        stage_counts, values = rest[: len(stage_keys)], rest[len(stage_keys) :]
+        values = rest
         cohorts = []
         for i, day in enumerate(cohort_days):
             size, d1, d7, d30 = cohort_counts[4 * i : 4 * i + 4]
@@ -346,14 +406,113 @@ class RiskQueries:
         return {"as_of": rfc3339(now), "workers": workers}
 
 
+class _Merged:
+    """Sharded sorted sets read as one, highest score first (ties: highest member
+    first), from a cursor (``top``, ``after``) on. On one Redis each ``take`` is
+    one script (``INDEX_READ``, a k-way merge on the server) from the cursor of
+    the last entry taken; on a cluster, a k-way merge here that reads each key in
+    small chunks as it runs dry (one pipeline per round)."""
+
+    def __init__(
+        self, queries: RiskQueries, bases: list[str], *, top: float, after: str | None, chunk: int
+    ) -> None:
+        self.queries = queries
+        self.bases = bases
+        self.keys = [key for base in bases for key in queries._keys(base)]
+        self.top, self.after = top, after
+        self.chunk = max(2, chunk // len(self.keys))
+        self.done = False
+        self.high = "+inf" if math.isinf(top) else repr(top)
+        self.buffers: list[list[tuple[float, str]]] = [[] for _ in self.keys]  # reversed: pop()
+        self.offsets = [0] * len(self.keys)
+        self.open = [True] * len(self.keys)
+
+    @property
+    def more(self) -> bool:
+        if self.queries._index_read is not None:
+            return not self.done
+        return any(self.open) or any(self.buffers)
+
+    async def _refill(self, run: Callable[[Any], Awaitable[list[Any]]]) -> None:
+        dry = [i for i, buf in enumerate(self.buffers) if not buf and self.open[i]]
+        if not dry:
+            return
+
+        def read(pipe: Any) -> None:
+            for i in dry:
+                pipe.zrevrangebyscore(
+                    self.keys[i],
+                    self.high,
+                    "-inf",
+                    start=self.offsets[i],
+                    num=self.chunk,
+                    withscores=True,
+                )
+
+        for i, found in zip(dry, await run(read), strict=True):
+            self.offsets[i] += len(found)
+            self.open[i] = len(found) == self.chunk
+            entries = [(float(score), _text(m)) for m, score in found]
+            if self.after is not None:  # the tie group's part already served
+                entries = [(sc, m) for sc, m in entries if sc < self.top or m < self.after]
+            self.buffers[i] = entries[::-1]
+
+    async def take(
+        self, n: int, run: Callable[[Any], Awaitable[list[Any]]]
+    ) -> list[tuple[str, float]]:
+        """The next ``n`` (member, score) entries, or fewer at the end."""
+        if self.queries._index_read is not None:
+            if self.done:
+                return []
+            entries, more = await self.queries._merge(
+                self.bases, top=self.top, after=self.after, limit=n
+            )
+            if entries:
+                self.after, self.top = entries[-1][0], entries[-1][1]
+            self.done = not more
+            return entries
+        out: list[tuple[str, float]] = []
+        while len(out) < n:
+            while any(not buf and self.open[i] for i, buf in enumerate(self.buffers)):
+                await self._refill(run)
+            heads = [(buf[-1], i) for i, buf in enumerate(self.buffers) if buf]
+            if not heads:
+                break
+            (score, member), i = max(heads)
+            self.buffers[i].pop()
+            out.append((member, score))
+        return out
+
+
 def _queue_gets(keys: list[str], pipe: Any) -> None:
     for key in keys:
         pipe.get(key)
 
 
-def _queue_hgets(keys: list[str], field: str, pipe: Any) -> None:
-    for key in keys:
-        pipe.hget(key, field)
+# Bytes of a user's string that hold its score record (it comes first); a longer
+# record (an old JSON one) is read whole.
+_HEAD_BYTES = 160
+
+
+def _queue_user_reads(prefix: str, user_ids: list[str], pipe: Any, *, head: bool = False) -> None:
+    """Per user: its string (or with ``head`` only its first bytes) and its old hash's (f, r)."""
+    for uid in user_ids:
+        key = user_key(prefix, uid, "s")
+        if head:
+            pipe.getrange(key, 0, _HEAD_BYTES - 1)
+            pipe.hget(user_key(prefix, uid), "r")
+        else:
+            pipe.get(key)
+            pipe.hmget(user_key(prefix, uid), "f", "r")
+
+
+def _head_record(head: bytes | None, old: bytes | None) -> bytes | Literal[False] | None:
+    """The score record at the head of a user's string, else the old hash's; False
+    when the record goes on past the head."""
+    if not head:
+        return old
+    n = int.from_bytes(head[1:3], "little")
+    return (head[3 : 3 + n] or None) if 3 + n <= len(head) else False
 
 
 def _row(user_id: str, risk: float, rec: dict[str, Any]) -> dict[str, Any]:

@@ -62,6 +62,7 @@ def make_core(settings: ScorerSettings, model: ChurnModel | None = None) -> Scor
             equal_delay=settings.scorer_label_equal_delay,
         ),
         silent_snapshot_days=settings.scorer_silent_snapshot_days,
+        snapshot_every_days=settings.scorer_snapshot_every_days,
     )
 
 
@@ -94,6 +95,7 @@ class Runtime:
             user_ttl_s=s.scorer_user_ttl_days * int(DAY),
             snapshot_ttl_s=labels.snapshot_ttl_s,
             worker=s.scorer_worker_name,
+            index_shards=s.redis_index_shards,
         )
         model = None
         saved = await self.store.load_checkpoint(s.scorer_worker_name)
@@ -208,8 +210,13 @@ class Runtime:
         out = Outcome()
         if prev is None or now <= prev:
             return out
-        horizon = self.settings.scorer_inactivity_days + self.settings.scorer_horizon_days
-        ranges = [(prev - k * DAY, now - k * DAY) for k in range(1, horizon + 1)]
+        s = self.settings
+        marks = silence_marks(
+            s.scorer_inactivity_days + s.scorer_horizon_days,
+            every=s.scorer_long_silent_every_days,
+            until=s.scorer_user_ttl_days,
+        )
+        ranges = [(prev - k * DAY, now - k * DAY) for k in marks]
         users = list(dict.fromkeys(await self.store.silent_between(ranges)))
         for start in range(0, len(users), 1000):
             chunk = users[start : start + 1000]
@@ -229,6 +236,28 @@ class Runtime:
             out.users += len(writes)
         await self.learn(now)
         return out
+
+
+def silence_marks(daily_until: int, *, every: int, until: int) -> list[int]:
+    """The whole days of silence at which the sweep re-scores a user.
+
+    Every day up to ``daily_until`` (inactivity + horizon: where alerts and
+    labels move), then every ``every`` days while the state lives (``until``
+    days; ``every=0`` stops at ``daily_until``). So a long-silent user's score
+    says how long the silence has lasted, not how it stood months ago, and its
+    weekly snapshots ("still gone a horizon later?") show the model the long
+    silences it is asked about (silent re-scores snapshot every
+    ``silent_snapshot_days`` anyway).
+
+    >>> silence_marks(5, every=7, until=30)
+    [1, 2, 3, 4, 5, 12, 19, 26]
+    >>> silence_marks(5, every=0, until=30)
+    [1, 2, 3, 4, 5]
+    """
+    marks = list(range(1, daily_until + 1))
+    if every > 0:
+        marks += range(daily_until + every, until, every)
+    return marks
 
 
 def quality_figures(quality: QualityTracker) -> dict[str, float | None]:

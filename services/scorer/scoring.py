@@ -6,10 +6,8 @@ the RFM quantiles are the worker's own state (checkpointed by the agent).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import orjson
 
 from services.common.messages import ChurnAlert, Reason, Segment
 from services.scorer.adapters.redis_store import StoredUser
@@ -17,11 +15,17 @@ from services.scorer.core.features import UserState, to_vector
 from services.scorer.core.labels import LabelSettings, should_snapshot, take_snapshot
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.policy import (
-    AlertState,
     PolicySettings,
     band_for,
     decide_alert,
     make_alert_id,
+)
+from services.scorer.core.records import (
+    decode_policy,
+    encode_policy,
+    encode_record,
+    encode_snapshot,
+    record_stage,
 )
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings, lifecycle_stage, value_tier
 
@@ -37,18 +41,6 @@ class UserScore:
     label_due: float | None = None
     band: str = "low"
     stage: str = ""
-
-
-_POLICY_FIELDS = tuple(f.name for f in fields(AlertState))
-
-
-def encode_policy(state: AlertState) -> bytes:
-    # The fields are scalars: no need for astuple's recursive deep copy (hot path).
-    return orjson.dumps([getattr(state, name) for name in _POLICY_FIELDS])
-
-
-def decode_policy(data: bytes | None) -> AlertState | None:
-    return AlertState(*orjson.loads(data)) if data else None
 
 
 # Events that can raise a user's risk: they are always scored at once. Ordinary
@@ -70,6 +62,7 @@ RISK_EVENTS = frozenset(
 def needs_rescore(policy: bytes | None, types: set[str], now: float, *, every_s: float) -> bool:
     """Whether this batch's events for a user call for a new score now.
 
+    >>> from services.scorer.core.policy import AlertState
     >>> state = encode_policy(AlertState("low", True, None, 10.0, 100.0))
     >>> needs_rescore(state, {"login"}, 130.0, every_s=60)
     False
@@ -87,7 +80,7 @@ def needs_rescore(policy: bytes | None, types: set[str], now: float, *, every_s:
 
 
 def previous_stage(record: bytes | None) -> str | None:
-    return orjson.loads(record).get("stage") if record else None
+    return record_stage(record)
 
 
 class ScoringCore:
@@ -100,8 +93,10 @@ class ScoringCore:
         segments: SegmentSettings,
         labels: LabelSettings,
         silent_snapshot_days: int = 7,
+        snapshot_every_days: int = 1,
     ) -> None:
         self.silent_snapshot_days = silent_snapshot_days
+        self.snapshot_every_days = snapshot_every_days
         self.model = model
         self.quantiles = quantiles
         self.policy = policy
@@ -154,14 +149,14 @@ class ScoringCore:
             )
         snapshot = snapshot_day = None
         day = int(now // 86_400)
-        if should_snapshot(row.snapshot_day, day) and (
+        if should_snapshot(row.snapshot_day, day, every_days=self.snapshot_every_days) and (
             not silent
             or row.snapshot_day is None
             or day - row.snapshot_day >= self.silent_snapshot_days
         ):
             snap = take_snapshot(user_id, vector, taken_at=now, raw=scored.raw, risk=scored.risk)
-            snapshot, snapshot_day = orjson.dumps(snap.to_dict()), day
-        record = orjson.dumps(
+            snapshot, snapshot_day = encode_snapshot(snap), day
+        record = encode_record(
             {
                 "risk": round(scored.risk, 6),
                 "score": score,

@@ -347,15 +347,16 @@ def compare_features(
     """(user, feature, stored, expected) for every difference; a missing user is one too."""
     import redis
 
-    from services.scorer.adapters.redis_store import user_key
+    from services.scorer.adapters.redis_store import split_user, user_key
     from services.scorer.core.features import decode_state, to_vector
 
     r = redis.Redis.from_url(settings.redis_url)
     uids = sorted(by_user)
     pipe = r.pipeline(transaction=False)
     for uid in uids:
-        pipe.hget(user_key(settings.key_prefix, uid), "f")
-    stored = dict(zip(uids, pipe.execute(), strict=True))
+        pipe.get(user_key(settings.key_prefix, uid, "s"))
+    found = zip(uids, pipe.execute(), strict=True)
+    stored = {uid: split_user(blob).features if blob else b"" for uid, blob in found}
     r.close()
     out: list[tuple[str, str, float, float]] = []
     for uid in uids:

@@ -102,7 +102,9 @@ def test_bad_messages_go_to_the_dead_letter_topic(chaos: Isolated) -> None:
         while missing and time.monotonic() < deadline:
             scorer.check()
             missing = [
-                e for e in after if not r.exists(user_key(chaos.settings.key_prefix, e["user_id"]))
+                e
+                for e in after
+                if not r.exists(user_key(chaos.settings.key_prefix, e["user_id"], "s"))
             ]
             time.sleep(0.5)
         assert not missing, f"{len(missing)} valid events after the bad ones were not applied"

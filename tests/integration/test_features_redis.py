@@ -28,7 +28,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from services.common.redis_client import sync_redis
 from services.demo import Services
-from services.scorer.adapters.redis_store import user_key
+from services.scorer.adapters.redis_store import split_user, user_key
 from services.scorer.core.features import decode_state, to_vector
 from services.sim.generator import ZONES
 from tests.conftest import Isolated
@@ -232,8 +232,9 @@ def test_features_match_an_independent_recount(on_redis: Isolated) -> None:
     uids = sorted(by_user)
     pipe = r.pipeline(transaction=False)
     for uid in uids:
-        pipe.hget(user_key(prefix, uid), "f")
-    stored = dict(zip(uids, pipe.execute(), strict=True))
+        pipe.get(user_key(prefix, uid, "s"))
+    found = zip(uids, pipe.execute(), strict=True)
+    stored = {uid: split_user(blob).features if blob else b"" for uid, blob in found}
     assert all(stored.values()), "some users have no stored features"
 
     mismatches = []

@@ -26,7 +26,7 @@ from services.common.auth import RedisKeyStore, create_key
 from services.common.events import UserEvent
 from services.common.redis_client import async_redis, sync_redis
 from services.common.settings import CommonSettings
-from services.scorer.adapters.redis_store import RedisUserStore, UserWrite
+from services.scorer.adapters.redis_store import INDEX_SHARDS, RedisUserStore, UserWrite, shard_of
 from services.scorer.api import build_api
 from services.scorer.config import ApiSettings
 from services.scorer.core.features import FeatureSettings, apply_batch, encode_state
@@ -166,8 +166,9 @@ def test_at_risk_user_and_model_on_a_cluster(api: Api) -> None:
 
 def test_erase_on_a_cluster(api: Api, redis_cluster: CommonSettings) -> None:
     gone = api.client.delete("/v1/users/c6", headers={"X-API-Key": api.admin}).json()
-    assert "u" in gone["removed_keys"] and "atrisk" in gone["removed_from_indexes"]
+    assert "s" in gone["removed_keys"] and "lastseen" in gone["removed_from_indexes"]
     r = sync_redis(redis_cluster.redis_url, cluster=True)
     assert list(r.scan_iter(match=f"{api.prefix}:{{c6}}*", count=1000)) == []
-    assert r.zscore(f"{api.prefix}:atrisk", "c6") is None
+    shard = shard_of("c6", INDEX_SHARDS)
+    assert r.zscore(f"{api.prefix}:lastseen:{shard}", "c6") is None
     r.close()

@@ -21,6 +21,7 @@ import redis
 
 from services.common.auth import RedisKeyStore, create_key
 from services.common.settings import CommonSettings, env_for
+from services.scorer.adapters.redis_store import INDEX_SHARDS, shard_of
 from tests.conftest import free_port
 from tests.service.test_risk_api import drop_prefix, seed
 
@@ -78,10 +79,11 @@ def test_served_api_reads_and_erases(served: Served) -> None:
     assert "churnwatch_api_request_seconds" in httpx.get(f"{served.url}/metrics/").text
 
     gone = httpx.delete(f"{served.url}/v1/users/u5", headers={"X-API-Key": served.admin}).json()
-    assert "u" in gone["removed_keys"] and "atrisk" in gone["removed_from_indexes"]
+    assert "s" in gone["removed_keys"] and "lastseen" in gone["removed_from_indexes"]
     r = redis.Redis.from_url(served.redis_url)
     assert list(r.scan_iter(match=f"{served.prefix}:{{u5}}*", count=1000)) == []
-    assert r.zscore(f"{served.prefix}:atrisk", "u5") is None
+    shard = shard_of("u5", INDEX_SHARDS)
+    assert r.zscore(f"{served.prefix}:lastseen:{shard}", "u5") is None
 
 
 def test_contract_no_server_errors(served: Served) -> None:

@@ -26,7 +26,7 @@ from services.common.auth import RedisKeyStore, create_key
 from services.common.events import UserEvent
 from services.common.settings import CommonSettings
 from services.notifier.adapters.redis_directory import RedisDirectory
-from services.scorer.adapters.redis_store import RedisUserStore, UserWrite
+from services.scorer.adapters.redis_store import INDEX_SHARDS, RedisUserStore, UserWrite, shard_of
 from services.scorer.api import build_api
 from services.scorer.config import ApiSettings
 from services.scorer.core.features import FeatureSettings, apply_batch, encode_state, to_vector
@@ -342,8 +342,8 @@ def test_erase_leaves_nothing_of_the_user(api: Seeded) -> None:
     assert r.status_code == 200
     body = r.json()
     assert set(body["removed_keys"]) == {
+        "s",
         "u",
-        "snap",
         "alerts",
         "contact",
         "consent",
@@ -351,16 +351,18 @@ def test_erase_leaves_nothing_of_the_user(api: Seeded) -> None:
         "done",
         "actions",
     }
-    assert body["removed_from_indexes"] == ["lastseen", "atrisk", "snapdue", "atrisk:at-risk"]
+    assert body["removed_from_indexes"] == ["lastseen", "snapdue", "atrisk:at-risk"]
     assert body["removed_deferred_jobs"] == 1
 
     r = redis.Redis.from_url(api.redis_url)
     assert list(r.scan_iter(match=f"{api.prefix}:{{u1}}*", count=1000)) == []
-    for index in ("lastseen", "atrisk", "snapdue", "atrisk:at-risk"):
-        assert r.zscore(f"{api.prefix}:{index}", "u1") is None
+    shard = shard_of("u1", INDEX_SHARDS)
+    for index in ("lastseen", "snapdue", "atrisk:at-risk"):
+        for key in (f"{api.prefix}:{index}", f"{api.prefix}:{index}:{shard}"):
+            assert r.zscore(key, "u1") is None
     assert all(b"u1" not in job for job in r.zrange(f"{api.prefix}:deferred", 0, -1))
-    assert r.zscore(f"{api.prefix}:atrisk", "u2") is not None  # others untouched
-    assert r.exists(f"{api.prefix}:{{u2}}:u")
+    assert r.zscore(f"{api.prefix}:lastseen:{shard_of('u2', INDEX_SHARDS)}", "u2")  # others stay
+    assert r.exists(f"{api.prefix}:{{u2}}:s")
 
     assert api.client.get("/v1/users/u1", headers=api.h()).status_code == 404
     assert "u1" not in [

@@ -21,6 +21,7 @@ from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.app import create_app
 from services.scorer.config import ScorerSettings
 from services.scorer.core.features import FeatureSettings, decode_state, to_vector
+from services.scorer.core.records import decode_record
 from services.scorer.pipeline import BatchScorer, Outcome, Record
 from services.scorer.runtime import make_core
 from services.sim.generator import DAY, SimUser, event
@@ -142,7 +143,7 @@ def test_one_load_and_one_save_per_batch_with_events_coalesced_per_user() -> Non
     for u in USERS:
         vector = to_vector(decode_state(store.rows[u.user_id].features or b""), clock.now())
         assert vector["sessions_30d"] == 5.0
-        assert orjson.loads(store.rows[u.user_id].record or b"{}")["band"]
+        assert decode_record(store.rows[u.user_id].record or b"{}")["band"]
 
 
 def test_bad_records_are_dead_lettered_with_the_reason_and_the_batch_goes_on() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import copy
+import struct
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgpack
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -301,7 +304,9 @@ def test_lifetime_counters_outlive_the_90_day_windows() -> None:
     assert v["active_span_days"] == 200.0 and v["mean_gap_days"] == pytest.approx(200 / 3)
     assert v["recency_vs_gap"] == pytest.approx(30 / (200 / 3))
     once = to_vector(fold([ev(T0)]), (T0 + 9 * day).timestamp())
-    assert (once["active_days_total"], once["mean_gap_days"], once["recency_vs_gap"]) == (1, 0, 0)
+    assert (once["active_days_total"], once["mean_gap_days"]) == (1, 0)
+    # No gap seen yet: it counts as one day, so the time away is all "longer than usual".
+    assert once["recency_vs_gap"] == once["recency_days"] == 9.0
 
 
 def test_a_late_event_on_a_new_day_counts_that_day_once() -> None:
@@ -311,14 +316,30 @@ def test_a_late_event_on_a_new_day_counts_that_day_once() -> None:
     assert late_first.active_days_total == in_order.active_days_total == 2
 
 
+def as_json(state: UserState, version: int = 2) -> bytes:
+    """The state as formats 1 and 2 stored it: JSON, the last type by name, the seen
+    ids in base64 with two bytes of hours each."""
+    packed = msgpack.unpackb(encode_state(state))
+    seen = packed[14]
+    flat = [x for pair in struct.iter_unpack("<Q" + chr(seen[0]), seen[1:]) for x in pair]
+    packed[14] = base64.b64encode(struct.pack("<" + "QH" * (len(flat) // 2), *flat)).decode()
+    packed[11] = state.last_type
+    return orjson.dumps([version, *packed[1 : 15 if version == 1 else 17]])
+
+
 def test_a_format_1_state_still_decodes() -> None:
     state = _typical_user()
-    packed = orjson.loads(encode_state(state))
-    old = decode_state(orjson.dumps([1, *packed[1:15]]))
+    old = decode_state(as_json(state, 1))
     # Format 1 had no lifetime counters: they are rebuilt from the kept days.
     assert old.active_days_total == state.active_days_total == 10
     assert old.purchases_total == state.purchases_total == 1
     assert old.days == state.days and old.seen == state.seen
+
+
+def test_a_format_2_state_still_decodes() -> None:
+    state = _typical_user()
+    assert decode_state(as_json(state, 2)) == state
+    assert len(encode_state(state)) < len(as_json(state, 2))
 
 
 def test_remembered_ids_stay_within_the_lateness_window_and_the_cap() -> None:
@@ -374,7 +395,9 @@ def test_encoded_typical_user_is_small() -> None:
 def test_decode_refuses_an_unknown_format_version() -> None:
     data = encode_state(_typical_user())
     with pytest.raises(ValueError, match="format"):
-        decode_state(b"[99" + data[2:])
+        decode_state(msgpack.packb([99, *msgpack.unpackb(data)[1:]]))
+    with pytest.raises(ValueError, match="format"):
+        decode_state(b"[99" + as_json(_typical_user(), 2)[2:])
 
 
 def test_settings_are_validated() -> None:
@@ -385,3 +408,13 @@ def test_settings_are_validated() -> None:
     assert "events_180d" in to_vector(
         fold([ev(T0)]), T0.timestamp(), settings=FeatureSettings(windows=(1, 7, 30, 90, 180))
     )
+
+
+def test_remembered_ids_older_than_255_hours_round_trip() -> None:
+    """Hours back are stored in one byte when they fit, two otherwise (long lateness)."""
+    long = FeatureSettings(lateness_s=400 * 3600)
+    state = None
+    for h in (0, 300, 301):
+        state = update_features(state, ev(T0 + timedelta(hours=h)), settings=long)
+    assert state is not None and len(state.seen) == 3
+    assert decode_state(encode_state(state)) == state

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 
@@ -11,9 +12,12 @@ from services.common.errors import ConfigError
 from services.scorer.core.model import (
     FEATURES,
     LABELS,
+    PRIOR_BASE,
+    TIE_BREAK,
     CheckpointError,
     ChurnModel,
     ModelSettings,
+    prior_contributions,
     prior_risk,
 )
 from services.scorer.core.quality import QualityTracker
@@ -239,3 +243,28 @@ def test_score_and_explain_matches_the_separate_calls(labels: int) -> None:
     for _ in range(50):
         x = synthetic_user(rng)[0]
         assert model.score_and_explain(x, top=3) == (model.score(x), model.explain(x, top=3))
+
+
+def test_the_prior_breaks_its_ties_by_time_away_and_frequency() -> None:
+    """Every user a month away fires the same rules; the order among them still means something."""
+    gone = {"recency_days": 40.0, "trend_7d_vs_30d": 1.0, "active_days_30d": 0.0}
+    longer = {**gone, "recency_days": 200.0}
+    regular = {**gone, "active_days_total": 12.0, "recency_vs_gap": 1.5}
+    overdue = {**regular, "recency_vs_gap": 6.0}
+    assert prior_contributions(gone) == prior_contributions(longer)
+    assert prior_risk(gone) < prior_risk(longer)
+    assert prior_risk(regular) < prior_risk(overdue) < prior_risk(gone)
+    # Only an order: the probability moves by at most TIE_BREAK.
+    rules = 1.0 / (1.0 + math.exp(-(PRIOR_BASE + sum(prior_contributions(gone).values()))))
+    for x in (gone, longer, regular, overdue):
+        assert abs(prior_risk(x) - rules) <= TIE_BREAK
+
+
+def test_tenure_is_read_but_never_learned() -> None:
+    """Tenure stays in the vector (segments, reasons) but is no input of the learner."""
+    assert "tenure_days" in LABELS and "tenure_days" not in FEATURES
+    model = ChurnModel()
+    run_delayed(model, random.Random(5), labels=500)
+    assert "tenure_days" not in model.pipeline["LogisticRegression"]._weights
+    x = synthetic_user(random.Random(6))[0]
+    assert model.raw(x) == model.raw({**x, "tenure_days": 5000.0})

@@ -4,17 +4,24 @@ Key layout (``P`` = ``CHURNWATCH_KEY_PREFIX``, default ``cw``). Per-user keys
 carry the user id as a hash tag ``{uid}``, so Redis Cluster keeps all of one
 user's keys in one slot:
 
-    P:{uid}:u          hash  f = feature state (compact, see core.features.encode_state)
-                              wb/wbid = the notifier's latest win-back decision (resolved here)
-                              p = alert-policy state, r = latest score record (JSON),
-                              sd = day of the last label snapshot
-    P:{uid}:snap       list  pending label snapshots (JSON, deflated: see pack_snapshot),
-                             expires with the horizon
+    P:{uid}:s          str   the scorer's whole record of the user, binary (see join_user):
+                             score record (core.records), day of the last snapshot,
+                             alert-policy state, feature state (core.features, MessagePack),
+                             then the pending label snapshots (core.records), oldest first
+    P:{uid}:u          hash  wb/wbid = the notifier's latest win-back decision (resolved here);
+                             only users with one have it. Before the compact layout it also
+                             held f/p/r/sd (features, policy, JSON record, snapshot day)
+    P:{uid}:snap       list  before the compact layout: pending snapshots (deflated JSON);
+                             still read and trimmed until empty
     P:{uid}:alerts     list  newest-first alert history (capped)
-    P:lastseen         zset  user -> last activity (the silent-user sweep's index)
-    P:atrisk           zset  user -> current risk (the API's at-risk index)
-    P:atrisk:<stage>   zset  the same within one lifecycle stage (per-stage percentiles)
-    P:snapdue          zset  user -> earliest time one of its snapshots may get its label
+    P:lastseen:<n>     zset  user -> last activity, shard n of ``index_shards`` (the silent-
+                             user sweep's index); P:lastseen, the one unsharded set of
+                             before, is still read, and emptied as users are written
+    P:snapdue:<n>      zset  user -> earliest time one of its snapshots may get its label
+                             (sharded the same way; P:snapdue still read)
+    P:atrisk:<stage>:<n> zset  user -> current risk within one lifecycle stage, sharded
+                             the same way (the API's at-risk listing merges them all;
+                             per-stage percentiles; P:atrisk:<stage> still read)
     P:{hll}:d:YYYYMMDD HLL   users active that day (DAU/WAU/MAU by PFCOUNT over several
                              days: one hash tag for all of them, so that works on a cluster)
     P:cohort:YYYYMMDD:d<k>  HLL  users who signed up that day and were active k days
@@ -22,8 +29,19 @@ user's keys in one slot:
     P:outbox:<worker>  hash  alert_id -> alert, until Kafka acknowledged it
     P:model:<worker>   str   model checkpoint of one worker (+ ":quality", its metrics)
 
+Why this shape (BENCHMARKS.md, "memory"): Redis keeps a hash with a value over
+64 bytes as a hash table and a sorted set of over 128 members as a skiplist,
+~100 bytes per field or member in overhead; one string per user and indexes
+sharded into sets of <= 128 members (listpacks, ~20 bytes a member) cost a
+fraction of that. A user's shard is ``shard_of`` (the first 24 bits of the
+SHA-1 of the id, modulo ``index_shards``), computed alike here and in the
+scripts (``redis.sha1hex``). ``index_shards`` (``CHURNWATCH_REDIS_INDEX_SHARDS``)
+should be >= users / 100; changing it needs a re-index (docs/operations.md).
+
 Every per-user key gets a TTL of ``user_ttl_days`` on each write, so a user
-gone for good stops costing memory.
+gone for good stops costing memory. Snapshots live in the user's string until
+their label resolves (labelling always resolves one by ``taken_at + horizon +
+inactivity``), or with the user.
 
 Writes, on one Redis: a micro-batch is ONE MULTI/EXEC, users' keys, the outbox
 and the shared indexes together; a crash leaves all of it or none.
@@ -63,7 +81,7 @@ the whole transaction fails after the model learned.
 
 from __future__ import annotations
 
-import zlib
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,47 +90,38 @@ from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis, is_cluster
+from services.scorer.adapters.redis_layout import (
+    INDEX_SHARDS,
+    UserString,
+    day_key,
+    join_user,
+    merge_ranges,
+    pack_snapshot,
+    shard_of,
+    split_user,
+    unpack_snapshot,
+    user_fields,
+    user_key,
+)
+from services.scorer.adapters.redis_scripts import APPLY, LOAD, LOAD_SNAPSHOTS, SCAN_SHARDS
+
+__all__ = [
+    "INDEX_SHARDS",
+    "RedisUserStore",
+    "StoredUser",
+    "UserString",
+    "UserWrite",
+    "day_key",
+    "join_user",
+    "pack_snapshot",
+    "shard_of",
+    "split_user",
+    "unpack_snapshot",
+    "user_fields",
+    "user_key",
+]
 
 Command = tuple[Any, ...]
-
-# Applies a list of commands atomically (scripts run alone, like MULTI/EXEC).
-# ARGV: for each command, its number of words, then the words:
-# 4, "HSET", "k", "f", "v", 3, "EXPIRE" ... On a cluster: one user's commands,
-# every key declared and in one slot, sent with EVAL (~200 bytes a user; redis-py
-# refuses EVALSHA in a cluster pipeline). On one Redis: the whole batch, users
-# and shared indexes, in one EVALSHA. One command instead of one per write
-# matters: redis-py spends ~13 µs of Python on each command of a pipeline,
-# which was half of the scorer's batch time (BENCHMARKS.md).
-_APPLY = """
-local i = 1
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
-end
-return 1
-"""
-
-
-# The batch's users' rows in one command (one Redis): HMGET of each key in KEYS.
-_LOAD = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  out[i] = redis.call("HMGET", key, "f", "p", "r", "sd", "wb")
-end
-return out
-"""
-
-# Each user's feature state and pending snapshots (one Redis): KEYS alternate
-# the user's hash and its snapshot list.
-_LOAD_SNAPSHOTS = """
-local out = {}
-for i = 1, #KEYS, 2 do
-  out[#out + 1] = redis.call("HGET", KEYS[i], "f")
-  out[#out + 1] = redis.call("LRANGE", KEYS[i + 1], 0, -1)
-end
-return out
-"""
 
 # Members per ZADD/ZREM/PFADD/HSET in a script: Lua's unpack() is bounded by
 # its C stack (~8,000 values), and a micro-batch may hold more users.
@@ -121,63 +130,6 @@ _CHUNK = 1000
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
     return (items[i : i + size] for i in range(0, len(items), size))
-
-
-def user_key(prefix: str, user_id: str, kind: str = "u") -> str:
-    """The key of one of a user's records, hash-tagged by user id.
-
-    >>> user_key("cw", "u42")
-    'cw:{u42}:u'
-    """
-    return f"{prefix}:{{{user_id}}}:{kind}"
-
-
-def day_key(prefix: str, day: str) -> str:
-    """The HLL of the users active on ``day`` (YYYYMMDD); one hash tag for every day.
-
-    >>> day_key("cw", "20261118")
-    'cw:{hll}:d:20261118'
-    """
-    return f"{prefix}:{{hll}}:d:{day}"
-
-
-# Snapshots are most of a user's bytes (one JSON vector per scored day, kept until
-# its label resolves), and their keys repeat in every one of them. Deflate with
-# this preset dictionary stores the keys almost for free (~700 -> ~80 bytes).
-# Stored data depends on it: never edit it, add a new marker and dictionary.
-_SNAPSHOT_MARK = b"\x00s1"  # JSON never starts with a NUL byte
-_SNAPSHOT_ZDICT = (
-    b'{"user_id":"u-000000","taken_at":1767830400.0,"day":20461,"features":{'
-    b'"recency_days":0.0,"tenure_days":1.0,"events_1d":1.0,"events_7d":2.0,"events_30d":3.0,'
-    b'"events_90d":4.0,"active_days_1d":1.0,"active_days_7d":2.0,"active_days_30d":3.0,'
-    b'"active_days_90d":4.0,"sessions_30d":5.0,"mean_session_s":600.0,'
-    b'"distinct_features_30d":2.0,"purchases_30d":0.0,"purchases_90d":1.0,"revenue_30d":0.0,'
-    b'"revenue_90d":9.99,"is_paid":1.0,"payment_failures_30d":0.0,"trend_7d_vs_30d":1.0,'
-    b'"sessions_change":0.0,"support_tickets_30d":0.0,"complaints_30d":0.0,'
-    b'"downgrades_90d":0.0,"uninstalled":0.0,"winback_sent_90d":0.0,'
-    b'"winback_responded_90d":0.0,"explicit_churn":0.0,"days_since_return":-1.0},'
-    b'"raw":0.5,"risk":0.123456}'
-)
-
-
-def pack_snapshot(data: bytes) -> bytes:
-    """The stored form of one snapshot's JSON: deflated against a preset dictionary.
-
-    >>> raw = b'{"user_id":"u1","features":{"recency_days":2.5,"events_30d":3.0}}'
-    >>> packed = pack_snapshot(raw)
-    >>> len(packed) < len(raw), unpack_snapshot(packed) == raw, unpack_snapshot(raw) == raw
-    (True, True, True)
-    """
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _SNAPSHOT_ZDICT)
-    return _SNAPSHOT_MARK + deflate.compress(data) + deflate.flush()
-
-
-def unpack_snapshot(data: bytes) -> bytes:
-    """The snapshot's JSON again; plain JSON (written before packing existed) passes through."""
-    if not data.startswith(_SNAPSHOT_MARK):
-        return data
-    inflate = zlib.decompressobj(-15, _SNAPSHOT_ZDICT)
-    return inflate.decompress(data[len(_SNAPSHOT_MARK) :]) + inflate.flush()
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,37 +174,39 @@ class RedisUserStore:
         snapshot_ttl_s: int,
         alert_history: int = 50,
         worker: str = "scorer",
+        index_shards: int = INDEX_SHARDS,
     ) -> None:
         self.r = client
         self.cluster = is_cluster(client)
         self.prefix = prefix
         self.user_ttl_s = user_ttl_s
+        # The old snapshot lists' TTL; snapshots in the user's string go when their
+        # label resolves (module doc). Kept so callers need not change.
         self.snapshot_ttl_s = snapshot_ttl_s
         self.alert_history = alert_history
         self.lastseen_key = f"{prefix}:lastseen"
         self.atrisk_key = f"{prefix}:atrisk"
         self.snapdue_key = f"{prefix}:snapdue"
         self.outbox_key = f"{prefix}:outbox:{worker}"
-        self._apply = None if self.cluster else client.register_script(_APPLY)
-        self._load = None if self.cluster else client.register_script(_LOAD)
-        self._load_snapshots = None if self.cluster else client.register_script(_LOAD_SNAPSHOTS)
+        self.shards = index_shards
+        self._scan_shards = None if self.cluster else client.register_script(SCAN_SHARDS)
+        self._apply = None if self.cluster else client.register_script(APPLY)
+        self._load = None if self.cluster else client.register_script(LOAD)
+        self._load_snapshots = None if self.cluster else client.register_script(LOAD_SNAPSHOTS)
 
     async def load(self, user_ids: Sequence[str]) -> dict[str, StoredUser]:
-        keys = [user_key(self.prefix, uid) for uid in user_ids]
+        keys = [user_key(self.prefix, uid, kind) for uid in user_ids for kind in ("s", "u")]
         try:
             if self._load is not None:
                 rows = await self._load(keys=keys) if keys else []
             else:
                 async with self.r.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.hmget(key, "f", "p", "r", "sd", "wb")
-                    rows = await pipe.execute()
+                    for i in range(0, len(keys), 2):
+                        pipe.eval(LOAD, 2, keys[i], keys[i + 1])
+                    rows = [found[0] for found in await pipe.execute()]
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
-        return {
-            uid: StoredUser(row[0], row[1], row[2], int(row[3]) if row[3] else None, row[4])
-            for uid, row in zip(user_ids, rows, strict=True)
-        }
+        return {uid: _stored(row) for uid, row in zip(user_ids, rows, strict=True)}
 
     async def save(self, writes: Iterable[UserWrite]) -> None:
         """Write a whole micro-batch: one script on one Redis (atomic, like a
@@ -280,9 +234,9 @@ class RedisUserStore:
                 await self.r.hset(self.outbox_key, mapping=shared.outbox)  # type: ignore[arg-type]
             async with self.r.pipeline(transaction=False) as pipe:
                 for commands in users:
-                    keys = list(dict.fromkeys(c[1] for c in commands))
+                    keys = list(dict.fromkeys(k for c in commands for k in _keys_of(c)))
                     argv = [word for c in commands for word in (len(c), *c)]
-                    pipe.eval(_APPLY, len(keys), *keys, *argv)
+                    pipe.eval(APPLY, len(keys), *keys, *argv)
                 for command in self._shared_commands(shared, outbox=False):
                     pipe.execute_command(*command)
                 await pipe.execute()
@@ -297,17 +251,21 @@ class RedisUserStore:
     def _user_commands(self, w: UserWrite) -> list[Command]:
         """The commands on the user's own keys (one slot); the rest is in ``_Shared``."""
         key = user_key(self.prefix, w.user_id)
-        out: list[Command] = []
-        fields: list[Any] = ["f", w.features]
-        if w.policy is not None and w.record is not None:
-            fields += ["p", w.policy, "r", w.record]
-        if w.snapshot is not None and w.snapshot_day is not None:
-            snap_key = user_key(self.prefix, w.user_id, "snap")
-            out.append(("RPUSH", snap_key, pack_snapshot(w.snapshot)))
-            out.append(("EXPIRE", snap_key, self.snapshot_ttl_s))
-            fields += ["sd", w.snapshot_day]
-        out.append(("HSET", key, *fields))
-        out.append(("EXPIRE", key, self.user_ttl_s))
+        scored = w.policy is not None and w.record is not None
+        snapshot = w.snapshot is not None and w.snapshot_day is not None
+        out: list[Command] = [
+            (
+                "PUTUSER",
+                user_key(self.prefix, w.user_id, "s"),
+                key,
+                self.user_ttl_s,
+                w.features,
+                w.record if scored else b"",
+                w.policy if scored else b"",
+                w.snapshot if snapshot else b"",
+                w.snapshot_day if snapshot else 0,
+            )
+        ]
         if w.winback is not None:
             out.append(("HDEL", key, "wb"))  # "wbid" stays: that alert never counts again
         if w.alert is not None:
@@ -328,17 +286,14 @@ class RedisUserStore:
         for counter in shared.won:
             out.append(("INCR", f"{self.prefix}:winback:{counter}:won"))
         for stage, users in shared.left_stage.items():
-            for part in _chunks(users):
-                out.append(("ZREM", f"{self.atrisk_key}:{stage}", *part))
-        indexes: list[tuple[str, dict[str, float], tuple[str, ...]]] = [
-            (self.lastseen_key, shared.lastseen, ()),
-            (self.atrisk_key, shared.atrisk, ()),
-            *((f"{self.atrisk_key}:{st}", risks, ()) for st, risks in shared.by_stage.items()),
-            (self.snapdue_key, shared.due, ("LT",)),  # LT keeps the earliest due time
+            out += self._sharded_removes(f"{self.atrisk_key}:{stage}", users)
+        sharded = [
+            *((f"{self.atrisk_key}:{st}", risks, "") for st, risks in shared.by_stage.items()),
+            (self.lastseen_key, shared.lastseen, ""),
+            (self.snapdue_key, shared.due, "LT"),  # LT keeps the earliest due time
         ]
-        for key, scores, flags in indexes:
-            for part in _chunks(list(scores.items())):
-                out.append(("ZADD", key, *flags, *(x for uid, sc in part for x in (sc, uid))))
+        for key, scores, flag in sharded:
+            out += self._sharded_adds(key, scores, flag)
         hlls = [(f"{self.prefix}:cohort:{mark}", users) for mark, users in shared.cohorts.items()]
         hlls += [(day_key(self.prefix, day), users) for day, users in shared.active.items()]
         for hll, users in hlls:
@@ -347,91 +302,158 @@ class RedisUserStore:
             out.append(("EXPIRE", hll, 120 * 86400))
         return out
 
-    async def silent_since(self, low: float, high: float, *, limit: int) -> list[str]:
-        """Users whose last activity lies in [low, high): one range query, no scan."""
-        try:
-            found = await self.r.zrangebyscore(
-                self.lastseen_key, low, f"({high}", start=0, num=limit
-            )
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
-        return [u.decode() if isinstance(u, bytes) else str(u) for u in found]
+    def _sharded_adds(self, base: str, scores: dict[str, float], flag: str) -> list[Command]:
+        """ZADD each member into its shard of ``base`` (and out of the old unsharded key)."""
+        if not scores:
+            return []
+        if not self.cluster:  # the script picks the shards (ZADDS in APPLY)
+            return [
+                ("ZADDS", base, self.shards, flag, *(x for m, sc in part for x in (sc, m)))
+                for part in _chunks(list(scores.items()))
+            ]
+        by_shard: dict[int, list[Any]] = {}
+        for member, score in scores.items():
+            by_shard.setdefault(shard_of(member, self.shards), []).extend((score, member))
+        flags = (flag,) if flag else ()
+        out: list[Command] = [
+            ("ZADD", f"{base}:{shard}", *flags, *pairs) for shard, pairs in by_shard.items()
+        ]
+        if flag != "LT":  # with LT, an earlier time in the old key still counts
+            out += [("ZREM", base, *part) for part in _chunks(list(scores))]
+        return out
+
+    def _sharded_removes(self, base: str, members: Sequence[str]) -> list[Command]:
+        if not members:
+            return []
+        if not self.cluster:
+            return [("ZREMS", base, self.shards, *part) for part in _chunks(members)]
+        by_shard: dict[int, list[str]] = {}
+        for member in members:
+            by_shard.setdefault(shard_of(member, self.shards), []).append(member)
+        out: list[Command] = [("ZREM", f"{base}:{s}", *ms) for s, ms in by_shard.items()]
+        out += [("ZREM", base, *part) for part in _chunks(members)]
+        return out
 
     async def silent_between(self, ranges: Sequence[tuple[float, float]]) -> list[str]:
-        """Users whose last activity lies in any [low, high) of ``ranges``: one round trip.
+        """Users whose last activity lies in any [low, high) of ``ranges``: one round trip
+        on one Redis (a script reads every shard), one pipeline on a cluster.
 
         Unbounded on purpose: the sweep moves its mark forward, so a user left
-        out here would not be re-scored for that day at all.
+        out here would not be re-scored for that day at all. A user may come
+        twice (in the old unsharded index and a shard, during a migration).
         """
+        spans = merge_ranges(ranges)
+        if not spans:
+            return []
         try:
-            async with self.r.pipeline(transaction=False) as pipe:
-                for low, high in ranges:
-                    pipe.zrangebyscore(self.lastseen_key, low, f"({high}")
-                found = await pipe.execute()
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
-        return [u.decode() if isinstance(u, bytes) else str(u) for part in found for u in part]
-
-    async def users_with_labels_due(self, now: float, *, limit: int) -> list[str]:
-        """Users with a snapshot whose label may resolve by ``now`` (a range query)."""
-        try:
-            found = await self.r.zrangebyscore(self.snapdue_key, "-inf", now, start=0, num=limit)
+            if self._scan_shards is not None:
+                args: list[Any] = [self.lastseen_key, self.shards, "range"]
+                args += [x for span in spans for x in span]
+                found = await self._scan_shards(args=args)
+            else:
+                found = await self._scan_cluster(self.lastseen_key, spans)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return [u.decode() if isinstance(u, bytes) else str(u) for u in found]
+
+    async def _scan_cluster(self, base: str, spans: list[tuple[float, float]]) -> list[Any]:
+        lows = [low for low, _ in spans]
+        async with self.r.pipeline(transaction=False) as pipe:
+            for low, high in spans:
+                pipe.zrangebyscore(base, low, f"({high}")
+            for shard in range(self.shards):
+                pipe.zrangebyscore(
+                    f"{base}:{shard}", spans[0][0], f"({spans[-1][1]}", withscores=True
+                )
+            found = await pipe.execute()
+        out = [m for part in found[: len(spans)] for m in part]
+        for part in found[len(spans) :]:
+            for member, score in part:
+                k = bisect.bisect_right(lows, score) - 1
+                if k >= 0 and score < spans[k][1]:
+                    out.append(member)
+        return out
+
+    async def users_with_labels_due(self, now: float, *, limit: int) -> list[str]:
+        """Users with a snapshot whose label may resolve by ``now`` (a range query a shard)."""
+        try:
+            if self._scan_shards is not None:
+                found = await self._scan_shards(
+                    args=[self.snapdue_key, self.shards, "due", now, limit]
+                )
+            else:
+                keys = [self.snapdue_key, *(f"{self.snapdue_key}:{s}" for s in range(self.shards))]
+                async with self.r.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.zrangebyscore(key, "-inf", now, start=0, num=limit)
+                    found = [m for part in await pipe.execute() for m in part][:limit]
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        return list(dict.fromkeys(u.decode() if isinstance(u, bytes) else str(u) for u in found))
 
     async def load_snapshots(
         self, user_ids: Sequence[str]
     ) -> dict[str, tuple[bytes | None, list[bytes]]]:
         """Each user's feature state and pending snapshots, in one round trip."""
-        keys = [user_key(self.prefix, uid, kind) for uid in user_ids for kind in ("u", "snap")]
+        kinds = ("s", "u", "snap")
+        keys = [user_key(self.prefix, uid, kind) for uid in user_ids for kind in kinds]
         try:
             if self._load_snapshots is not None:
                 rows = await self._load_snapshots(keys=keys) if keys else []
             else:
                 async with self.r.pipeline(transaction=False) as pipe:
-                    for i in range(0, len(keys), 2):
-                        pipe.hget(keys[i], "f")
-                        pipe.lrange(keys[i + 1], 0, -1)
-                    rows = await pipe.execute()
+                    for i in range(0, len(keys), 3):
+                        pipe.eval(LOAD_SNAPSHOTS, 3, *keys[i : i + 3])
+                    rows = [x for found in await pipe.execute() for x in found]
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
-        return {
-            uid: (rows[2 * i], [unpack_snapshot(snap) for snap in rows[2 * i + 1]])
-            for i, uid in enumerate(user_ids)
-        }
+        out = {}
+        for i, uid in enumerate(user_ids):
+            blob, features, listed = rows[3 * i : 3 * i + 3]
+            snaps = [unpack_snapshot(snap) for snap in listed]  # the old list's: older
+            if blob:
+                user = split_user(blob)
+                features = user.features
+                snaps += user.snapshots
+            out[uid] = (features, snaps)
+        return out
 
     async def keep_snapshots(self, remaining: dict[str, tuple[int, float | None]]) -> None:
         """Drop each user's oldest ``n`` snapshots (now learned) and set its next due time."""
         try:
+            trims: list[Command] = [
+                (
+                    "TRIMSNAP",
+                    user_key(self.prefix, uid, "s"),
+                    user_key(self.prefix, uid, "snap"),
+                    dropped,
+                )
+                for uid, (dropped, _) in remaining.items()
+                if dropped
+            ]
             if self._apply is not None:  # one script, atomic like a transaction
-                commands: list[Command] = []
+                commands: list[Command] = trims
                 due_now: dict[str, float] = {}
                 gone: list[str] = []
-                for uid, (dropped, due) in remaining.items():
-                    if dropped:
-                        commands.append(("LTRIM", user_key(self.prefix, uid, "snap"), dropped, -1))
+                for uid, (_, due) in remaining.items():
                     if due is None:
                         gone.append(uid)
                     else:
                         due_now[uid] = due
-                for part in _chunks(gone):
-                    commands.append(("ZREM", self.snapdue_key, *part))
-                for pairs in _chunks(list(due_now.items())):
-                    flat = (x for uid, due in pairs for x in (due, uid))
-                    commands.append(("ZADD", self.snapdue_key, *flat))
+                commands += self._sharded_removes(self.snapdue_key, gone)
+                commands += self._sharded_adds(self.snapdue_key, due_now, "")
                 await self._apply_all(commands)
                 return
             # On a cluster the users' lists and the due index are in other slots
             # (see the module doc).
             async with self.r.pipeline(transaction=False) as pipe:
-                for uid, (dropped, due) in remaining.items():
-                    if dropped:
-                        pipe.ltrim(user_key(self.prefix, uid, "snap"), dropped, -1)
-                    if due is None:
-                        pipe.zrem(self.snapdue_key, uid)
-                    else:
-                        pipe.zadd(self.snapdue_key, {uid: due})
+                for trim in trims:
+                    pipe.eval(APPLY, 2, trim[1], trim[2], len(trim), *trim)
+                gone = [uid for uid, (_, due) in remaining.items() if due is None]
+                due_now = {uid: due for uid, (_, due) in remaining.items() if due is not None}
+                shared = self._sharded_removes(self.snapdue_key, gone)
+                for command in shared + self._sharded_adds(self.snapdue_key, due_now, ""):
+                    pipe.execute_command(*command)
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
@@ -473,12 +495,32 @@ class RedisUserStore:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
 
+def _keys_of(command: Command) -> tuple[Any, ...]:
+    """The keys a command names (the user's own commands: all in the user's slot)."""
+    return command[1:3] if command[0] in ("PUTUSER", "TRIMSNAP") else command[1:2]
+
+
+def _stored(row: list[Any]) -> StoredUser:
+    """A ``LOAD`` row: {string, wb}, or the old hash's {f, p, r, sd, wb}."""
+    if len(row) == 2:
+        if not row[0]:
+            return StoredUser(None, None, None, None, row[1])
+        user = split_user(row[0], snapshots=False)
+        return StoredUser(
+            user.features,
+            user.policy or None,
+            user.record or None,
+            user.snapshot_day or None,
+            row[1],
+        )
+    return StoredUser(row[0], row[1], row[2], int(row[3]) if row[3] else None, row[4])
+
+
 @dataclass(slots=True)
 class _Shared:
     """What a batch writes to the keys every user shares, gathered user by user."""
 
     lastseen: dict[str, float] = field(default_factory=dict)
-    atrisk: dict[str, float] = field(default_factory=dict)
     by_stage: dict[str, dict[str, float]] = field(default_factory=dict)
     left_stage: dict[str, list[str]] = field(default_factory=dict)
     cohorts: dict[str, list[str]] = field(default_factory=dict)
@@ -490,7 +532,6 @@ class _Shared:
     def add(self, w: UserWrite) -> None:
         self.lastseen[w.user_id] = w.last_active
         if w.risk is not None:
-            self.atrisk[w.user_id] = w.risk
             if w.stage:
                 self.by_stage.setdefault(w.stage, {})[w.user_id] = w.risk
             if w.previous_stage and w.previous_stage != w.stage:

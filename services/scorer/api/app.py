@@ -65,8 +65,12 @@ def build_api(settings: ApiSettings, *, keys: ApiKeys | None = None) -> FastAPI:
         lifespan=_closing(client),
         **docs_routes(settings),
     )
-    app.state.queries = RiskQueries(client, prefix=settings.key_prefix)
-    app.state.commands = AdminCommands(client, prefix=settings.key_prefix)
+    app.state.queries = RiskQueries(
+        client, prefix=settings.key_prefix, index_shards=settings.redis_index_shards
+    )
+    app.state.commands = AdminCommands(
+        client, prefix=settings.key_prefix, index_shards=settings.redis_index_shards
+    )
     install_auth(app, keys or keys_from_settings(settings))
     app.mount("/metrics", make_asgi_app())
     app.include_router(users.router)

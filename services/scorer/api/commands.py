@@ -13,20 +13,37 @@ from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis, is_cluster
-from services.scorer.adapters.redis_store import user_key
+from services.scorer.adapters.redis_store import INDEX_SHARDS, shard_of, user_key
 from services.scorer.core.segments import STAGES
 
 # Every per-user key kind the scorer and the notifier write (all hash-tagged {uid}).
 # "wbc" (pending win-back counts) exists only on a Redis Cluster, and only briefly.
-USER_KINDS = ("u", "snap", "alerts", "contact", "consent", "sends", "done", "pub", "actions", "wbc")
+USER_KINDS = (
+    "s",
+    "u",
+    "snap",
+    "alerts",
+    "contact",
+    "consent",
+    "sends",
+    "done",
+    "pub",
+    "actions",
+    "wbc",
+)
+# "atrisk" (one index of every user) is no longer written; erase still clears it.
 USER_INDEXES = ("lastseen", "atrisk", "snapdue", *(f"atrisk:{stage}" for stage in STAGES))
+SHARDED_INDEXES = ("lastseen", "snapdue", *(f"atrisk:{stage}" for stage in STAGES))
 
 
 class AdminCommands:
-    def __init__(self, client: AsyncRedis, *, prefix: str) -> None:
+    def __init__(
+        self, client: AsyncRedis, *, prefix: str, index_shards: int = INDEX_SHARDS
+    ) -> None:
         self.r = client
         self.cluster = is_cluster(client)
         self.prefix = prefix
+        self.shards = index_shards
 
     async def _replace_hash(self, key: str, mapping: dict[str, str]) -> None:
         try:
@@ -66,25 +83,37 @@ class AdminCommands:
         leave half done; the erase is idempotent, so repeat it.
         """
         kinds = [user_key(self.prefix, user_id, k) for k in USER_KINDS]
-        indexes = [f"{self.prefix}:{name}" for name in USER_INDEXES]
+        # Each index's keys holding the user: the shard, and the old unsharded key.
+        shard = shard_of(user_id, self.shards)
+        indexes = [
+            [
+                f"{self.prefix}:{name}",
+                *([f"{self.prefix}:{name}:{shard}"] * (name in SHARDED_INDEXES)),
+            ]
+            for name in USER_INDEXES
+        ]
         try:
             jobs = await self._deferred_jobs_of(user_id)
             async with self.r.pipeline(transaction=not self.cluster) as pipe:
                 for key in kinds:
                     pipe.delete(key)
-                for index in indexes:
-                    pipe.zrem(index, user_id)
+                for keys in indexes:
+                    for key in keys:
+                        pipe.zrem(key, user_id)
                 if jobs:
                     pipe.zrem(f"{self.prefix}:deferred", *jobs)
                 done = await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+        removed, pos = [], len(USER_KINDS)
+        for name, keys in zip(USER_INDEXES, indexes, strict=True):
+            if any(done[pos : pos + len(keys)]):
+                removed.append(name)
+            pos += len(keys)
         return {
             "user_id": user_id,
             "removed_keys": [k for k, n in zip(USER_KINDS, done, strict=False) if n],
-            "removed_from_indexes": [
-                name for name, n in zip(USER_INDEXES, done[len(USER_KINDS) :], strict=False) if n
-            ],
+            "removed_from_indexes": removed,
             "removed_deferred_jobs": int(done[-1]) if jobs else 0,
             "kept": "daily active-user and signup-cohort HyperLogLogs, win-back counters "
             "(aggregates from which no user can be read back)",

@@ -271,8 +271,8 @@ class Erased(BaseModel):
     model_config = _example(
         {
             "user_id": "u-48213",
-            "removed_keys": ["u", "alerts", "contact", "consent", "actions"],
-            "removed_from_indexes": ["lastseen", "atrisk"],
+            "removed_keys": ["s", "alerts", "contact", "consent", "actions"],
+            "removed_from_indexes": ["lastseen", "snapdue", "atrisk:active"],
             "removed_deferred_jobs": 0,
             "kept": "daily active-user HyperLogLogs and win-back counters (aggregates)",
         }

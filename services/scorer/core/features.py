@@ -43,13 +43,41 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import msgpack
 import orjson
 
 from services.common.clock import day_index
 from services.common.errors import LateEvent
 from services.common.events import UserEvent
 
-FORMAT_VERSION = 2  # 2 added the lifetime counters; 1 still decodes
+# 2 added the lifetime counters; 3 is format 2's list in MessagePack, the seen ids as
+# raw bytes, a well-known last type as its index in _STORED_TYPES (~165 bytes a user
+# instead of ~290). 1 and 2 (JSON) still decode.
+FORMAT_VERSION = 3
+# Event types stored as a number in format 3. Append only: the index is stored.
+_STORED_TYPES = (
+    "signup",
+    "login",
+    "session_start",
+    "session_end",
+    "page_view",
+    "feature_used",
+    "purchase",
+    "subscription_started",
+    "subscription_renewed",
+    "plan_upgraded",
+    "plan_downgraded",
+    "subscription_cancelled",
+    "payment_failed",
+    "support_ticket",
+    "complaint",
+    "notification_opened",
+    "uninstall",
+    "account_deleted",
+    "winback_sent",
+    "winback_responded",
+)
+_STORED_TYPE_ID = {t: i for i, t in enumerate(_STORED_TYPES)}
 DAY_S = 86_400
 # Days between two active days (or an explicit churn) that make the next one a "return".
 RETURN_GAP_DAYS = 14
@@ -334,7 +362,8 @@ def to_vector(
     ``active_days_total``, ``purchases_total``, ``active_span_days`` (first
     seen to last activity), ``mean_gap_days`` (span / (active days - 1); 0
     before a second active day) and ``recency_vs_gap`` (recency / mean gap:
-    away for longer than usual *for this user*; 0 before a second active day).
+    away for longer than usual *for this user*; before a second active day the
+    usual gap counts as one day, so it is the recency).
 
     >>> from datetime import datetime, UTC
     >>> e = UserEvent("a", "u", "purchase", datetime(2026, 1, 5, tzinfo=UTC),
@@ -430,8 +459,10 @@ def _lifetime(state: UserState, recency_days: float) -> dict[str, float]:
         "purchases_total": float(state.purchases_total),
         "active_span_days": span,
         "mean_gap_days": gap,
-        # A gap under a day (several active days in a row) counts as one day.
-        "recency_vs_gap": recency_days / max(gap, 1.0) if n > 1 else 0.0,
+        # A gap under a day (several active days in a row) counts as one day, and so
+        # does no gap yet (one active day): every day away counts. (It was 0 there,
+        # "right on schedule", which ranked one-time buyers as the safest of the gone.)
+        "recency_vs_gap": recency_days / max(gap, 1.0),
     }
 
 
@@ -443,12 +474,12 @@ def _ago(last_seen: int, ts: int) -> int:
 
 
 def encode_state(state: UserState) -> bytes:
-    """Compact bytes for Redis: orjson of a packed list, times relative to ``last_seen``.
+    """Compact bytes for Redis: MessagePack of a packed list, times relative to ``last_seen``.
 
     >>> from datetime import datetime, UTC
     >>> e = UserEvent("a", "u", "login", datetime(2026, 1, 5, tzinfo=UTC))
-    >>> encode_state(update_features(None, e, settings=FeatureSettings()))[:20]
-    b'[2,1767571200,0,0,0,'
+    >>> msgpack.unpackb(encode_state(update_features(None, e, settings=FeatureSettings())))[:5]
+    [3, 1767571200, 0, 0, 0]
     """
     ls = state.last_seen
     rows: list[list[object]] = []
@@ -464,8 +495,12 @@ def encode_state(state: UserState) -> bytes:
         rows.append(row)
         prev = d
     flat = [x for k, hour in state.seen.items() for x in (k, max(ls // 3600 - hour, 0))]
-    seen = base64.b64encode(struct.pack("<" + "QH" * len(state.seen), *flat)).decode()
-    return orjson.dumps(
+    # (id hash, hours back) pairs, the hours in one byte when they fit (lateness < 10 days)
+    wide = any(back > 255 for back in flat[1::2])
+    seen = (b"H" if wide else b"B") + struct.pack(
+        "<" + ("QH" if wide else "QB") * len(state.seen), *flat
+    )
+    return msgpack.packb(
         [
             FORMAT_VERSION,
             ls,
@@ -474,7 +509,7 @@ def encode_state(state: UserState) -> bytes:
             *(_ago(ls, t) for t in (state.uninstall_at, state.signup_ts, state.plan_at)),
             state.timezone or "",
             state.plan or "",
-            state.last_type,
+            _STORED_TYPE_ID.get(state.last_type, state.last_type),
             base,
             rows,
             seen,
@@ -487,13 +522,17 @@ def encode_state(state: UserState) -> bytes:
 def decode_state(data: bytes | str) -> UserState:
     """Inverse of :func:`encode_state` (bytes, or text from a decoding Redis client).
 
-    Raises ``ValueError`` on an unknown format version. Format 1 (before the
-    lifetime counters) still decodes: its active days are those in the kept
-    history, its purchases the kept ones (lower bounds).
+    Raises ``ValueError`` on an unknown format version. Formats 1 and 2 (JSON)
+    still decode; format 1 (before the lifetime counters): its active days are
+    those in the kept history, its purchases the kept ones (lower bounds).
+
+    >>> decode_state(b'[2,100,0,0,0,-1,-1,-1,-1,"","","login",0,[[0,1]],"",1,0]').last_seen
+    100
     """
-    packed = orjson.loads(data)
+    json = data[:1] in (b"[", "[")
+    packed = orjson.loads(data) if json else msgpack.unpackb(data)
     version = packed[0] if isinstance(packed, list) and packed else None
-    if version not in (1, FORMAT_VERSION):
+    if version not in (1, 2, FORMAT_VERSION):
         raise ValueError(f"unknown feature state format {version!r}")
     _, ls, first, active, engaged, churn, uninstall, signup, plan_at = packed[:9]
     tz, plan, last_type, day, rows, seen_text = packed[9:15]
@@ -503,9 +542,13 @@ def decode_state(data: bytes | str) -> UserState:
         day += row[0]
         feats = frozenset(row.pop()) if type(row[-1]) is list else empty
         days[day] = (tuple(row[1:]) + _ZEROS[len(row) - 1 :], feats)
-    raw = base64.b64decode(seen_text)
+    if json:
+        pairs = struct.iter_unpack("<QH", base64.b64decode(seen_text))
+    else:
+        pairs = struct.iter_unpack("<Q" + chr(seen_text[0]), seen_text[1:])
+        last_type = _STORED_TYPES[last_type] if isinstance(last_type, int) else last_type
     hour_now = ls // 3600
-    seen = {k: hour_now - back for k, back in struct.iter_unpack("<QH", raw)}
+    seen = {k: hour_now - back for k, back in pairs}
     if version == 1:
         n_days = sum(1 for c, _ in days.values() if c[EVENTS])
         n_buys = sum(c[PURCHASES] for c, _ in days.values())

@@ -146,13 +146,16 @@ def take_snapshot(
     return Snapshot(user_id, taken_at, day_of(taken_at), dict(features), raw, risk)
 
 
-def should_snapshot(last_snapshot_day: int | None, day: int) -> bool:
-    """At most one snapshot per user per day (a late, older day never snapshots).
+def should_snapshot(last_snapshot_day: int | None, day: int, *, every_days: int = 1) -> bool:
+    """At most one snapshot per user every ``every_days`` days (a late, older day never
+    snapshots).
 
     >>> should_snapshot(None, 5), should_snapshot(5, 5), should_snapshot(5, 6)
     (True, False, True)
+    >>> should_snapshot(5, 7, every_days=3), should_snapshot(5, 8, every_days=3)
+    (False, True)
     """
-    return last_snapshot_day is None or day > last_snapshot_day
+    return last_snapshot_day is None or day >= last_snapshot_day + max(every_days, 1)
 
 
 def inactivity_churn_ts(last_seen: float, now: float, *, settings: LabelSettings) -> float | None:

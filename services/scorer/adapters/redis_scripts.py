@@ -1,0 +1,283 @@
+"""The Lua scripts of the scorer's Redis adapter (``redis_store``); layout in ``redis_layout``."""
+
+# Applies a list of commands atomically (scripts run alone, like MULTI/EXEC).
+# ARGV: for each command, its number of words, then the words:
+# 4, "HSET", "k", "f", "v", 3, "EXPIRE" ... On a cluster: one user's commands,
+# every key declared and in one slot, sent with EVAL (~200 bytes a user; redis-py
+# refuses EVALSHA in a cluster pipeline). On one Redis: the whole batch, users
+# and shared indexes, in one EVALSHA. One command instead of one per write
+# matters: redis-py spends ~13 µs of Python on each command of a pipeline,
+# which was half of the scorer's batch time (BENCHMARKS.md).
+#
+# Two commands of its own work on a user's string (layout: ``join_user``):
+# PUTUSER s u ttl features record policy snapshot day: replaces the features
+# (and the record and policy when given), appends the snapshot when given, and
+# keeps the snapshots already there; a user still in the old hash (``u``: f, p,
+# r, sd) moves into the string on this write. TRIMSNAP s snap n: drops the n
+# oldest snapshots, the old list's first.
+APPLY = """
+local function skip(v, p)
+  return p + 2 + struct.unpack("<H", v, p)
+end
+local function put_user(a, i)
+  local ks, ku, ttl = a[i + 1], a[i + 2], a[i + 3]
+  local feat, rec, pol, snap = a[i + 4], a[i + 5], a[i + 6], a[i + 7]
+  local old = redis.call("GET", ks)
+  local snaps, day = "", 0
+  if old then
+    local p = skip(old, 2)
+    if rec == "" then
+      rec = string.sub(old, 4, p - 1)
+      pol = string.sub(old, p + 4, skip(old, p + 2) - 1)
+    end
+    day = struct.unpack("<H", old, p)
+    snaps = string.sub(old, skip(old, skip(old, p + 2)))
+  else
+    local h = redis.call("HMGET", ku, "r", "p", "sd")
+    if h[1] or h[3] then
+      if rec == "" then
+        rec, pol = h[1] or "", h[2] or ""
+      end
+      day = tonumber(h[3] or 0) or 0
+      redis.call("HDEL", ku, "f", "p", "r", "sd")
+    end
+  end
+  if snap ~= "" then
+    snaps = snaps .. struct.pack("<H", #snap) .. snap
+    day = tonumber(a[i + 8])
+  end
+  redis.call("SET", ks, "\\193" .. struct.pack("<H", #rec) .. rec .. struct.pack("<HH", day, #pol)
+    .. pol .. struct.pack("<H", #feat) .. feat .. snaps, "EX", ttl)
+  if redis.call("EXISTS", ku) == 1 then
+    redis.call("EXPIRE", ku, ttl)
+  end
+end
+local function trim_snapshots(a, i)
+  local ks, kl, n = a[i + 1], a[i + 2], tonumber(a[i + 3])
+  local listed = redis.call("LLEN", kl)
+  if listed > 0 then
+    local k = math.min(n, listed)
+    redis.call("LTRIM", kl, k, -1)
+    n = n - k
+  end
+  local old = n > 0 and redis.call("GET", ks)
+  if old then
+    local first = skip(old, skip(old, skip(old, 2) + 2))
+    local p = first
+    for _ = 1, n do
+      if p > #old then break end
+      p = skip(old, p)
+    end
+    redis.call("SET", ks, string.sub(old, 1, first - 1) .. string.sub(old, p), "KEEPTTL")
+  end
+end
+local shards = {}
+local function shard(base, n, member)
+  local s = shards[member]
+  if not s then
+    s = tonumber(string.sub(redis.sha1hex(member), 1, 6), 16)
+    shards[member] = s
+  end
+  return base .. ":" .. (s % n)
+end
+-- ZADDS base n flag score member ...: ZADD into base's shard of each member, and
+-- out of the old unsharded base while it exists (not with LT: an earlier time
+-- there still counts). ZREMS base n member ...: ZREM from both.
+local function sharded(a, i, last)
+  local base, n = a[i + 1], tonumber(a[i + 2])
+  local old = a[i + 3] ~= "LT" and redis.call("EXISTS", base) == 1
+  if a[i] == "ZREMS" then
+    for j = i + 3, last do
+      redis.call("ZREM", shard(base, n, a[j]), a[j])
+      if old then redis.call("ZREM", base, a[j]) end
+    end
+    return
+  end
+  local flag = a[i + 3]
+  for j = i + 4, last, 2 do
+    local key, m = shard(base, n, a[j + 1]), a[j + 1]
+    if flag == "" then
+      redis.call("ZADD", key, a[j], m)
+    else
+      redis.call("ZADD", key, flag, a[j], m)
+    end
+    if old then redis.call("ZREM", base, m) end
+  end
+end
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local command = ARGV[i + 1]
+  if command == "PUTUSER" then
+    put_user(ARGV, i + 1)
+  elseif command == "TRIMSNAP" then
+    trim_snapshots(ARGV, i + 1)
+  elseif command == "ZADDS" or command == "ZREMS" then
+    sharded(ARGV, i + 1, i + n)
+  else
+    redis.call(unpack(ARGV, i + 1, i + n))
+  end
+  i = i + n + 1
+end
+return 1
+"""
+
+# The batch's users' rows (one Redis; on a cluster one call per user): KEYS
+# alternate a user's string and its hash. A row is {string, wb}, or for a user
+# still in the old layout, the hash's {f, p, r, sd, wb}.
+LOAD = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local s = redis.call("GET", KEYS[i])
+  if s then
+    out[#out + 1] = {s, redis.call("HGET", KEYS[i + 1], "wb")}
+  else
+    out[#out + 1] = redis.call("HMGET", KEYS[i + 1], "f", "p", "r", "sd", "wb")
+  end
+end
+return out
+"""
+
+# Each user's string, old-layout features and old snapshot list (one Redis; on
+# a cluster one call per user): KEYS are triples string, hash, list.
+LOAD_SNAPSHOTS = """
+local out = {}
+for i = 1, #KEYS, 3 do
+  out[#out + 1] = redis.call("GET", KEYS[i])
+  out[#out + 1] = redis.call("HGET", KEYS[i + 1], "f")
+  out[#out + 1] = redis.call("LRANGE", KEYS[i + 2], 0, -1)
+end
+return out
+"""
+
+# Users in sharded indexes (one Redis): ARGV base, shards, then "range" lows and
+# highs, or "due" and a limit. Each shard is a small sorted set, read whole by
+# score span and filtered here; the old unsharded ``base`` (while it exists) is
+# read with one range query per range. Returns the members (with repeats).
+SCAN_SHARDS = """
+local base, n, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local out = {}
+if mode == "due" then
+  local now, limit = ARGV[4], tonumber(ARGV[5])
+  for s = -1, n - 1 do
+    if #out >= limit then break end
+    local key = s < 0 and base or base .. ":" .. s
+    local got = redis.call("ZRANGEBYSCORE", key, "-inf", now, "LIMIT", 0, limit - #out)
+    for _, m in ipairs(got) do out[#out + 1] = m end
+  end
+  return out
+end
+local lows, highs = {}, {}
+for j = 4, #ARGV, 2 do
+  lows[#lows + 1] = tonumber(ARGV[j])
+  highs[#highs + 1] = tonumber(ARGV[j + 1])
+end
+if #lows == 0 then return out end
+for j = 1, #lows do
+  for _, m in ipairs(redis.call("ZRANGEBYSCORE", base, ARGV[2 * j + 2], "(" .. ARGV[2 * j + 3])) do
+    out[#out + 1] = m
+  end
+end
+local low, high = ARGV[4], "(" .. ARGV[#ARGV]
+for s = 0, n - 1 do
+  local got = redis.call("ZRANGEBYSCORE", base .. ":" .. s, low, high, "WITHSCORES")
+  for k = 1, #got, 2 do
+    local score = tonumber(got[k + 1])
+    -- the ranges are sorted and disjoint: binary search for the last low <= score
+    local a, b = 1, #lows
+    while a < b do
+      local mid = math.floor((a + b + 1) / 2)
+      if lows[mid] <= score then a = mid else b = mid - 1 end
+    end
+    if lows[a] <= score and score < highs[a] then out[#out + 1] = got[k] end
+  end
+end
+return out
+"""
+
+# Reads of a sharded index (one Redis): the old unsharded key ``base`` and its
+# shards ``base:0`` .. ``base:<n-1>``, for several bases at once.
+#   count n max base...: {members, members with a score <= max}
+#   merge n top after limit base...: the next ``limit`` members after the cursor
+#     (top, after) in (score, member) descending order across every key, as
+#     {member, score, ...}; then 1 if more follow, else 0. A k-way merge on a
+#     heap of each key's next entry: one call per key, and one per entry taken.
+INDEX_READ = """
+local mode, n = ARGV[1], tonumber(ARGV[2])
+local keys = {}
+local first = mode == "count" and 4 or 6
+for j = first, #ARGV do
+  keys[#keys + 1] = ARGV[j]
+  for s = 0, n - 1 do keys[#keys + 1] = ARGV[j] .. ":" .. s end
+end
+if mode == "count" then
+  local card, below = 0, 0
+  for _, key in ipairs(keys) do
+    local c = redis.call("ZCARD", key)
+    if c > 0 then
+      card = card + c
+      below = below + redis.call("ZCOUNT", key, "-inf", ARGV[3])
+    end
+  end
+  return {card, below}
+end
+local high, after, limit = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local top = high == "+inf" and math.huge or tonumber(high)
+local function next_of(key, off)
+  while true do
+    local got = redis.call("ZREVRANGEBYSCORE", key, high, "-inf", "WITHSCORES", "LIMIT", off, 1)
+    if #got == 0 then return nil end
+    off = off + 1
+    local score = tonumber(got[2])
+    if after == "" or score < top or got[1] < after then
+      return {score, got[1], key, off, got[2]}
+    end
+  end
+end
+local function better(a, b)
+  if a[1] ~= b[1] then return a[1] > b[1] end
+  return a[2] > b[2]
+end
+local heap = {}
+local function push(e)
+  heap[#heap + 1] = e
+  local i = #heap
+  while i > 1 do
+    local p = math.floor(i / 2)
+    if not better(heap[i], heap[p]) then break end
+    heap[i], heap[p] = heap[p], heap[i]
+    i = p
+  end
+end
+local function pop()
+  local out = heap[1]
+  heap[1] = heap[#heap]
+  heap[#heap] = nil
+  local i = 1
+  while true do
+    local l, r, b = 2 * i, 2 * i + 1, i
+    if l <= #heap and better(heap[l], heap[b]) then b = l end
+    if r <= #heap and better(heap[r], heap[b]) then b = r end
+    if b == i then break end
+    heap[i], heap[b] = heap[b], heap[i]
+    i = b
+  end
+  return out
+end
+for _, key in ipairs(keys) do
+  if redis.call("EXISTS", key) == 1 then
+    local e = next_of(key, 0)
+    if e then push(e) end
+  end
+end
+local out = {}
+while #out < 2 * limit and #heap > 0 do
+  local e = pop()
+  out[#out + 1] = e[2]
+  out[#out + 1] = e[5]
+  local nxt = next_of(e[3], e[4])
+  if nxt then push(nxt) end
+end
+out[#out + 1] = #heap > 0 and 1 or 0
+return out
+"""

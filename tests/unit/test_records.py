@@ -1,0 +1,137 @@
+"""The compact stored forms of score records, snapshots and policy state (core.records)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.common.events import UserEvent
+from services.scorer.core.features import FeatureSettings, to_vector, update_features
+from services.scorer.core.labels import take_snapshot
+from services.scorer.core.policy import BANDS, AlertState
+from services.scorer.core.records import (
+    FEATURES,
+    LAYOUTS,
+    decode_policy,
+    decode_record,
+    decode_snapshot,
+    encode_policy,
+    encode_record,
+    encode_snapshot,
+    record_stage,
+)
+from services.scorer.core.segments import STAGES, TIERS
+
+
+def test_the_newest_layout_is_the_feature_vector_of_today() -> None:
+    """A feature added to ``to_vector`` needs a new layout here (append to LAYOUTS),
+    or its snapshots are stored as JSON, ~5 times larger."""
+    e = UserEvent("a", "u", "login", datetime(2026, 1, 5, tzinfo=UTC))
+    vector = to_vector(update_features(None, e, settings=FeatureSettings()), e.ts)
+    assert tuple(vector) == LAYOUTS[-1]
+    assert set(vector) <= set(FEATURES)
+
+
+def record(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "risk": 0.734512,
+        "score": 73,
+        "band": "high",
+        "stage": "at-risk",
+        "tier": "medium",
+        "reasons": [["recency_days", 0.4123, 12.5], ["revenue_90d", 0.05, 250000.99]],
+        "model_version": "logreg-12-ab12cd34",
+        "updated_at": 1767830400.125,
+    }
+    return base | changes
+
+
+@given(
+    risk=st.integers(0, 1_000_000).map(lambda n: n / 1e6),
+    band=st.sampled_from(BANDS),
+    stage=st.sampled_from([*STAGES, ""]),
+    tier=st.sampled_from([*TIERS, ""]),
+    value=st.floats(-1e12, 1e12).map(lambda v: round(v, 4)),
+    contribution=st.floats(-100, 100).map(lambda v: round(v, 4)),
+)
+def test_a_record_round_trips(
+    risk: float, band: str, stage: str, tier: str, value: float, contribution: float
+) -> None:
+    rec = record(
+        risk=risk,
+        score=round(risk * 100),
+        band=band,
+        stage=stage,
+        tier=tier,
+        reasons=[["events_7d", contribution, value], ["recency_days", -contribution, 2.5]],
+    )
+    packed = encode_record(rec)
+    assert packed[:1] == b"\x01" and decode_record(packed) == rec
+    assert record_stage(packed) == stage
+
+
+def test_a_record_is_under_a_third_of_its_json() -> None:
+    packed = encode_record(record())
+    assert len(packed) * 3 < len(orjson.dumps(record())) and decode_record(packed) == record()
+
+
+@pytest.mark.parametrize(
+    "odd", [{"band": "purple"}, {"reasons": [["a_new_feature", 0.1, 1.0]]}, {"extra": 1}]
+)
+def test_what_the_binary_record_cannot_hold_is_stored_as_json(odd: dict[str, object]) -> None:
+    rec = record(**odd)
+    assert encode_record(rec)[:1] == b"{" and decode_record(encode_record(rec)) == rec
+
+
+def test_a_snapshot_keeps_counts_exactly_and_other_values_to_float16() -> None:
+    features = dict.fromkeys(FEATURES, 0.0) | {
+        "events_30d": 17.0,
+        "events_90d": 4000.0,  # a whole number past 255: float16, exact up to 2048 only
+        "recency_days": 3.14159,
+        "revenue_90d": 123456.78,  # past float16's range: float32
+        "sessions_change": -3.0,
+    }
+    snap = take_snapshot("u1", features, taken_at=1767830400.5, raw=-1.25, risk=0.3)
+    back = decode_snapshot(encode_snapshot(snap), "u1")
+    assert (back.user_id, back.taken_at, back.day, back.raw) == (
+        "u1",
+        1767830400.5,
+        snap.day,
+        -1.25,
+    )
+    assert back.risk == pytest.approx(0.3)
+    assert back.features["events_30d"] == 17.0 and back.features["sessions_change"] == -3.0
+    assert back.features["events_90d"] == 4000.0
+    assert back.features["recency_days"] == pytest.approx(3.14159, rel=1e-3)
+    assert back.features["revenue_90d"] == pytest.approx(123456.78, rel=1e-7)
+    assert len(encode_snapshot(snap)) < 40
+
+
+def test_a_snapshot_of_unknown_features_is_stored_as_json() -> None:
+    snap = take_snapshot("u1", {"something_else": 1.0}, taken_at=0.0, raw=0.0, risk=0.5)
+    packed = encode_snapshot(snap)
+    assert packed[:1] == b"{" and decode_snapshot(packed, "u1") == snap
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        AlertState("low", True, None, 8, 1792505599.0, 8, 1792419199.0),
+        AlertState("critical", False, 1792505599.5, 97, 1792505600.25),
+        AlertState("high", False, None, 81.5, 1.0, None, None),
+    ],
+)
+def test_policy_state_round_trips(state: AlertState) -> None:
+    packed = encode_policy(state)
+    assert packed[:1] == b"\x03" and decode_policy(packed) == state
+    assert len(packed) < 36
+
+
+def test_old_json_policy_state_decodes() -> None:
+    old = b'["low",true,null,8,1792505599.0,8,1792419199.0]'
+    assert decode_policy(old) == AlertState("low", True, None, 8, 1792505599.0, 8, 1792419199.0)
+    assert decode_policy(None) is None

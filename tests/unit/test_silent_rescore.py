@@ -1,0 +1,137 @@
+"""The sweep's cadence for silent users: daily through inactivity + horizon, then slower.
+
+``Runtime.sweep_at`` on an in-memory store (the ports it uses: users by last
+activity, the user rows, the label snapshots), driven day by day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from services.common.clock import ManualClock
+from services.scorer.adapters.redis_store import StoredUser, UserWrite
+from services.scorer.config import ScorerSettings
+from services.scorer.core.features import FeatureSettings
+from services.scorer.pipeline import BatchScorer, Record
+from services.scorer.runtime import Runtime, make_core, silence_marks
+from services.sim.generator import DAY, SimUser, event
+
+T0 = 1_780_000_000.0
+
+
+class MemoryStore:
+    """Just what the sweep and label resolution need, in memory."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, StoredUser] = {}
+        self.lastseen: dict[str, float] = {}
+        self.snaps: dict[str, list[bytes]] = {}
+        self.due: dict[str, float] = {}
+        self.rescored: list[tuple[float, str]] = []
+        self.now = 0.0
+
+    async def load(self, user_ids: list[str]) -> dict[str, StoredUser]:
+        return {u: self.rows.get(u, StoredUser(None, None, None, None)) for u in user_ids}
+
+    async def save(self, writes: list[UserWrite]) -> None:
+        for w in writes:
+            old = self.rows.get(w.user_id, StoredUser(None, None, None, None))
+            day = old.snapshot_day
+            if w.snapshot is not None:
+                self.snaps.setdefault(w.user_id, []).append(w.snapshot)
+                day = w.snapshot_day
+            self.rows[w.user_id] = StoredUser(w.features, w.policy, w.record, day)
+            self.lastseen[w.user_id] = w.last_active
+            self.rescored.append((self.now, w.user_id))
+            if w.label_due is not None:
+                self.due[w.user_id] = min(self.due.get(w.user_id, w.label_due), w.label_due)
+
+    async def silent_between(self, ranges: list[tuple[float, float]]) -> list[str]:
+        return [u for lo, hi in ranges for u, ts in self.lastseen.items() if lo <= ts < hi]
+
+    async def users_with_labels_due(self, now: float, *, limit: int) -> list[str]:
+        return [u for u, due in self.due.items() if due <= now][:limit]
+
+    async def load_snapshots(self, user_ids: list[str]) -> dict[str, Any]:
+        return {u: (self.rows[u].features, list(self.snaps.get(u, []))) for u in user_ids}
+
+    async def keep_snapshots(self, remaining: dict[str, tuple[int, float | None]]) -> None:
+        for uid, (dropped, due) in remaining.items():
+            self.snaps[uid] = self.snaps.get(uid, [])[dropped:]
+            if due is None:
+                self.due.pop(uid, None)
+            else:
+                self.due[uid] = due
+
+
+def make_runtime(**overrides: Any) -> tuple[Runtime, MemoryStore, ManualClock]:
+    settings = ScorerSettings(scorer_inactivity_days=30, scorer_horizon_days=14, **overrides)
+    runtime, store, clock = Runtime(settings), MemoryStore(), ManualClock(T0)
+    runtime.clock = clock
+    runtime.store = store  # type: ignore[assignment]
+    runtime.core = make_core(settings)
+    runtime._scorer = BatchScorer(
+        store=store, core=runtime.core, clock=clock, features=FeatureSettings()
+    )
+    return runtime, store, clock
+
+
+def buy_once_then_go_silent(runtime: Runtime, store: MemoryStore, clock: ManualClock, days: int):
+    user = SimUser("gone-1", "fading", "UTC", "basic", 1.0)
+    raw = orjson.dumps(event(user, "purchase", T0 - 3600, 1, amount=10.0))
+
+    async def scenario() -> None:
+        scorer = await runtime.scorer()
+        await scorer.handle([Record(b"gone-1", raw, "user-events", 0, 0)])
+        await runtime.sweep_at(T0)
+        for day in range(1, days + 1):
+            clock.set(T0 + day * DAY)
+            store.now = clock.now()
+            await runtime.sweep_at(clock.now())
+
+    asyncio.run(scenario())
+
+
+def rescored_days(store: MemoryStore) -> list[int]:
+    return [round((ts - T0) / DAY) for ts, _ in store.rescored if ts > T0]
+
+
+def test_silence_marks_are_daily_then_every_n_days_until_the_state_expires() -> None:
+    assert silence_marks(3, every=7, until=20) == [1, 2, 3, 10, 17]
+    assert silence_marks(3, every=0, until=400) == [1, 2, 3]
+    assert silence_marks(44, every=7, until=400)[-1] == 394
+
+
+def test_a_long_silent_user_is_rescored_weekly_past_inactivity_plus_horizon() -> None:
+    runtime, store, clock = make_runtime(scorer_long_silent_every_days=7)
+    buy_once_then_go_silent(runtime, store, clock, days=100)
+    # So the stored score is as of day 100 (within a week), not as of day 44.
+    assert rescored_days(store) == [*range(1, 45), 51, 58, 65, 72, 79, 86, 93, 100]
+
+
+def test_without_the_slow_cadence_rescoring_stops_at_inactivity_plus_horizon() -> None:
+    runtime, store, clock = make_runtime(scorer_long_silent_every_days=0)
+    buy_once_then_go_silent(runtime, store, clock, days=100)
+    assert rescored_days(store) == list(range(1, 45))
+
+
+def test_long_silent_snapshots_learn_that_the_user_stayed_gone() -> None:
+    runtime, store, clock = make_runtime(scorer_long_silent_every_days=7)
+    learned: list[tuple[float, int]] = []
+    model = runtime.core.model
+    original = model.learn
+
+    def spy(x: dict[str, float], y: bool | int) -> None:
+        learned.append((x["recency_days"], int(y)))
+        original(x, y)
+
+    model.learn = spy  # type: ignore[method-assign]
+    buy_once_then_go_silent(runtime, store, clock, days=120)
+    late = [(r, y) for r, y in learned if r > 44]
+    # Snapshots past the daily window: weekly, each learned y=1 a horizon later.
+    assert late and all(y == 1 for _, y in late)
+    assert max(r for r, _ in late) >= 90
+    assert len(store.snaps["gone-1"]) <= 2  # only those of the last horizon wait
