@@ -188,7 +188,7 @@ def measure_scorer(
                 )
                 print(f"labels learned meanwhile: {learned:,.0f}")
                 return (total - first[1]) / (now - first[0]) if now > first[0] else float("nan")
-            time.sleep(0.05)
+            time.sleep(0.2)  # scraping /metrics costs the worker CPU: not too often
         raise RuntimeError(f"the scorer did not process {total} events in time; see {logs}")
     finally:
         services.stop()

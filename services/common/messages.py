@@ -170,6 +170,17 @@ class WinbackAction(_Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Record:
+    """A raw Kafka record as a worker received it (what a dead letter's ``Source`` names)."""
+
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
 class Source(_Part):
     """Where a dead-lettered message came from; partition, offset and key are None for HTTP."""
 

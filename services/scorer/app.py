@@ -1,9 +1,13 @@
 """The Faust app of the scorer: the only module that imports faust.
 
-The agent is a thin loop: take a micro-batch, hand it to
-:class:`~services.scorer.pipeline.BatchScorer`, publish alerts and dead
-letters, and wait for Kafka's acknowledgements before the batch is acked (so
-offsets are committed only after the effects are durable, DESIGN §7).
+Events come in micro-batches from :class:`~services.common.batch_consumer.BatchConsumer`
+(aiokafka, run as a service of the Faust app: a Faust stream costs more per
+record than this worker may spend, see that module's doc). The handler is a
+thin loop: hand the batch to :class:`~services.scorer.pipeline.BatchScorer`,
+publish alerts and dead letters, and wait for Kafka's acknowledgements; the
+consumer commits the offsets only after that, when the effects are durable
+(DESIGN §7). Faust runs the timers (silent-user sweep, label learning,
+checkpoints), the producer, start-up and shutdown.
 """
 
 from __future__ import annotations
@@ -11,33 +15,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
+import mode
 import orjson
 
+from services.common.batch_consumer import BatchConsumer, Handler
 from services.common.errors import StoreUnavailable
 from services.common.faust_worker import make_faust_app
+from services.common.messages import Record
 from services.scorer import metrics
 from services.scorer.config import ScorerSettings
-from services.scorer.pipeline import Outcome, Record
+from services.scorer.pipeline import Outcome
 from services.scorer.runtime import Runtime
 
 log = logging.getLogger("churnwatch.scorer")
 
 
-def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
-    app = make_faust_app(
-        settings,
-        group=settings.scorer_group,
-        datadir="faust",
-        session_timeout_s=settings.scorer_session_timeout_s,
-        broker_commit_every=10_000,
-        stream_buffer_maxsize=16_384,
-    )
-    events = app.topic(settings.topic_events, key_serializer="raw", value_serializer="raw")
-    alerts = app.topic(settings.topic_alerts, key_serializer="raw", value_serializer="raw")
-    dlq = app.topic(settings.topic_dlq, key_serializer="raw", value_serializer="raw")
+Publish = Callable[[Outcome], Awaitable[None]]
+
+
+def make_publisher(alerts: faust.types.TopicT, dlq: faust.types.TopicT) -> Publish:
+    """Sends an outcome's alerts and dead letters and returns once Kafka acknowledged all."""
 
     async def publish(outcome: Outcome) -> None:
         pending = []
@@ -56,42 +57,75 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
         if pending:
             await asyncio.gather(*pending)  # Kafka acknowledged every one
 
-    @app.agent(events)
-    async def score_events(stream: Any) -> None:
+    return publish
+
+
+def batch_handler(runtime: Runtime, publish: Publish) -> Handler:
+    """What the consumer runs on each micro-batch; it commits the offsets after it returns."""
+
+    async def handle(records: list[Record]) -> None:
+        started = time.perf_counter()
         scorer = await runtime.scorer()
-        leftover = await _until_stored(runtime.unpublished)
-        await publish(leftover)
-        await _until_stored(runtime.after_batch, leftover)
-        async for batch in stream.take_events(
-            settings.scorer_batch_size, within=settings.scorer_batch_within_s
-        ):
-            started = time.perf_counter()
-            records = [
-                Record(
-                    e.message.key,
-                    e.message.value,
-                    e.message.topic,
-                    e.message.partition,
-                    e.message.offset,
-                )
-                for e in batch
-            ]
+        async with runtime.state_lock:  # the sweep re-scores the same users' state
             outcome = await _until_stored(scorer.handle, records)
-            await publish(outcome)
-            await _until_stored(runtime.after_batch, outcome)
-            metrics.EVENTS.inc(len(records))
-            for band, n in outcome.bands.items():
-                metrics.SCORES.labels(band).inc(n)
-            for key, n in outcome.winbacks.items():
-                playbook, group = key.rsplit(":", 1)
-                metrics.WINBACKS.labels(playbook, group).inc(n)
-            for op, seconds in outcome.redis_s.items():
-                metrics.REDIS_SECONDS.labels(op).observe(seconds)
-            if outcome.newest_ts:
-                metrics.EVENT_LAG.set(max(0.0, time.time() - outcome.newest_ts))
-            metrics.DUPLICATES.inc(outcome.duplicates)
-            metrics.BATCH_SIZE.observe(len(records))
-            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        await publish(outcome)
+        await _until_stored(runtime.after_batch, outcome)
+        metrics.EVENTS.inc(len(records))
+        for band, n in outcome.bands.items():
+            metrics.SCORES.labels(band).inc(n)
+        for key, n in outcome.winbacks.items():
+            playbook, group = key.rsplit(":", 1)
+            metrics.WINBACKS.labels(playbook, group).inc(n)
+        for op, seconds in outcome.redis_s.items():
+            metrics.REDIS_SECONDS.labels(op).observe(seconds)
+        if outcome.newest_ts:
+            metrics.EVENT_LAG.set(max(0.0, time.time() - outcome.newest_ts))
+        metrics.DUPLICATES.inc(outcome.duplicates)
+        metrics.BATCH_SIZE.observe(len(records))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    return handle
+
+
+def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
+    app = make_faust_app(
+        settings,
+        # Not the consumer group of the events: Faust's own consumer joins its app id's
+        # group with Faust's assignor, which a group of aiokafka members refuses.
+        group=f"{settings.scorer_group}-faust",
+        datadir="faust",
+        session_timeout_s=settings.scorer_session_timeout_s,
+    )
+    publish = make_publisher(
+        app.topic(settings.topic_alerts, key_serializer="raw", value_serializer="raw"),
+        app.topic(settings.topic_dlq, key_serializer="raw", value_serializer="raw"),
+    )
+    consumer = BatchConsumer(
+        settings,
+        topic=settings.topic_events,
+        group=settings.scorer_group,
+        handler=batch_handler(runtime, publish),
+        max_records=settings.scorer_batch_size,
+        fill_within_s=settings.scorer_batch_within_s,
+        session_timeout_s=settings.scorer_session_timeout_s,
+    )
+
+    @app.service
+    class ScoreEvents(mode.Service):
+        """Feeds the event topic's micro-batches to the scorer (common/batch_consumer.py)."""
+
+        async def on_start(self) -> None:
+            leftover = await _until_stored(runtime.unpublished)
+            await publish(leftover)
+            await _until_stored(runtime.after_batch, leftover)
+            await consumer.start()
+
+        async def on_stop(self) -> None:
+            await consumer.stop()
+
+        @mode.Service.task
+        async def _consume(self) -> None:
+            await consumer.run()
 
     if settings.scorer_clock == "live":  # in replay, sweeps run at event-time ticks instead
 

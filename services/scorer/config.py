@@ -27,7 +27,10 @@ class ScorerSettings(CommonSettings):
     )
     scorer_batch_size: int = Field(2000, ge=1, description="events per micro-batch at most")
     scorer_batch_within_s: float = Field(
-        0.02, gt=0, description="longest wait to fill a micro-batch (adds to alert latency)"
+        0.0,
+        ge=0,
+        description="after a batch's first records, wait up to this long for more (adds to "
+        "alert latency); 0 = take what has arrived: under load batches are full anyway",
     )
     scorer_rescore_every_s: float = Field(
         60.0,

@@ -1,7 +1,7 @@
 """One micro-batch through the scorer: decode → features → score → policy → write.
 
-This module holds the orchestration and nothing that knows Faust: the agent in
-:mod:`services.scorer.agents` hands it raw records and publishes what it
+This module holds the orchestration and nothing that knows Kafka or Faust: the
+worker's batch handler (:mod:`services.scorer.app`) hands it raw records and publishes what it
 returns. The store is a port, so the fast tests run it on a fake.
 """
 
@@ -20,7 +20,7 @@ import orjson
 from services.common.clock import Clock
 from services.common.errors import InvalidEvent, LateEvent
 from services.common.events import UserEvent, check_size, parse_event
-from services.common.messages import ChurnAlert, DeadLetter, dead_letter
+from services.common.messages import ChurnAlert, DeadLetter, Record, dead_letter
 from services.common.schemas import validate
 from services.notifier.core.guardrails import won_back
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
@@ -41,17 +41,6 @@ class UserStore(Protocol):
     async def load(self, user_ids: list[str]) -> dict[str, StoredUser]: ...
 
     async def save(self, writes: list[UserWrite]) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A raw Kafka record, as the agent received it."""
-
-    key: bytes | None
-    value: bytes
-    topic: str
-    partition: int
-    offset: int
 
 
 @dataclass

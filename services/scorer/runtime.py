@@ -1,7 +1,7 @@
 """The scorer's wiring: builds the adapters and the core from settings, once.
 
 ``bootstrap`` work happens on the worker's event loop (Redis asyncio client),
-the first time the agent asks for it; nothing connects at import time.
+the first time the batch handler asks for it; nothing connects at import time.
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ class Runtime:
         self.clock = make_clock(settings)
         self._scorer: BatchScorer | None = None
         self._lock = asyncio.Lock()
+        # Held while users' state is read, changed and written: by a micro-batch and
+        # by the live sweep's re-scoring, which would otherwise overwrite each other.
+        self.state_lock = asyncio.Lock()
         self._last_sweep: float | None = None
         self._learned_since_checkpoint = 0
         self.quality = QualityTracker(threshold=settings.scorer_band_high / 100)
@@ -194,16 +197,30 @@ class Runtime:
         return learned
 
     async def sweep(self) -> Outcome:
-        """The live timer: sweep at the clock's now."""
-        return await self.sweep_at(self.clock.now())
+        """The live timer: sweep at the clock's now, the re-scoring under ``state_lock``.
+
+        Learning needs no lock: it only reads features, and drops the oldest
+        snapshots, which a concurrent write keeps in order.
+        """
+        now = self.clock.now()
+        async with self.state_lock:
+            out = await self.rescore_silent(now)
+        await self.learn(now)
+        return out
 
     async def sweep_at(self, now: float) -> Outcome:
+        """Re-score the silent users and learn, at ``now`` (replay mode calls this from
+        inside a batch, where the lock is already held)."""
+        out = await self.rescore_silent(now)
+        await self.learn(now)
+        return out
+
+    async def rescore_silent(self, now: float) -> Outcome:
         """Re-score users whose recency crossed a day boundary since the last sweep.
 
         For each whole number of days k, the users whose last activity lies in
         [previous sweep - k days, now - k days) just turned k days silent: one
         range query per k on the last-activity index (pipelined), never a scan.
-        Then resolve the labels that are due and learn from them.
         """
         scorer = await self.scorer()
         prev, self._last_sweep = self._last_sweep, now
@@ -234,7 +251,6 @@ class Runtime:
             if writes:
                 await scorer.store.save(writes)
             out.users += len(writes)
-        await self.learn(now)
         return out
 
 

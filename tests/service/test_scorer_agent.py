@@ -1,10 +1,11 @@
-"""The scorer's agent and micro-batch step on an in-memory store.
+"""The scorer's batch consumer, its handler and the micro-batch step, in memory.
 
-The first test runs the real Faust agent through ``agent.test_context()``
-(no broker: records are put on the agent's channel, topic sends are captured).
-The others call ``BatchScorer.handle``, what the agent runs on every batch, on
-a fake of the ``UserStore`` port that records each call, so they can say how
-many round trips a batch costs and what was written.
+The first tests run the real ``BatchConsumer`` and the worker's batch handler
+on a fake of aiokafka's consumer (batches out, commits recorded) with Faust's
+topic sends captured: what is committed when, around a failure and a
+rebalance. The others call ``BatchScorer.handle``, what the handler runs on
+every batch, on a fake of the ``UserStore`` port that records each call, so
+they can say how many round trips a batch costs and what was written.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from unittest import mock
 import faust
 import orjson
 
+from services.common.batch_consumer import BatchConsumer
 from services.common.clock import ManualClock
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
-from services.scorer.app import create_app
+from services.scorer.app import batch_handler, make_publisher
 from services.scorer.config import ScorerSettings
 from services.scorer.core.features import FeatureSettings, decode_state, to_vector
 from services.scorer.core.records import decode_record
@@ -70,36 +72,71 @@ USERS = [SimUser(f"svc-{i}", "loyal", "Europe/Berlin", "premium", 1.0) for i in 
 
 
 class FakeRuntime:
-    """What the agent needs from ``Runtime``, around a scorer on the fake store."""
+    """What the batch handler needs from ``Runtime``, around a scorer on the fake store."""
 
     def __init__(self, scorer: BatchScorer) -> None:
         self._scorer = scorer
         self.outcomes: list[Outcome] = []
+        self.state_lock = asyncio.Lock()
 
     async def scorer(self) -> BatchScorer:
         return self._scorer
 
     async def after_batch(self, outcome: Outcome) -> None:
-        if outcome.events:  # the start-up outbox check has none
-            self.outcomes.append(outcome)
-
-    async def unpublished(self) -> Outcome:
-        return Outcome()
-
-    async def sweep(self) -> Outcome:
-        return Outcome()
-
-    async def checkpoint(self) -> None:
-        return None
+        self.outcomes.append(outcome)
 
 
-def test_faust_agent_takes_one_batch_and_dead_letters_through_test_context() -> None:
+class FakeKafka:
+    """aiokafka's consumer as the batch consumer uses it: batches out, commits in."""
+
+    def __init__(self, batches: list[list[Record]]) -> None:
+        self.batches = list(batches)
+        self.commits: list[dict[tuple[str, int], int]] = []
+        self.listener: Any = None
+        self.drained = asyncio.Event()
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def subscribe(self, topics: list[str], *, listener: Any) -> None:
+        self.listener = listener
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
+        if not self.batches:
+            self.drained.set()
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        batch = self.batches.pop(0)
+        return {("t", 0): [mock.Mock(**vars_of(r)) for r in batch]}
+
+    async def commit(self, offsets: dict[Any, Any]) -> None:
+        self.commits.append({(tp.topic, tp.partition): om.offset for tp, om in offsets.items()})
+
+
+def vars_of(record: Record) -> dict[str, Any]:
+    return {f: getattr(record, f) for f in Record.__dataclass_fields__}
+
+
+def run_consumer(consumer: BatchConsumer, kafka: FakeKafka) -> None:
+    async def scenario() -> None:
+        await consumer.start()
+        task = asyncio.create_task(consumer.run())
+        await asyncio.wait_for(kafka.drained.wait(), 10)
+        await consumer.stop()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
+
+
+def test_a_micro_batch_is_scored_its_dead_letters_sent_and_then_committed() -> None:
     store = FakeStore()
     runtime = FakeRuntime(make_scorer(store, ManualClock(T0 + 3600)))
-    # Ten records and a batch size of ten: exactly one micro-batch, whatever the timing.
-    settings = ScorerSettings(scorer_batch_size=10, scorer_batch_within_s=30.0)
-    app = create_app(settings, runtime)  # type: ignore[arg-type]
-    agent = next(iter(app.agents.values()))
+    settings = ScorerSettings()
+    values: list[Any] = [event(u, "login", T0 + k, k) for k in range(3) for u in USERS]
+    kafka = FakeKafka([records([*values, b"{bad"], start=40)])
+    app = faust.App("test-scorer", broker="memory://")
+    topics = [app.topic(t, value_serializer="raw") for t in (settings.topic_alerts, "dlq")]
     sent: list[tuple[str, dict[str, Any]]] = []
 
     async def capture(topic: faust.topics.Topic, *args: Any, **kwargs: Any) -> asyncio.Future[None]:
@@ -108,26 +145,74 @@ def test_faust_agent_takes_one_batch_and_dead_letters_through_test_context() -> 
         done.set_result(None)
         return done
 
-    async def scenario() -> None:
-        with mock.patch.object(faust.topics.Topic, "send", capture):
-            async with agent.test_context() as channel:
-                for k in range(3):
-                    for u in USERS:
-                        value = orjson.dumps(event(u, "login", T0 + k, k))
-                        await channel.put(value, key=u.user_id.encode())
-                await channel.put(b"{bad", key=b"x")
-                for _ in range(200):  # bounded wait for the agent's batch
-                    if runtime.outcomes:
-                        break
-                    await asyncio.sleep(0.05)
+    handler = batch_handler(runtime, make_publisher(*topics))  # type: ignore[arg-type]
+    consumer = BatchConsumer(
+        settings, topic="t", group="g", handler=handler, max_records=100, consumer=kafka
+    )
+    with mock.patch.object(faust.topics.Topic, "send", capture):
+        run_consumer(consumer, kafka)
 
-    asyncio.run(scenario())
     assert len(runtime.outcomes) == 1 and runtime.outcomes[0].events == 10
     assert len(store.loads) == 1 and sorted(store.loads[0]) == [u.user_id for u in USERS]
     assert len(store.saves) == 1 and len(store.saves[0]) == 3
-    assert [name for name, _ in sent] == [settings.topic_dlq]
+    assert [name for name, _ in sent] == ["dlq"]
     dead = orjson.loads(sent[0][1]["value"])
     assert dead["stage"] == "scorer" and "JSON" in dead["reason"] and dead["payload"] == "{bad"
+    assert kafka.commits == [{("user-events", 0): 50}]
+
+
+def test_nothing_is_committed_when_the_handler_fails() -> None:
+    async def fail(records: list[Record]) -> None:
+        raise RuntimeError("boom")
+
+    kafka = FakeKafka([records([b"x"])])
+    consumer = BatchConsumer(
+        ScorerSettings(), topic="t", group="g", handler=fail, max_records=10, consumer=kafka
+    )
+
+    async def scenario() -> None:
+        await consumer.start()
+        try:
+            await consumer.run()
+        except RuntimeError:
+            return
+        raise AssertionError("the handler's error must stop the consumer")
+
+    asyncio.run(scenario())
+    assert kafka.commits == []
+
+
+def test_a_rebalance_waits_for_the_batch_in_hand_to_be_committed() -> None:
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def slow(records: list[Record]) -> None:
+        order.append("handling")
+        await release.wait()
+        order.append("handled")
+
+    kafka = FakeKafka([records([b"x"], start=7)])
+    consumer = BatchConsumer(
+        ScorerSettings(), topic="t", group="g", handler=slow, max_records=10, consumer=kafka
+    )
+
+    async def scenario() -> None:
+        await consumer.start()
+        task = asyncio.create_task(consumer.run())
+        while not order:
+            await asyncio.sleep(0.01)
+        revoke = asyncio.create_task(kafka.listener.on_partitions_revoked([]))
+        await asyncio.sleep(0.05)
+        assert not revoke.done(), "the revoke must wait for the batch in hand"
+        release.set()
+        await asyncio.wait_for(revoke, 5)
+        order.append(f"revoked after {len(kafka.commits)} commit(s)")
+        await consumer.stop()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    assert order == ["handling", "handled", "revoked after 1 commit(s)"]
+    assert kafka.commits == [{("user-events", 0): 8}]
 
 
 def test_one_load_and_one_save_per_batch_with_events_coalesced_per_user() -> None:

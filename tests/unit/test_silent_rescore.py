@@ -13,8 +13,9 @@ import orjson
 
 from services.common.clock import ManualClock
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
+from services.scorer.app import batch_handler
 from services.scorer.config import ScorerSettings
-from services.scorer.core.features import FeatureSettings
+from services.scorer.core.features import FeatureSettings, decode_state, to_vector
 from services.scorer.pipeline import BatchScorer, Record
 from services.scorer.runtime import Runtime, make_core, silence_marks
 from services.sim.generator import DAY, SimUser, event
@@ -135,3 +136,52 @@ def test_long_silent_snapshots_learn_that_the_user_stayed_gone() -> None:
     assert late and all(y == 1 for _, y in late)
     assert max(r for r, _ in late) >= 90
     assert len(store.snaps["gone-1"]) <= 2  # only those of the last horizon wait
+
+
+class GatedStore(MemoryStore):
+    """Holds its next ``load`` until ``gate`` opens: a sweep caught between read and write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+
+    async def load(self, user_ids: list[str]) -> dict[str, StoredUser]:
+        gate, self.gate = self.gate, None
+        rows = await super().load(user_ids)
+        if gate is not None:
+            await gate.wait()
+        return rows
+
+    async def published(self, alert_ids: list[str]) -> None: ...
+
+
+def test_a_live_sweep_and_a_batch_of_the_same_user_never_overwrite_each_other() -> None:
+    runtime, _, clock = make_runtime()
+    store = GatedStore()
+    runtime.store = store  # type: ignore[assignment]
+    runtime._scorer = BatchScorer(
+        store=store, core=runtime.core, clock=clock, features=FeatureSettings()
+    )
+    user = SimUser("busy-1", "loyal", "UTC", "basic", 1.0)
+
+    async def publish(outcome: Any) -> None: ...
+
+    handler = batch_handler(runtime, publish)
+    first = orjson.dumps(event(user, "purchase", T0 - 3600, 1, amount=10.0))
+    later = orjson.dumps(event(user, "login", T0 + DAY, 2))
+
+    async def scenario() -> None:
+        await handler([Record(b"busy-1", first, "user-events", 0, 0)])
+        await runtime.sweep_at(T0)
+        clock.set(T0 + 1.1 * DAY)  # the user's recency crossed a day: the sweep wants it
+        store.gate = gate = asyncio.Event()
+        sweep = asyncio.create_task(runtime.sweep())
+        await asyncio.sleep(0.01)  # the sweep has read its users and waits at the gate
+        batch = asyncio.create_task(handler([Record(b"busy-1", later, "user-events", 0, 1)]))
+        await asyncio.sleep(0.05)  # a batch free to run now would write before the sweep
+        gate.set()
+        await asyncio.gather(sweep, batch)
+
+    asyncio.run(scenario())
+    state = decode_state(store.rows["busy-1"].features or b"")
+    assert to_vector(state, clock.now())["events_7d"] == 2.0, "the sweep lost the batch's event"

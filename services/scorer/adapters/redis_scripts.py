@@ -1,13 +1,13 @@
 """The Lua scripts of the scorer's Redis adapter (``redis_store``); layout in ``redis_layout``."""
 
 # Applies a list of commands atomically (scripts run alone, like MULTI/EXEC).
-# ARGV: for each command, its number of words, then the words:
-# 4, "HSET", "k", "f", "v", 3, "EXPIRE" ... On a cluster: one user's commands,
-# every key declared and in one slot, sent with EVAL (~200 bytes a user; redis-py
+# ARGV[1]: the commands as one MessagePack array of arrays of words,
+# [["HSET", "k", "f", "v"], ["EXPIRE", "k", 60], ...]. One argument, packed by
+# msgpack's C code, instead of one per word: redis-py spends ~0.5 µs of Python
+# on each word it sends, which was a third of a batch's save. On a cluster: one
+# user's commands, every key declared and in one slot, sent with EVAL (redis-py
 # refuses EVALSHA in a cluster pipeline). On one Redis: the whole batch, users
-# and shared indexes, in one EVALSHA. One command instead of one per write
-# matters: redis-py spends ~13 µs of Python on each command of a pipeline,
-# which was half of the scorer's batch time (BENCHMARKS.md).
+# and shared indexes, in one EVALSHA.
 #
 # Two commands of its own work on a user's string (layout: ``join_user``):
 # PUTUSER s u ttl features record policy snapshot day: replaces the features
@@ -19,9 +19,9 @@ APPLY = """
 local function skip(v, p)
   return p + 2 + struct.unpack("<H", v, p)
 end
-local function put_user(a, i)
-  local ks, ku, ttl = a[i + 1], a[i + 2], a[i + 3]
-  local feat, rec, pol, snap = a[i + 4], a[i + 5], a[i + 6], a[i + 7]
+local function put_user(c)
+  local ks, ku, ttl = c[2], c[3], c[4]
+  local feat, rec, pol, snap = c[5], c[6], c[7], c[8]
   local old = redis.call("GET", ks)
   local snaps, day = "", 0
   if old then
@@ -44,7 +44,7 @@ local function put_user(a, i)
   end
   if snap ~= "" then
     snaps = snaps .. struct.pack("<H", #snap) .. snap
-    day = tonumber(a[i + 8])
+    day = tonumber(c[9])
   end
   redis.call("SET", ks, "\\193" .. struct.pack("<H", #rec) .. rec .. struct.pack("<HH", day, #pol)
     .. pol .. struct.pack("<H", #feat) .. feat .. snaps, "EX", ttl)
@@ -52,8 +52,8 @@ local function put_user(a, i)
     redis.call("EXPIRE", ku, ttl)
   end
 end
-local function trim_snapshots(a, i)
-  local ks, kl, n = a[i + 1], a[i + 2], tonumber(a[i + 3])
+local function trim_snapshots(c)
+  local ks, kl, n = c[2], c[3], tonumber(c[4])
   local listed = redis.call("LLEN", kl)
   if listed > 0 then
     local k = math.min(n, listed)
@@ -83,41 +83,38 @@ end
 -- ZADDS base n flag score member ...: ZADD into base's shard of each member, and
 -- out of the old unsharded base while it exists (not with LT: an earlier time
 -- there still counts). ZREMS base n member ...: ZREM from both.
-local function sharded(a, i, last)
-  local base, n = a[i + 1], tonumber(a[i + 2])
-  local old = a[i + 3] ~= "LT" and redis.call("EXISTS", base) == 1
-  if a[i] == "ZREMS" then
-    for j = i + 3, last do
-      redis.call("ZREM", shard(base, n, a[j]), a[j])
-      if old then redis.call("ZREM", base, a[j]) end
+local function sharded(c)
+  local base, n = c[2], tonumber(c[3])
+  local old = c[4] ~= "LT" and redis.call("EXISTS", base) == 1
+  if c[1] == "ZREMS" then
+    for j = 4, #c do
+      redis.call("ZREM", shard(base, n, c[j]), c[j])
+      if old then redis.call("ZREM", base, c[j]) end
     end
     return
   end
-  local flag = a[i + 3]
-  for j = i + 4, last, 2 do
-    local key, m = shard(base, n, a[j + 1]), a[j + 1]
+  local flag = c[4]
+  for j = 5, #c, 2 do
+    local key, m = shard(base, n, c[j + 1]), c[j + 1]
     if flag == "" then
-      redis.call("ZADD", key, a[j], m)
+      redis.call("ZADD", key, c[j], m)
     else
-      redis.call("ZADD", key, flag, a[j], m)
+      redis.call("ZADD", key, flag, c[j], m)
     end
     if old then redis.call("ZREM", base, m) end
   end
 end
-local i = 1
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  local command = ARGV[i + 1]
+for _, c in ipairs(cmsgpack.unpack(ARGV[1])) do
+  local command = c[1]
   if command == "PUTUSER" then
-    put_user(ARGV, i + 1)
+    put_user(c)
   elseif command == "TRIMSNAP" then
-    trim_snapshots(ARGV, i + 1)
+    trim_snapshots(c)
   elseif command == "ZADDS" or command == "ZREMS" then
-    sharded(ARGV, i + 1, i + n)
+    sharded(c)
   else
-    redis.call(unpack(ARGV, i + 1, i + n))
+    redis.call(unpack(c))
   end
-  i = i + n + 1
 end
 return 1
 """

@@ -86,6 +86,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
@@ -235,8 +236,7 @@ class RedisUserStore:
             async with self.r.pipeline(transaction=False) as pipe:
                 for commands in users:
                     keys = list(dict.fromkeys(k for c in commands for k in _keys_of(c)))
-                    argv = [word for c in commands for word in (len(c), *c)]
-                    pipe.eval(APPLY, len(keys), *keys, *argv)
+                    pipe.eval(APPLY, len(keys), *keys, _pack(commands))
                 for command in self._shared_commands(shared, outbox=False):
                     pipe.execute_command(*command)
                 await pipe.execute()
@@ -246,7 +246,7 @@ class RedisUserStore:
     async def _apply_all(self, commands: list[Command]) -> None:
         """Run ``commands`` in one script call (one Redis only)."""
         if commands and self._apply is not None:
-            await self._apply(args=[word for c in commands for word in (len(c), *c)])
+            await self._apply(args=[_pack(commands)])
 
     def _user_commands(self, w: UserWrite) -> list[Command]:
         """The commands on the user's own keys (one slot); the rest is in ``_Shared``."""
@@ -448,7 +448,7 @@ class RedisUserStore:
             # (see the module doc).
             async with self.r.pipeline(transaction=False) as pipe:
                 for trim in trims:
-                    pipe.eval(APPLY, 2, trim[1], trim[2], len(trim), *trim)
+                    pipe.eval(APPLY, 2, trim[1], trim[2], _pack([trim]))
                 gone = [uid for uid, (_, due) in remaining.items() if due is None]
                 due_now = {uid: due for uid, (_, due) in remaining.items() if due is not None}
                 shared = self._sharded_removes(self.snapdue_key, gone)
@@ -493,6 +493,12 @@ class RedisUserStore:
             await self.r.set(f"{self.prefix}:model:{worker}", data)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+
+def _pack(commands: Sequence[Command]) -> bytes:
+    """The ``APPLY`` script's one argument (see ``redis_scripts``)."""
+    packed: bytes = msgpack.packb(commands, use_bin_type=False)  # Redis reads no bin
+    return packed
 
 
 def _keys_of(command: Command) -> tuple[Any, ...]:
