@@ -61,15 +61,17 @@ class UserEvent:
     properties: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
 
+    # Event time as a UNIX timestamp (seconds): read many times per event on the
+    # scorer's hot path, so computed once.
+    ts: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ts", self.occurred_at.timestamp())
+
     @property
     def amount(self) -> float:
         value = self.properties.get("amount", 0.0)
         return float(value) if isinstance(value, int | float) else 0.0
-
-    @property
-    def ts(self) -> float:
-        """Event time as a UNIX timestamp (seconds)."""
-        return self.occurred_at.timestamp()
 
 
 def parse_time(value: Any, *, path: str) -> datetime:

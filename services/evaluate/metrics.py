@@ -17,21 +17,22 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.common.ranking import roc_auc
 
-def roc_auc(y: Sequence[int], s: Sequence[float]) -> float | None:
-    """Area under the ROC curve: P(score of a churner > score of a stayer), ties count half.
-
-    >>> roc_auc([0, 1], [0.5, 0.5]), roc_auc([1, 1], [0.1, 0.2])
-    (0.5, None)
-    """
-    pos = sum(1 for v in y if v)
-    neg = len(y) - pos
-    if pos == 0 or neg == 0:
-        return None
-    rank_sum = 0.0
-    for rank, (_, ys) in _tied_ranks(s, y):
-        rank_sum += rank * sum(ys)
-    return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+__all__ = [
+    "AlertScores",
+    "alert_scores",
+    "brier",
+    "calibration",
+    "expected_calibration_error",
+    "lead_times",
+    "median",
+    "per_thousand",
+    "pr_auc",
+    "pr_curve",
+    "roc_auc",
+    "roc_curve",
+]
 
 
 def _tied_ranks(

@@ -90,15 +90,31 @@ def test_unknown_or_malformed_zones_fall_back_to_utc() -> None:
         assert day_index(UTC_1530 + 3600, tz) == day_index(UTC_1530 + 3600, None)
 
 
-def test_zone_objects_are_cached() -> None:
+def test_zone_objects_and_the_days_of_quarter_hours_are_cached() -> None:
     clock_module._zone.cache_clear()
-    for _ in range(100):
-        day_index(UTC_1530, "Asia/Shanghai")
-    info = clock_module._zone.cache_info()
-    assert info.misses == 1
-    assert info.hits == 99
+    clock_module._local_day.cache_clear()
+    for k in range(100):
+        day_index(UTC_1530 + k, "Asia/Shanghai")  # one quarter hour
+    assert clock_module._zone.cache_info().misses == 1
+    assert clock_module._local_day.cache_info().hits == 99
 
 
 def test_crossing_is_forward_only() -> None:
     assert not crossed_day_boundary(UTC_1530 + 86_400, UTC_1530, None)
     assert crossed_day_boundary(UTC_1530, UTC_1530 + 86_400, None)
+
+
+ZONES = ["Europe/Berlin", "America/St_Johns", "Asia/Kathmandu", "Australia/Lord_Howe",
+         "Pacific/Chatham", "America/Sao_Paulo", "Africa/Monrovia", "Asia/Kolkata"]  # fmt: skip
+
+
+@given(
+    st.floats(min_value=-2e9, max_value=4e9, allow_nan=False),
+    st.sampled_from(ZONES),
+)
+def test_the_cached_local_day_is_the_zone_conversion_of_that_very_time(ts: float, tz: str) -> None:
+    # Half-hour, 45-minute and historic local-mean-time zones, DST included.
+    from zoneinfo import ZoneInfo
+
+    expected = datetime.fromtimestamp(ts, ZoneInfo(tz)).toordinal() - 719163
+    assert clock_module.day_index(ts, tz) == expected

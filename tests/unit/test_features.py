@@ -320,8 +320,7 @@ def as_json(state: UserState, version: int = 2) -> bytes:
     """The state as formats 1 and 2 stored it: JSON, the last type by name, the seen
     ids in base64 with two bytes of hours each."""
     packed = msgpack.unpackb(encode_state(state))
-    seen = packed[14]
-    flat = [x for pair in struct.iter_unpack("<Q" + chr(seen[0]), seen[1:]) for x in pair]
+    flat = [x for k, hour in state.seen.items() for x in (k, state.last_seen // 3600 - hour)]
     packed[14] = base64.b64encode(struct.pack("<" + "QH" * (len(flat) // 2), *flat)).decode()
     packed[11] = state.last_type
     return orjson.dumps([version, *packed[1 : 15 if version == 1 else 17]])

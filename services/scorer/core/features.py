@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import math
+import operator
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -248,7 +250,10 @@ def update_features(
     day = day_index(ts, tz or state_tz)
 
     days = dict(old.days)
-    cutoff = day_index(max(ts, old.last_seen), state_tz) - settings.history_days
+    newest_day = day if ts >= old.last_seen and tz in (None, state_tz) else None
+    if newest_day is None:
+        newest_day = day_index(max(ts, old.last_seen), state_tz)
+    cutoff = newest_day - settings.history_days
     new_day = False
     if day >= cutoff:
         bucket = days.get(day)
@@ -264,22 +269,23 @@ def update_features(
     if has_plan and (ts, candidate or "") >= (plan_at, plan or ""):
         plan, plan_at = candidate, ts
 
-    return UserState(
-        first_seen=min(old.first_seen, ts),
-        last_seen=max(old.last_seen, ts),
-        last_active=max(old.last_active, ts) if user else old.last_active,
-        engaged_at=max(old.engaged_at, ts) if user and not churn else old.engaged_at,
-        churn_at=max(old.churn_at, ts) if churn else old.churn_at,
-        uninstall_at=max(old.uninstall_at, ts) if etype == "uninstall" else old.uninstall_at,
-        signup_ts=min(old.signup_ts or ts, ts) if etype == "signup" else old.signup_ts,
-        plan_at=plan_at,
-        timezone=state_tz,
-        plan=plan,
-        last_type=etype[:32] if newest else old.last_type,
-        days=days,
-        seen=_remember(old.seen, h, ts, last_seen=max(old.last_seen, ts), settings=settings),
-        active_days_total=old.active_days_total + new_day,
-        purchases_total=old.purchases_total + (etype in PAYMENT_TYPES),
+    seen = _remember(old.seen, h, ts, last_seen=max(old.last_seen, ts), settings=settings)
+    return UserState(  # positional (the fields' order): once per event on the hot path
+        min(old.first_seen, ts),
+        max(old.last_seen, ts),
+        max(old.last_active, ts) if user else old.last_active,
+        max(old.engaged_at, ts) if user and not churn else old.engaged_at,
+        max(old.churn_at, ts) if churn else old.churn_at,
+        max(old.uninstall_at, ts) if etype == "uninstall" else old.uninstall_at,
+        min(old.signup_ts or ts, ts) if etype == "signup" else old.signup_ts,
+        plan_at,
+        state_tz,
+        plan,
+        etype[:32] if newest else old.last_type,
+        days,
+        seen,
+        old.active_days_total + new_day,
+        old.purchases_total + (etype in PAYMENT_TYPES),
     )
 
 
@@ -469,12 +475,13 @@ def _lifetime(state: UserState, recency_days: float) -> dict[str, float]:
 _DEFAULT_SETTINGS = FeatureSettings()
 
 
-def _ago(last_seen: int, ts: int) -> int:
-    return last_seen - ts if ts else -1
-
-
 def encode_state(state: UserState) -> bytes:
     """Compact bytes for Redis: MessagePack of a packed list, times relative to ``last_seen``.
+
+    The remembered event ids go as one string: a marker byte, the 64-bit id
+    hashes, then how many hours before ``last_seen`` each was, one byte each
+    (``b``), or two when one is older than 255 hours (``h``, a lateness of
+    over ten days). This is the scorer's hot path: it is written for speed.
 
     >>> from datetime import datetime, UTC
     >>> e = UserEvent("a", "u", "login", datetime(2026, 1, 5, tzinfo=UTC))
@@ -482,9 +489,10 @@ def encode_state(state: UserState) -> bytes:
     [3, 1767571200, 0, 0, 0]
     """
     ls = state.last_seen
+    items = sorted(state.days.items())
+    base = prev = items[0][0] if items else 0
     rows: list[list[object]] = []
-    base = prev = min(state.days, default=0)
-    for d, (counts, feats) in sorted(state.days.items()):
+    for d, (counts, feats) in items:
         # Trailing zeros are implied; most days only use the first few counters.
         n = _COMMON if counts[_COMMON:] == _ZEROS[_COMMON:] else N_COUNTERS
         while n and not counts[n - 1]:
@@ -494,19 +502,24 @@ def encode_state(state: UserState) -> bytes:
             row.append(sorted(feats))
         rows.append(row)
         prev = d
-    flat = [x for k, hour in state.seen.items() for x in (k, max(ls // 3600 - hour, 0))]
-    # (id hash, hours back) pairs, the hours in one byte when they fit (lateness < 10 days)
-    wide = any(back > 255 for back in flat[1::2])
-    seen = (b"H" if wide else b"B") + struct.pack(
-        "<" + ("QH" if wide else "QB") * len(state.seen), *flat
-    )
-    return msgpack.packb(
+    n_seen = len(state.seen)
+    backs = list(map(operator.sub, itertools.repeat(ls // 3600, n_seen), state.seen.values()))
+    ids = struct.pack(f"<{n_seen}Q", *state.seen)
+    if not backs or (min(backs) >= 0 and max(backs) <= 255):
+        seen = b"b" + ids + bytes(backs)
+    else:
+        seen = b"h" + ids + struct.pack(f"<{n_seen}H", *(min(max(b, 0), 65535) for b in backs))
+    return _pack_state(
         [
             FORMAT_VERSION,
             ls,
             ls - state.first_seen,
-            *(_ago(ls, t) for t in (state.last_active, state.engaged_at, state.churn_at)),
-            *(_ago(ls, t) for t in (state.uninstall_at, state.signup_ts, state.plan_at)),
+            ls - state.last_active if state.last_active else -1,
+            ls - state.engaged_at if state.engaged_at else -1,
+            ls - state.churn_at if state.churn_at else -1,
+            ls - state.uninstall_at if state.uninstall_at else -1,
+            ls - state.signup_ts if state.signup_ts else -1,
+            ls - state.plan_at if state.plan_at else -1,
             state.timezone or "",
             state.plan or "",
             _STORED_TYPE_ID.get(state.last_type, state.last_type),
@@ -517,6 +530,9 @@ def encode_state(state: UserState) -> bytes:
             state.purchases_total,
         ]
     )
+
+
+_pack_state = msgpack.Packer().pack
 
 
 def decode_state(data: bytes | str) -> UserState:
@@ -530,8 +546,8 @@ def decode_state(data: bytes | str) -> UserState:
     100
     """
     json = data[:1] in (b"[", "[")
-    packed = orjson.loads(data) if json else msgpack.unpackb(data)
-    version = packed[0] if isinstance(packed, list) and packed else None
+    packed = orjson.loads(data) if json else msgpack.unpackb(data, use_list=False)
+    version = packed[0] if isinstance(packed, list | tuple) and packed else None
     if version not in (1, 2, FORMAT_VERSION):
         raise ValueError(f"unknown feature state format {version!r}")
     _, ls, first, active, engaged, churn, uninstall, signup, plan_at = packed[:9]
@@ -540,34 +556,45 @@ def decode_state(data: bytes | str) -> UserState:
     empty: frozenset[int] = frozenset()
     for row in rows:
         day += row[0]
-        feats = frozenset(row.pop()) if type(row[-1]) is list else empty
-        days[day] = (tuple(row[1:]) + _ZEROS[len(row) - 1 :], feats)
+        if type(row[-1]) in (list, tuple):
+            days[day] = (tuple(row[1:-1]) + _ZEROS[len(row) - 2 :], frozenset(row[-1]))
+        else:
+            days[day] = (tuple(row[1:]) + _ZEROS[len(row) - 1 :], empty)
+    hour_now = ls // 3600
     if json:
         pairs = struct.iter_unpack("<QH", base64.b64decode(seen_text))
+        seen = {k: hour_now - back for k, back in pairs}
     else:
-        pairs = struct.iter_unpack("<Q" + chr(seen_text[0]), seen_text[1:])
+        seen = _decode_seen(seen_text, hour_now)
         last_type = _STORED_TYPES[last_type] if isinstance(last_type, int) else last_type
-    hour_now = ls // 3600
-    seen = {k: hour_now - back for k, back in pairs}
     if version == 1:
         n_days = sum(1 for c, _ in days.values() if c[EVENTS])
         n_buys = sum(c[PURCHASES] for c, _ in days.values())
     else:
         n_days, n_buys = packed[15:17]
-    return UserState(
-        first_seen=ls - first,
-        last_seen=ls,
-        last_active=ls - active if active >= 0 else 0,
-        engaged_at=ls - engaged if engaged >= 0 else 0,
-        churn_at=ls - churn if churn >= 0 else 0,
-        uninstall_at=ls - uninstall if uninstall >= 0 else 0,
-        signup_ts=ls - signup if signup >= 0 else 0,
-        plan_at=ls - plan_at if plan_at >= 0 else 0,
-        timezone=tz or None,
-        plan=plan or None,
-        last_type=last_type,
-        days=days,
-        seen=seen,
-        active_days_total=n_days,
-        purchases_total=n_buys,
+    return UserState(  # positional: this runs once per event on the hot path
+        ls - first,
+        ls,
+        ls - active if active >= 0 else 0,
+        ls - engaged if engaged >= 0 else 0,
+        ls - churn if churn >= 0 else 0,
+        ls - uninstall if uninstall >= 0 else 0,
+        ls - signup if signup >= 0 else 0,
+        ls - plan_at if plan_at >= 0 else 0,
+        tz or None,
+        plan or None,
+        last_type,
+        days,
+        seen,
+        n_days,
+        n_buys,
     )
+
+
+def _decode_seen(blob: bytes, hour_now: int) -> dict[int, int]:
+    """The remembered ids of format 3: ``b``/``h``, the ids, then the hours back."""
+    width = 1 if blob[:1] == b"b" else 2
+    n = (len(blob) - 1) // (8 + width)
+    ids = struct.unpack_from(f"<{n}Q", blob, 1)
+    backs = blob[1 + 8 * n :] if width == 1 else struct.unpack_from(f"<{n}H", blob, 1 + 8 * n)
+    return dict(zip(ids, map(operator.sub, itertools.repeat(hour_now, n), backs), strict=True))

@@ -440,13 +440,21 @@ class ChurnModel:
     def learn(self, x: dict[str, float], y: bool | int) -> None:
         """Learn one resolved label; ``x`` must be the features as they were at the snapshot."""
         label = bool(y)
-        # Calibrate and judge on the prediction made before learning: honest, out of sample.
-        raw = self.raw(x)
-        self.calibrator.learn(raw, label)
-        self.judged.append((prior_risk(x), raw, label))
         weight = self.settings.positive_weight if label else 1.0
         if self.settings.kind == "logreg":
-            self.pipeline.learn_one(x, label, w=weight)
+            # The pipeline's learn_one, step by step, so that the prediction before
+            # learning and the learning share one prepare(x) (~a third of a label's cost).
+            prepared = prepare(x)
+            scaler, logreg = self.pipeline["StandardScaler"], self.pipeline["LogisticRegression"]
+            raw = logreg.predict_proba_one(scaler.transform_one(prepared))[True]
+        else:
+            raw = self.raw(x)
+        # Calibrate and judge on the prediction made before learning: honest, out of sample.
+        self.calibrator.learn(raw, label)
+        self.judged.append((prior_risk(x), raw, label))
+        if self.settings.kind == "logreg":
+            scaler.learn_one(prepared)
+            logreg.learn_one(scaler.transform_one(prepared), label, w=weight)
         else:
             # ARF takes no sample weight; repeating a positive is the weighting it supports.
             for _ in range(max(1, round(weight))):

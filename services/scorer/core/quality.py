@@ -12,33 +12,22 @@ import math
 from collections import deque
 from typing import Any
 
+from services.common import ranking
+
 _EPS = 1e-15
 _FORMAT = 1
 
 
 def roc_auc(pairs: list[tuple[float, bool]]) -> float | None:
-    """Exact ROC AUC (ties count half) by ranking; ``None`` until both classes are present.
+    """Exact ROC AUC (ties count half) of (score, label) pairs; ``None`` until both
+    classes are present.
 
     >>> roc_auc([(0.9, True), (0.4, False), (0.4, True), (0.1, False)])
     0.875
     >>> roc_auc([(0.3, False)]) is None
     True
     """
-    positives = sum(1 for _, y in pairs if y)
-    negatives = len(pairs) - positives
-    if not positives or not negatives:
-        return None
-    ordered = sorted(pairs, key=lambda p: p[0])
-    rank_sum = 0.0
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j < len(ordered) and ordered[j][0] == ordered[i][0]:
-            j += 1
-        mean_rank = (i + j + 1) / 2.0  # ranks i+1..j share their average
-        rank_sum += mean_rank * sum(1 for _, y in ordered[i:j] if y)
-        i = j
-    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+    return ranking.roc_auc([y for _, y in pairs], [p for p, _ in pairs])
 
 
 class QualityTracker:
