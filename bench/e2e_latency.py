@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import statistics
-import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-from kafka import TopicPartition
 
 from bench.registry import emit, fresh_deployment
 from bench.scorer import cleanup, free_port
-from services.common.kafka import all_topics, make_consumer
+from services.common.kafka import all_topics
+from services.common.kafka_security import librdkafka_options
 from services.common.settings import CommonSettings, env_for
 from services.demo import Services, wait_http
 from services.sim.generator import DAY, SimUser, event
@@ -46,32 +47,57 @@ def probe_events(user_id: str, now: float) -> list[dict[str, Any]]:
     return events
 
 
-class Follower(threading.Thread):
-    """Records when each key first shows up on a topic."""
+class Follower:
+    """Records when each probe key first shows up on some topics, in a process of its own.
 
-    def __init__(self, settings: CommonSettings, topic: str) -> None:
-        super().__init__(daemon=True)
-        self.seen: dict[str, float] = {}
-        self.stop = threading.Event()
-        self.consumer = make_consumer(
-            settings,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=5,
-            consumer_timeout_ms=200,
+    A separate process with librdkafka's consumer (C), so that reading every
+    background event (to find the probes among them) neither shares the load
+    generator's GIL nor lags behind it: in a thread with kafka-python it did,
+    and its lag was most of the "transport" figure.
+    """
+
+    def __init__(self, settings: CommonSettings, topics: list[str]) -> None:
+        options = {"bootstrap.servers": settings.kafka_bootstrap, **librdkafka_options(settings)}
+        self._ready, self._stop = multiprocessing.Event(), multiprocessing.Event()
+        self._results, child = multiprocessing.Pipe(duplex=False)
+        self._process = multiprocessing.Process(
+            target=_follow, args=(options, topics, self._ready, self._stop, child), daemon=True
         )
-        # ensure_topics returned once the topic's partitions had leaders.
-        parts = [TopicPartition(topic, p) for p in self.consumer.partitions_for_topic(topic) or ()]
-        self.consumer.assign(parts)
-        self.consumer.seek_to_end(*parts)
-        for tp in parts:
-            self.consumer.position(tp)
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for msg in self.consumer:
-                now = time.time()
-                if msg.key and msg.key.startswith(b"probe-"):
-                    self.seen.setdefault(msg.key.decode(), now)
+    def start(self, timeout: float = 30.0) -> None:
+        self._process.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("the probe follower did not get its partitions in time")
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        """Topic -> probe key -> when it was first seen."""
+        self._stop.set()
+        seen: dict[str, dict[str, float]] = self._results.recv() if self._results.poll(30) else {}
+        self._process.join(10)
+        return seen
+
+
+def _follow(options: dict[str, Any], topics: list[str], ready: Any, stop: Any, out: Any) -> None:
+    from confluent_kafka import OFFSET_END, Consumer
+    from confluent_kafka import TopicPartition as Partition
+
+    consumer = Consumer(
+        options
+        | {"group.id": f"bench-follow-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
+        | {"fetch.wait.max.ms": 5}
+    )
+    listed = consumer.list_topics(timeout=10).topics
+    consumer.assign([Partition(t, p, OFFSET_END) for t in topics for p in listed[t].partitions])
+    consumer.consume(num_messages=1, timeout=1.0)  # the end offsets are resolved now
+    ready.set()
+    seen: dict[str, dict[str, float]] = {t: {} for t in topics}
+    while not stop.is_set():
+        for msg in consumer.consume(num_messages=1000, timeout=0.05):
+            key = msg.key()
+            if msg.error() is None and key and key.startswith(b"probe-"):
+                seen[msg.topic()].setdefault(key.decode(), time.time())
+    consumer.close()
+    out.send(seen)
 
 
 def load(url: str, *, rate: float, duration: float, run: str) -> tuple[dict[str, float], float]:
@@ -95,6 +121,7 @@ async def _load(
     background = [SimUser(f"bg-{run}-{i}", "loyal", "UTC", "basic", 2.0) for i in range(5000)]
     tick, per_tick = 0.01, max(1, int(rate * 0.01))
     done = {"events": 0}
+    answers: list[float] = []
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
     async with httpx.AsyncClient(timeout=10, limits=limits, headers=HEADERS) as client:
@@ -108,6 +135,7 @@ async def _load(
                     return
                 if reply.status_code != 200:
                     return
+                answers.append(time.time() - sent)
                 done["events"] += count
                 if probe is not None:
                     accepted[probe] = sent
@@ -136,6 +164,13 @@ async def _load(
                 task.add_done_callback(tasks.discard)
             await asyncio.sleep(max(0.0, start + ticks * tick - time.monotonic()))
         await asyncio.gather(*tasks)
+    if answers:
+        print(
+            f"ingest answered {len(answers)} requests: p50 {percentile(answers, 0.5) * 1000:.1f} "
+            f"ms, p99 {percentile(answers, 0.99) * 1000:.1f} ms; the load fell "
+            f"{max(0.0, time.monotonic() - start - duration):.1f} s behind its schedule",
+            flush=True,
+        )
     return accepted, done["events"] / duration
 
 
@@ -168,27 +203,26 @@ def main(argv: Sequence[str] = ()) -> int:
             "CHURNWATCH_SCORER_METRICS_PORT": str(free_port()),
         }
         services.append(Services(settings, env | extra, names=("scorer",), logs=logs / f"w{n}"))
-    events = Follower(settings, settings.topic_events)
-    alerts = Follower(settings, settings.topic_alerts)
+    follower = Follower(settings, [settings.topic_events, settings.topic_alerts])
+    seen: dict[str, dict[str, float]] = {}
     try:
         for group in services:
             group.start()
         wait_http(f"http://127.0.0.1:{port}/healthz", 60, services[0])
         time.sleep(8 + 4 * (args.workers - 1))  # the scorers join their group
-        events.start()
-        alerts.start()
+        follower.start()
         accepted, achieved = load(
             f"http://127.0.0.1:{port}/v1/events", rate=args.rate, duration=args.duration, run=run
         )
         time.sleep(3)
+        seen = follower.stop()
     finally:
-        events.stop.set()
-        alerts.stop.set()
         for group in services:
             group.stop()
         cleanup(settings, all_topics(settings))
-    latency = [alerts.seen[u] - t for u, t in accepted.items() if u in alerts.seen]
-    transport = [events.seen[u] - t for u, t in accepted.items() if u in events.seen]
+    alerts, events = seen.get(settings.topic_alerts, {}), seen.get(settings.topic_events, {})
+    latency = [alerts[u] - t for u, t in accepted.items() if u in alerts]
+    transport = [events[u] - t for u, t in accepted.items() if u in events]
     if not latency:
         print("no probe produced an alert", flush=True)
         return 1
