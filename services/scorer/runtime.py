@@ -41,7 +41,11 @@ def make_clock(settings: ScorerSettings) -> Clock:
     return WallClock()
 
 
-def make_core(settings: ScorerSettings, model: ChurnModel | None = None) -> ScoringCore:
+def make_core(
+    settings: ScorerSettings,
+    model: ChurnModel | None = None,
+    quantiles: RfmQuantiles | None = None,
+) -> ScoringCore:
     thresholds = Thresholds(
         medium=settings.scorer_band_medium,
         high=settings.scorer_band_high,
@@ -50,7 +54,7 @@ def make_core(settings: ScorerSettings, model: ChurnModel | None = None) -> Scor
     )
     return ScoringCore(
         model=model or ChurnModel(ModelSettings(kind=settings.scorer_model)),
-        quantiles=RfmQuantiles(),
+        quantiles=quantiles or RfmQuantiles(),
         policy=PolicySettings(
             thresholds=thresholds, cooldown_days=max(1.0, settings.scorer_cooldown_s / DAY)
         ),
@@ -105,7 +109,9 @@ class Runtime:
         if saved:
             model = ChurnModel.from_bytes(saved)
             log.info("model restored", extra={"model_version": model.version})
-        self.core = make_core(s, model)
+        rfm = await self.store.load_checkpoint(s.scorer_worker_name, part="rfm")
+        quantiles = RfmQuantiles.from_dict(orjson.loads(rfm)) if rfm else None
+        self.core = make_core(s, model, quantiles)
         features = FeatureSettings(lateness_s=int(s.scorer_lateness_s))
         if s.scorer_clock == "replay":
             replay = ReplayScorer(
@@ -141,6 +147,8 @@ class Runtime:
             return
         name = self.settings.scorer_worker_name
         await self.store.save_checkpoint(name, self.core.model.to_bytes())
+        rfm = orjson.dumps(self.core.quantiles.to_dict())
+        await self.store.save_checkpoint(name, rfm, part="rfm")
         await self.store.save_quality(
             name,
             orjson.dumps(

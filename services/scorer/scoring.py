@@ -1,8 +1,7 @@
 """Score one user: vector → segment → model → policy → alert, snapshot and record.
 
 Pure: it reads the user's stored row and returns what to write. The model and
-the RFM quantiles are the worker's own state (the model is checkpointed; the
-quantiles are not yet, and refill from the users scored after a restart).
+the RFM quantiles are the worker's own state, checkpointed together.
 """
 
 from __future__ import annotations

@@ -100,10 +100,13 @@ def test_labels_resolve_learn_and_survive_a_restart(isolated: Isolated) -> None:
         await runtime.checkpoint()
         probe = {"recency_days": 3.0, "events_30d": 4.0, "active_days_30d": 4.0}
         before = runtime.core.model.score(probe).risk
+        tiers = runtime.core.quantiles.to_dict()
 
         restarted = runtime_for(isolated, clock)
         await restarted.scorer()
         after = restarted.core.model.score(probe).risk
+        # The value tiers' quantiles come back too, not an empty sample.
+        assert restarted.core.quantiles.to_dict() == tiers and tiers["n"] > 0
         return (
             sum(learned.values()),
             runtime.core.model.version,

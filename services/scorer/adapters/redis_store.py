@@ -27,7 +27,8 @@ user's keys in one slot:
     P:cohort:YYYYMMDD:d<k>  HLL  users who signed up that day and were active k days
                               later, k in 0 (the cohort), 1, 7, 30: day-k retention
     P:outbox:<worker>  hash  alert_id -> alert, until Kafka acknowledged it
-    P:model:<worker>   str   model checkpoint of one worker (+ ":quality", its metrics)
+    P:model:<worker>   str   model checkpoint of one worker (+ ":quality", its metrics, and
+                             ":rfm", the RFM quantiles' sample that the value tiers use)
 
 Why this shape (BENCHMARKS.md, "memory"): Redis keeps a hash with a value over
 64 bytes as a hash table and a sorted set of over 128 members as a skiplist,
@@ -481,18 +482,22 @@ class RedisUserStore:
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
-    async def load_checkpoint(self, worker: str) -> bytes | None:
+    async def load_checkpoint(self, worker: str, part: str = "") -> bytes | None:
+        """The worker's model checkpoint, or with ``part`` another part of its state."""
         try:
-            data = await self.r.get(f"{self.prefix}:model:{worker}")
+            data = await self.r.get(self._checkpoint_key(worker, part))
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return data.encode() if isinstance(data, str) else data
 
-    async def save_checkpoint(self, worker: str, data: bytes) -> None:
+    async def save_checkpoint(self, worker: str, data: bytes, part: str = "") -> None:
         try:
-            await self.r.set(f"{self.prefix}:model:{worker}", data)
+            await self.r.set(self._checkpoint_key(worker, part), data)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+    def _checkpoint_key(self, worker: str, part: str) -> str:
+        return f"{self.prefix}:model:{worker}" + (f":{part}" if part else "")
 
 
 def _pack(commands: Sequence[Command]) -> bytes:
