@@ -98,6 +98,7 @@ class BatchConsumer:
         }
         self.lock = asyncio.Lock()  # held while a batch is handled and committed
         self.batches = 0
+        self.generation = 0  # partitions revoked so many times
         self._stopping = False
 
     async def start(self) -> None:
@@ -129,10 +130,16 @@ class BatchConsumer:
         found = await self.consumer.getmany(timeout_ms=1000, max_records=self.max_records)
         records = _records(found)
         if records and self.fill_within_s > 0 and len(records) < self.max_records:
+            generation = self.generation
             more = await self.consumer.getmany(
                 timeout_ms=int(self.fill_within_s * 1000),
                 max_records=self.max_records - len(records),
             )
+            if self.generation != generation:
+                # A rebalance came between the two: the first part's partitions were
+                # revoked, and whoever owns them now reads them again from the last
+                # commit (so do we, if they came back: positions restart there).
+                records = []
             records += _records(more)
         return records
 
@@ -164,8 +171,11 @@ class _Listener(ConsumerRebalanceListener):
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # The batch in hand commits before it lets go of the lock.
+        # The batch in hand commits before it lets go of the lock. Between fetching a
+        # batch and taking the lock there is no await, so no batch of revoked
+        # partitions is handled after this (see fetch for the one await inside).
         async with self.owner.lock:
+            self.owner.generation += 1
             log.info("partitions revoked", extra={"partitions": len(revoked)})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
