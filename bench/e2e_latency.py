@@ -219,7 +219,7 @@ def main(argv: Sequence[str] = ()) -> int:
     finally:
         for group in services:
             group.stop()
-        cleanup(settings, all_topics(settings))
+        cleanup(settings, all_topics(settings), prefix=run)
     alerts, events = seen.get(settings.topic_alerts, {}), seen.get(settings.topic_events, {})
     latency = [alerts[u] - t for u, t in accepted.items() if u in alerts]
     transport = [events[u] - t for u, t in accepted.items() if u in events]

@@ -29,12 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.faust_ceiling")
     parser.add_argument("--topic", required=True)
     parser.add_argument("--total", type=int, required=True)
+    parser.add_argument("--group", default=f"bench-faust-{uuid.uuid4().hex[:8]}")
     args = parser.parse_args(argv)
     settings = load_settings(CommonSettings)
     scorer = load_settings(ScorerSettings)
     app = make_faust_app(
         settings,
-        group=f"bench-faust-{uuid.uuid4().hex[:8]}",
+        group=args.group,
         datadir="faust",
         session_timeout_s=scorer.scorer_session_timeout_s,
         broker_commit_every=10_000,

@@ -121,11 +121,12 @@ async def bare_loop(settings: CommonSettings, source: str, sink: str, *, total: 
         await producer.stop()
 
 
-def faust_ceiling(env: dict[str, str], topic: str, *, total: int) -> float:
+def faust_ceiling(env: dict[str, str], topic: str, *, total: int, group: str) -> float:
     """Events/s of a Faust agent that does nothing (:mod:`bench.faust_ceiling`), or NaN."""
+    command = [sys.executable, "-m", "bench.faust_ceiling", "--topic", topic]
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "bench.faust_ceiling", "--topic", topic, "--total", str(total)],
+            [*command, "--total", str(total), "--group", group],
             env=env,
             capture_output=True,
             text=True,
@@ -255,9 +256,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cleanup(settings: CommonSettings, topics: list[str]) -> None:
+def cleanup(settings: CommonSettings, topics: list[str], *, prefix: str = "") -> None:
+    """Remove the run's topics (and with ``prefix`` every topic named so, such as the
+    Faust workers' leader topics of the run's groups) and its Redis keys."""
     admin = make_admin(settings)
     try:
+        if prefix:
+            topics = sorted({*topics, *(t for t in admin.list_topics() if t.startswith(prefix))})
         admin.delete_topics(topics)
     except Exception as exc:  # a leftover topic is harmless; say so and go on
         print(f"could not delete topics: {exc}")
@@ -306,7 +311,7 @@ def main(argv: Sequence[str] = ()) -> int:
         asyncio.run(produce(settings, settings.topic_events, events))
         bare = asyncio.run(bare_loop(settings, settings.topic_events, copy_topic, total=total))
         print(f"bare aiokafka consume-and-produce: {bare:,.0f} events/s")
-        ceiling = faust_ceiling(env, settings.topic_events, total=total)
+        ceiling = faust_ceiling(env, settings.topic_events, total=total, group=f"bench{run}-c")
         print(f"faust alone (an agent that does nothing): {ceiling:,.0f} events/s")
         # Due a little after the worker starts: by then it holds most users' state
         # (a snapshot of a user without state is dropped unlearned, as for an expired one).
@@ -320,6 +325,7 @@ def main(argv: Sequence[str] = ()) -> int:
         cleanup(
             settings,
             [settings.topic_events, settings.topic_alerts, settings.topic_dlq, copy_topic],
+            prefix=f"bench{run}",
         )
     emit("scorer_events_per_s", rate, "events/s", bare, ratio=rate / bare)
     return 0

@@ -175,7 +175,7 @@ def main(argv: Sequence[str] = ()) -> int:
         services.stop()
         catcher.stop()
         consumer.close()
-        cleanup(settings, all_topics(settings))
+        cleanup(settings, all_topics(settings), prefix=run)
     with (args.out / "soak.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -185,8 +185,9 @@ class Replay:
 
     def clean(self) -> None:
         admin = make_admin(self.settings)
-        prefix = f"replay-{self.run}."
-        admin.delete_topics([t for t in admin.list_topics() if t.startswith(prefix)])
+        # its topics (replay-<run>.*) and the scorer's Faust leader topic (replay-<run>-scorer-...)
+        mine = (f"replay-{self.run}.", f"replay-{self.run}-")
+        admin.delete_topics([t for t in admin.list_topics() if t.startswith(mine)])
         admin.close()
         for key in self.redis.scan_iter(match=f"{self.settings.key_prefix}:*", count=5000):
             self.redis.unlink(key)

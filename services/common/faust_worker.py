@@ -7,6 +7,7 @@ from typing import Any
 import faust
 
 from services.common.gc_tuning import tune_gc
+from services.common.kafka import ensure_topics
 from services.common.kafka_security import faust_credentials
 from services.common.logs import worker_logging_config
 from services.common.settings import CommonSettings
@@ -43,6 +44,10 @@ def make_faust_app(
 
 def run_faust_worker(app: faust.App, settings: CommonSettings) -> int:
     """Run until stopped, logging JSON (with masking) like every other process."""
+    # Faust's consumer always reads its leader topic (the scorer's reads nothing else),
+    # and may not declare it (topic_allow_declare=False): made here, one partition as
+    # Faust would, so a start does not log "topic not found" errors.
+    ensure_topics(settings, [f"{app.conf.id}-__assignor-__leader"], partitions=1)
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,

@@ -99,7 +99,11 @@ def broker_answers(bootstrap: str | CommonSettings, *, timeout_ms: int = 3000) -
 
 
 def ensure_topics(
-    settings: CommonSettings, topics: list[str] | None = None, *, timeout_s: float = 30.0
+    settings: CommonSettings,
+    topics: list[str] | None = None,
+    *,
+    partitions: int | None = None,
+    timeout_s: float = 30.0,
 ) -> None:
     """Create the deployment's topics if they are missing (idempotent).
 
@@ -112,7 +116,7 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics())
         missing = [
-            NewTopic(name, settings.topic_partitions, settings.topic_replication)
+            NewTopic(name, partitions or settings.topic_partitions, settings.topic_replication)
             for name in wanted
             if name not in existing
         ]

@@ -238,15 +238,19 @@ def encode_snapshot(snap: Snapshot) -> bytes:
         return orjson.dumps(snap.to_dict())
     codes = bytearray((len(snap.features) + 3) // 4)
     values = bytearray()
+    f16, f32 = _F16.pack, _F32.pack
     for i, v in enumerate(snap.features.values()):
-        if v == 0:
+        if not v:
             continue
-        if v == int(v) and 0 < v < 256:
-            code, values = 1, values + bytes((int(v),))
+        if 0 < v < 256 and v == int(v):
+            code = 1
+            values.append(int(v))
         elif -_F16_MAX <= v <= _F16_MAX:
-            code, values = 2, values + _F16.pack(v)
+            code = 2
+            values += f16(v)
         else:
-            code, values = 3, values + _F32.pack(v)
+            code = 3
+            values += f32(v)
         codes[i >> 2] |= code << (2 * (i & 3))
     head = _SNAP_HEAD.pack(SNAPSHOT_MARK, layout, snap.taken_at, snap.raw, snap.risk)
     return head + codes + values
