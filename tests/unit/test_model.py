@@ -14,6 +14,7 @@ from services.scorer.core.model import (
     LABELS,
     PRIOR_BASE,
     TIE_BREAK,
+    BinCalibrator,
     CheckpointError,
     ChurnModel,
     ModelSettings,
@@ -90,6 +91,20 @@ def test_learned_model_beats_prior_and_is_calibrated() -> None:
     # Class weighting inflates the raw probability; the calibrator brings it back.
     assert abs(mean_risk - churn_rate) < 0.03
     assert mean_raw > churn_rate + 0.05
+
+
+def test_calibration_keeps_the_learners_order_where_most_users_sit_in_one_bin() -> None:
+    """A high-churn population: nearly every raw score in the top bin. The calibrated
+    risk still ranks them, and 6 decimals (alerts, replay scores) keep that order."""
+    cal = BinCalibrator(bins=20, window=5000)
+    rng = random.Random(3)
+    for _ in range(3000):
+        raw = 0.975 + 0.025 * rng.random() if rng.random() < 0.9 else rng.random()
+        cal.learn(raw, rng.random() < raw)
+    raws = [0.976 + 0.0023 * k for k in range(10)]
+    risks = [round(cal.predict(r), 6) for r in raws]
+    assert risks == sorted(set(risks)) and risks[0] > 0.0 and risks[-1] < 1.0
+    assert cal.predict(0.0) == 0.0 and cal.predict(1.0) == 1.0
 
 
 def test_fresh_model_scores_with_the_prior_until_the_learner_is_measured_better() -> None:
