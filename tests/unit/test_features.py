@@ -62,6 +62,7 @@ CONTRACT_KEYS = [
     "active_span_days",
     "mean_gap_days",
     "recency_vs_gap",
+    "revenue_total",
 ]
 _ids = iter(range(10**9))
 
@@ -301,6 +302,7 @@ def test_lifetime_counters_outlive_the_90_day_windows() -> None:
     v = to_vector(state, (T0 + 230 * day).timestamp())
     assert v["purchases_90d"] == v["active_days_90d"] == 1.0  # the windows forgot the rest
     assert v["active_days_total"] == 4.0 and v["purchases_total"] == 5.0
+    assert v["revenue_total"] == 25.0 and v["revenue_90d"] == 5.0
     assert v["active_span_days"] == 200.0 and v["mean_gap_days"] == pytest.approx(200 / 3)
     assert v["recency_vs_gap"] == pytest.approx(30 / (200 / 3))
     once = to_vector(fold([ev(T0)]), (T0 + 9 * day).timestamp())
@@ -339,6 +341,16 @@ def test_a_format_2_state_still_decodes() -> None:
     state = _typical_user()
     assert decode_state(as_json(state, 2)) == state
     assert len(encode_state(state)) < len(as_json(state, 2))
+
+
+def test_a_format_3_state_decodes_with_the_kept_days_revenue() -> None:
+    day = timedelta(days=1)
+    state = fold([ev(T0 + d * day, "purchase", amount=5.0) for d in (0, 100)])
+    packed = msgpack.unpackb(encode_state(state))
+    old = decode_state(msgpack.packb([3, *packed[1:17]]))
+    # Format 3 had no lifetime revenue: the kept days' is a lower bound.
+    assert (state.revenue_total_c, old.revenue_total_c) == (1000, 500)
+    assert old.days == state.days and old.purchases_total == state.purchases_total == 2
 
 
 def test_remembered_ids_stay_within_the_lateness_window_and_the_cap() -> None:

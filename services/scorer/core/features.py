@@ -54,8 +54,8 @@ from services.common.events import UserEvent
 
 # 2 added the lifetime counters; 3 is format 2's list in MessagePack, the seen ids as
 # raw bytes, a well-known last type as its index in _STORED_TYPES (~165 bytes a user
-# instead of ~290). 1 and 2 (JSON) still decode.
-FORMAT_VERSION = 3
+# instead of ~290); 4 adds the lifetime revenue. 1, 2 (JSON) and 3 still decode.
+FORMAT_VERSION = 4
 # Event types stored as a number in format 3. Append only: the index is stored.
 _STORED_TYPES = (
     "signup",
@@ -153,9 +153,10 @@ class UserState:
     days: dict[int, Day] = field(default_factory=dict)
     seen: dict[int, int] = field(default_factory=dict)
     # Whole-history counters (the windows forget after 90 days): local days with
-    # user activity, and purchases, since first seen.
+    # user activity, purchases, and revenue in cents, since first seen.
     active_days_total: int = 0
     purchases_total: int = 0
+    revenue_total_c: int = 0
 
 
 def _hash64(text: str) -> int:
@@ -183,9 +184,7 @@ def _bump_day(day: Day | None, event: UserEvent, *, user: bool) -> Day:
         c[slot] += 1
     if etype in PAYMENT_TYPES:
         c[PURCHASES] += 1
-        amount = event.amount
-        if math.isfinite(amount) and abs(amount) < 1e9:
-            c[REVENUE_C] += round(amount * 100)
+        c[REVENUE_C] += _revenue_cents(event)
     elif etype == "session_end":
         duration = props.get("duration_s")
         if isinstance(duration, int | float) and 0 < duration < DAY_S:
@@ -197,6 +196,14 @@ def _bump_day(day: Day | None, event: UserEvent, *, user: bool) -> Day:
     if isinstance(feature, str) and feature and len(feats) < MAX_FEATURES_PER_DAY:
         feats = feats | {_feature_hash(feature)}
     return tuple(c), feats
+
+
+def _revenue_cents(event: UserEvent) -> int:
+    """A payment's ``amount`` in whole cents; 0 for anything else or a nonsense amount."""
+    if event.type not in PAYMENT_TYPES:
+        return 0
+    amount = event.amount
+    return round(amount * 100) if math.isfinite(amount) and abs(amount) < 1e9 else 0
 
 
 def _plan_candidate(event: UserEvent, current: str | None) -> tuple[bool, str | None]:
@@ -286,6 +293,7 @@ def update_features(
         seen,
         old.active_days_total + new_day,
         old.purchases_total + (etype in PAYMENT_TYPES),
+        old.revenue_total_c + _revenue_cents(event),
     )
 
 
@@ -369,7 +377,8 @@ def to_vector(
     seen to last activity), ``mean_gap_days`` (span / (active days - 1); 0
     before a second active day) and ``recency_vs_gap`` (recency / mean gap:
     away for longer than usual *for this user*; before a second active day the
-    usual gap counts as one day, so it is the recency).
+    usual gap counts as one day, so it is the recency); and RFM's monetary
+    part, ``revenue_total`` (payments since first seen).
 
     >>> from datetime import datetime, UTC
     >>> e = UserEvent("a", "u", "purchase", datetime(2026, 1, 5, tzinfo=UTC),
@@ -452,10 +461,10 @@ def _lifetime(state: UserState, recency_days: float) -> dict[str, float]:
     """The whole-history features of ``to_vector``.
 
     >>> s = UserState(first_seen=0, last_seen=20 * DAY_S, last_active=20 * DAY_S,
-    ...               active_days_total=3, purchases_total=2)
+    ...               active_days_total=3, purchases_total=2, revenue_total_c=2500)
     >>> _lifetime(s, 30.0)
     {'active_days_total': 3.0, 'purchases_total': 2.0, 'active_span_days': 20.0, \
-'mean_gap_days': 10.0, 'recency_vs_gap': 3.0}
+'mean_gap_days': 10.0, 'recency_vs_gap': 3.0, 'revenue_total': 25.0}
     """
     n = state.active_days_total
     span = max((state.last_active or state.first_seen) - state.first_seen, 0) / DAY_S
@@ -469,6 +478,7 @@ def _lifetime(state: UserState, recency_days: float) -> dict[str, float]:
         # does no gap yet (one active day): every day away counts. (It was 0 there,
         # "right on schedule", which ranked one-time buyers as the safest of the gone.)
         "recency_vs_gap": recency_days / max(gap, 1.0),
+        "revenue_total": state.revenue_total_c / 100,
     }
 
 
@@ -486,7 +496,7 @@ def encode_state(state: UserState) -> bytes:
     >>> from datetime import datetime, UTC
     >>> e = UserEvent("a", "u", "login", datetime(2026, 1, 5, tzinfo=UTC))
     >>> msgpack.unpackb(encode_state(update_features(None, e, settings=FeatureSettings())))[:5]
-    [3, 1767571200, 0, 0, 0]
+    [4, 1767571200, 0, 0, 0]
     """
     ls = state.last_seen
     items = sorted(state.days.items())
@@ -528,6 +538,7 @@ def encode_state(state: UserState) -> bytes:
             seen,
             state.active_days_total,
             state.purchases_total,
+            state.revenue_total_c,
         ]
     )
 
@@ -539,8 +550,9 @@ def decode_state(data: bytes | str) -> UserState:
     """Inverse of :func:`encode_state` (bytes, or text from a decoding Redis client).
 
     Raises ``ValueError`` on an unknown format version. Formats 1 and 2 (JSON)
-    still decode; format 1 (before the lifetime counters): its active days are
-    those in the kept history, its purchases the kept ones (lower bounds).
+    and 3 still decode; format 1 (before the lifetime counters): its active days
+    are those in the kept history, its purchases the kept ones (lower bounds);
+    formats 1-3 (before the lifetime revenue): the kept days' revenue, likewise.
 
     >>> decode_state(b'[2,100,0,0,0,-1,-1,-1,-1,"","","login",0,[[0,1]],"",1,0]').last_seen
     100
@@ -548,7 +560,7 @@ def decode_state(data: bytes | str) -> UserState:
     json = data[:1] in (b"[", "[")
     packed = orjson.loads(data) if json else msgpack.unpackb(data, use_list=False)
     version = packed[0] if isinstance(packed, list | tuple) and packed else None
-    if version not in (1, 2, FORMAT_VERSION):
+    if version not in (1, 2, 3, FORMAT_VERSION):
         raise ValueError(f"unknown feature state format {version!r}")
     _, ls, first, active, engaged, churn, uninstall, signup, plan_at = packed[:9]
     tz, plan, last_type, day, rows, seen_text = packed[9:15]
@@ -572,6 +584,7 @@ def decode_state(data: bytes | str) -> UserState:
         n_buys = sum(c[PURCHASES] for c, _ in days.values())
     else:
         n_days, n_buys = packed[15:17]
+    revenue = packed[17] if version >= 4 else sum(c[REVENUE_C] for c, _ in days.values())
     return UserState(  # positional: this runs once per event on the hot path
         ls - first,
         ls,
@@ -588,6 +601,7 @@ def decode_state(data: bytes | str) -> UserState:
         seen,
         n_days,
         n_buys,
+        revenue,
     )
 
 

@@ -82,6 +82,7 @@ LABELS: dict[str, str] = {
     "active_span_days": "days from first seen to last activity",
     "mean_gap_days": "usual days between active days",
     "recency_vs_gap": "time away against the user's usual gap",
+    "revenue_total": "revenue since first seen",
 }
 # Read by segments and reasons, never learned: in a history where users arrived
 # together (a one-cohort replay, or the months after a first deployment) tenure

@@ -85,12 +85,13 @@ FEATURES: tuple[str, ...] = (
     "active_span_days",
     "mean_gap_days",
     "recency_vs_gap",
+    "revenue_total",
 )
 _FEATURE_ID = {name: i for i, name in enumerate(FEATURES)}
 
-# Snapshot layouts: the vector's keys in order. Layout 0 is ``to_vector``'s
-# with the default windows. Append only.
-LAYOUTS: tuple[tuple[str, ...], ...] = (FEATURES,)
+# Snapshot layouts: the vector's keys in order. Layout 1 is ``to_vector``'s
+# with the default windows; layout 0 is the same before ``revenue_total``. Append only.
+LAYOUTS: tuple[tuple[str, ...], ...] = (FEATURES[: FEATURES.index("revenue_total")], FEATURES)
 _LAYOUT_ID = {names: i for i, names in enumerate(LAYOUTS)}
 
 RECORD_MARK = 0x01
