@@ -109,10 +109,15 @@ class ModelSettings:
     kind: Literal["logreg", "forest"] = "logreg"
     # A constant SGD step tracks the newest labels; delayed labels arrive skewed by
     # class (survivors resolve first), so a small step that averages over more of
-    # them ranks better (CDNOW calibration-only check: ROC AUC 0.67 at 0.05, 0.71 at
-    # 0.01, 0.70 at 0.002; the simulated stream's progressive AUC 0.881 -> 0.888).
-    learning_rate: float = 0.01
-    l2: float = 1e-4
+    # them ranks better. L2 keeps near-duplicate features (a 90-day window and its
+    # lifetime total, equal while users are young) from splitting one signal into
+    # large weights of opposite sign, whose difference scoring then extrapolates:
+    # a full batch fit on the same labels shows it too. CDNOW calibration-only
+    # check (BENCHMARKS.md), step/L2: 0.01/1e-4 0.720, 0.01/0.01 0.745, 0.005/0.01
+    # 0.746 (0.742-0.747 on reordered label streams, where 0.01/1e-4 swings
+    # 0.720-0.745); the simulated stream's progressive AUC 0.891 -> 0.890.
+    learning_rate: float = 0.005
+    l2: float = 0.01
     positive_weight: float = 3.0
     prior_weight_labels: int = 500
     calibration_bins: int = 20
