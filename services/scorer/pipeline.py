@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Protocol
@@ -169,7 +169,8 @@ class BatchScorer:
             write = user_write(
                 uid, state, result, active_days=days, previous=previous_stage(row.record)
             )
-            writes.append(replace(write, winback=outcome, winback_counter=counter))
+            write.winback, write.winback_counter = outcome, counter
+            writes.append(write)
             if result.alert is not None:
                 out.alerts.append(result.alert)
         out.users = len(writes)

@@ -129,7 +129,10 @@ def join_user(
     return b"".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass is built field by field through object.__setattr__
+# (~100 ns a field), and this one is made for every user read on the scorer's hot path. Treat
+# it as immutable all the same.
+@dataclass(slots=True)
 class UserString:
     record: bytes
     snapshot_day: int

@@ -134,7 +134,10 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
     return (items[i : i + size] for i in range(0, len(items), size))
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass is built field by field through object.__setattr__
+# (~100 ns a field), and this one is made for every user read on the scorer's hot path. Treat
+# it as immutable all the same.
+@dataclass(slots=True)
 class StoredUser:
     features: bytes | None
     policy: bytes | None
@@ -143,7 +146,10 @@ class StoredUser:
     winback: bytes | None = None  # the latest win-back decision, written by the notifier
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass is built field by field through object.__setattr__
+# (~100 ns a field), and this one is made for every user written on the scorer's hot path. Treat
+# it as immutable all the same.
+@dataclass(slots=True)
 class UserWrite:
     user_id: str
     features: bytes

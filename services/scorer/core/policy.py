@@ -63,7 +63,10 @@ class PolicySettings:
         return self.by_stage.get(stage, self.thresholds) if stage else self.thresholds
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass is built field by field through object.__setattr__
+# (~100 ns a field), and this one is made for every score on the scorer's hot path. Treat
+# it as immutable all the same.
+@dataclass(slots=True)
 class AlertState:
     """What the policy remembers per user.
 
