@@ -228,10 +228,11 @@ def seed_snapshots(settings: CommonSettings, events: list[dict[str, Any]], now: 
     """One label snapshot per user, not due before an hour (:func:`make_due` moves that);
     returns the users."""
     from services.common.events import parse_event
-    from services.scorer.adapters.redis_store import pack_snapshot, user_key
+    from services.scorer.adapters.redis_store import join_user, user_key
     from services.scorer.config import ScorerSettings
     from services.scorer.core.features import FeatureSettings, apply_batch, to_vector
     from services.scorer.core.labels import take_snapshot
+    from services.scorer.core.records import encode_snapshot
 
     horizon = load_settings(ScorerSettings).scorer_horizon_days
     # Before the users' nine days of history: their first event already tells that
@@ -243,7 +244,6 @@ def seed_snapshots(settings: CommonSettings, events: list[dict[str, Any]], now: 
         if len(got) < 5:
             got.append(parse_event(e))
     r = redis.Redis.from_url(settings.redis_url)
-    due = f"{settings.key_prefix}:snapdue"
     with r.pipeline(transaction=False) as pipe:
         for n, (uid, first) in enumerate(firsts.items(), start=1):
             state, _ = apply_batch(None, first, settings=FeatureSettings())
@@ -251,20 +251,34 @@ def seed_snapshots(settings: CommonSettings, events: list[dict[str, Any]], now: 
             snap = take_snapshot(
                 uid, to_vector(state, taken_at), taken_at=taken_at, raw=0.0, risk=0.5
             )
-            key = user_key(settings.key_prefix, uid, "snap")
-            pipe.rpush(key, pack_snapshot(orjson.dumps(snap.to_dict())))
-            pipe.zadd(due, {uid: now + 3600})
+            # The user's string as the worker keeps it, holding only the snapshot: the
+            # worker's first write of the user adds the features and keeps the snapshot.
+            key = user_key(settings.key_prefix, uid, "s")
+            pipe.set(key, join_user(features=b"", snapshots=[encode_snapshot(snap)]))
+            pipe.zadd(due_key(settings, uid), {uid: now + 3600})
             if n % 5000 == 0:
                 pipe.execute()
         pipe.execute()
     return list(firsts)
 
 
+def due_key(settings: CommonSettings, uid: str) -> str:
+    """The shard of the label-due index that holds ``uid`` (see ``redis_store``)."""
+    from services.scorer.adapters.redis_store import shard_of
+
+    return f"{settings.key_prefix}:snapdue:{shard_of(uid, settings.redis_index_shards)}"
+
+
 def make_due(settings: CommonSettings, users: list[str], at: float) -> None:
-    """Let the seeded snapshots of ``users`` fall due at ``at`` (one ZADD per 10,000)."""
+    """Let the seeded snapshots of ``users`` fall due at ``at`` (one ZADD per shard)."""
+    by_shard: dict[str, dict[str, float]] = {}
+    for uid in users:
+        by_shard.setdefault(due_key(settings, uid), {})[uid] = at
     r = redis.Redis.from_url(settings.redis_url)
-    for start in range(0, len(users), 10_000):
-        r.zadd(f"{settings.key_prefix}:snapdue", dict.fromkeys(users[start : start + 10_000], at))
+    with r.pipeline(transaction=False) as pipe:
+        for key, members in by_shard.items():
+            pipe.zadd(key, members)
+        pipe.execute()
 
 
 def free_port() -> int:

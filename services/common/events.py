@@ -95,6 +95,8 @@ def parse_time(value: Any, *, path: str) -> datetime:
         raise InvalidEvent(
             f"{path} is not an RFC 3339 timestamp: {value[:40]!r}", path=path
         ) from None
+    if parsed.tzinfo is UTC:  # "Z" and "+00:00" parse to the UTC singleton: nothing to do
+        return parsed
     if parsed.tzinfo is None:
         raise InvalidEvent(f"{path} must carry a time zone (e.g. 'Z' or '+02:00')", path=path)
     return parsed.astimezone(UTC)
@@ -104,16 +106,18 @@ def parse_event(raw: dict[str, Any]) -> UserEvent:
     """Build a :class:`UserEvent` from an already schema-valid mapping.
 
     Raises :class:`InvalidEvent` for what the schema cannot say (time zones).
+    The event takes ``raw``'s properties and context as they are (no copies: the
+    scorer makes one event per record, from a mapping it decoded itself).
     """
     received = raw.get("received_at")
     return UserEvent(
-        event_id=str(raw["event_id"]),
-        user_id=str(raw["user_id"]),
-        type=str(raw["type"]),
-        occurred_at=parse_time(raw["occurred_at"], path="occurred_at"),
-        received_at=parse_time(received, path="received_at") if received else None,
-        properties=dict(raw.get("properties") or {}),
-        context=dict(raw.get("context") or {}),
+        str(raw["event_id"]),
+        str(raw["user_id"]),
+        str(raw["type"]),
+        parse_time(raw["occurred_at"], path="occurred_at"),
+        parse_time(received, path="received_at") if received else None,
+        raw.get("properties") or {},
+        raw.get("context") or {},
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.scorer.core.features import decode_state
+from services.scorer.core.features import state_times
 from services.scorer.core.labels import (
     LabelSettings,
     Snapshot,
@@ -128,14 +128,14 @@ async def resolve_labels(
         for uid in chunk:
             features, raw_snaps = rows[uid]
             snaps = [decode_snapshot(s, uid) for s in raw_snaps]
-            if features is None:  # the user's state expired: nothing to learn against
+            if not features:  # the user's state expired: nothing to learn against
                 remaining[uid] = (len(snaps), None)
                 continue
-            state = decode_state(features)
-            last_active = float(state.last_active or state.last_seen)
+            last_seen, active_at, churn_at = state_times(features)
+            last_active = float(active_at or last_seen)
             resolved, pending = label_user(
                 snaps,
-                churn_at=float(state.churn_at),
+                churn_at=float(churn_at),
                 last_active=last_active,
                 now=now,
                 settings=settings,

@@ -612,3 +612,24 @@ def _decode_seen(blob: bytes, hour_now: int) -> dict[int, int]:
     ids = struct.unpack_from(f"<{n}Q", blob, 1)
     backs = blob[1 + 8 * n :] if width == 1 else struct.unpack_from(f"<{n}H", blob, 1 + 8 * n)
     return dict(zip(ids, map(operator.sub, itertools.repeat(hour_now, n), backs), strict=True))
+
+
+def state_times(data: bytes | str) -> tuple[int, int, int]:
+    """``(last_seen, last_active, churn_at)`` of a stored state, without decoding its days.
+
+    Label resolution needs only these three; a full :func:`decode_state` builds
+    every day's counters and the remembered ids, several times the work.
+
+    >>> from datetime import datetime, UTC
+    >>> e = UserEvent("a", "u", "login", datetime(2026, 1, 5, tzinfo=UTC))
+    >>> s = update_features(None, e, settings=FeatureSettings())
+    >>> state_times(encode_state(s)) == (s.last_seen, s.last_active, s.churn_at)
+    True
+    """
+    json = data[:1] in (b"[", "[")
+    packed = orjson.loads(data) if json else msgpack.unpackb(data, use_list=False)
+    version = packed[0] if isinstance(packed, list | tuple) and packed else None
+    if version not in (1, 2, 3, FORMAT_VERSION):
+        raise ValueError(f"unknown feature state format {version!r}")
+    ls, active, churn = packed[1], packed[3], packed[5]
+    return ls, ls - active if active >= 0 else 0, ls - churn if churn >= 0 else 0

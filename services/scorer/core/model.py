@@ -348,6 +348,38 @@ def prepare(x: dict[str, float]) -> dict[str, float]:
     return {k: math.copysign(math.log1p(abs(v := get(k, 0.0))), v) for k in FEATURES}
 
 
+def scale_and_learn(
+    scaler: preprocessing.StandardScaler, x: dict[str, float]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """River's ``transform_one(x)``, ``learn_one(x)``, ``transform_one(x)`` in one pass.
+
+    The same arithmetic on the scaler's own running counts, means and variances
+    (a test holds it equal to River's three calls), a third of the dict work:
+    learning a label is this, the logistic step and little else.
+
+    >>> scaler = preprocessing.StandardScaler()
+    >>> for v in (1.0, 3.0):
+    ...     _ = scale_and_learn(scaler, {"a": v})
+    >>> scale_and_learn(scaler, {"a": 5.0})
+    ({'a': 3.0}, {'a': 1.224744871391589})
+    """
+    if scaler.window_size is not None or not scaler.with_std:
+        before = scaler.transform_one(x)
+        scaler.learn_one(x)
+        return before, scaler.transform_one(x)
+    counts, means, variances = scaler.counts, scaler.means, scaler.vars
+    before, after = {}, {}
+    for i, xi in x.items():
+        mean, var = means[i], variances[i]
+        before[i] = (xi - mean) / var**0.5 if var else 0.0
+        n = counts[i] + 1
+        counts[i] = n
+        means[i] = new_mean = mean + (xi - mean) / n
+        variances[i] = var = var + ((xi - mean) * (xi - new_mean) - var) / n
+        after[i] = (xi - new_mean) / var**0.5 if var else 0.0
+    return before, after
+
+
 def _build(settings: ModelSettings) -> compose.Pipeline:
     if settings.kind == "forest":
         learner: Any = forest.ARFClassifier(n_models=settings.forest_models, seed=settings.seed)
@@ -423,7 +455,7 @@ class ChurnModel:
         either class (``blend_min_class``) is no evidence: the prior keeps it all.
         """
         s = self.settings
-        positives = sum(1 for *_, y in self.judged if y)
+        positives = sum(y for _, _, y in self.judged)
         if min(positives, len(self.judged) - positives) < s.blend_min_class:
             self.prior_share = 1.0
             return
@@ -465,18 +497,18 @@ class ChurnModel:
         weight = self.settings.positive_weight if label else 1.0
         if self.settings.kind == "logreg":
             # The pipeline's learn_one, step by step, so that the prediction before
-            # learning and the learning share one prepare(x) (~a third of a label's cost).
-            prepared = prepare(x)
+            # learning and the learning share one prepare(x) (~a third of a label's cost),
+            # and the scaler's three passes (scale, learn, scale again) are one.
             scaler, logreg = self.pipeline["StandardScaler"], self.pipeline["LogisticRegression"]
-            raw = logreg.predict_proba_one(scaler.transform_one(prepared))[True]
+            before, after = scale_and_learn(scaler, prepare(x))
+            raw = logreg.predict_proba_one(before)[True]
         else:
             raw = self.raw(x)
         # Calibrate and judge on the prediction made before learning: honest, out of sample.
         self.calibrator.learn(raw, label)
         self.judged.append((prior_risk(x), raw, label))
         if self.settings.kind == "logreg":
-            scaler.learn_one(prepared)
-            logreg.learn_one(scaler.transform_one(prepared), label, w=weight)
+            logreg.learn_one(after, label, w=weight)
         else:
             # ARF takes no sample weight; repeating a positive is the weighting it supports.
             for _ in range(max(1, round(weight))):
