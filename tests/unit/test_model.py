@@ -283,3 +283,20 @@ def test_tenure_is_read_but_never_learned() -> None:
     assert "tenure_days" not in model.pipeline["LogisticRegression"]._weights
     x = synthetic_user(random.Random(6))[0]
     assert model.raw(x) == model.raw({**x, "tenure_days": 5000.0})
+
+
+def test_scale_and_learn_equals_rivers_three_calls() -> None:
+    # The fused pass reads River's scaler internals: a River upgrade that changes
+    # them must fail here, not drift the model silently.
+    from river import preprocessing
+
+    from services.scorer.core.model import scale_and_learn
+
+    rng = random.Random(7)
+    river, fused = preprocessing.StandardScaler(), preprocessing.StandardScaler()
+    for _ in range(2000):
+        x = {k: rng.choice([0.0, 3.0, rng.random() * 100, -rng.random()]) for k in "abcdef"}
+        before = river.transform_one(x)
+        river.learn_one(x)
+        assert scale_and_learn(fused, x) == (before, river.transform_one(x))
+    assert (fused.counts, fused.means, fused.vars) == (river.counts, river.means, river.vars)
