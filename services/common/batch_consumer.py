@@ -13,9 +13,13 @@ Guarantees (DESIGN §7):
 
 - at least once: an offset is committed only after the handler returned, i.e.
   after the batch's effects are durable; a handler that raises stops the
-  consumer before anything of its batch is committed;
+  consumer before anything of its batch is committed. The commit itself goes
+  out while the next batch is handled (one in flight at a time, in order): it
+  is a round trip to the group coordinator, ~7 ms of every ~90 ms batch under
+  load, and a crash before it lands only redelivers a batch whose effects are
+  idempotent;
 - no two owners at once: a rebalance waits for the batch in hand to finish
-  and commits it before the partitions are given away (the rebalance
+  and for its commit before the partitions are given away (the rebalance
   listener takes the same lock as a batch), and records fetched for revoked
   partitions are dropped by aiokafka, never handed over;
 - in order per partition, one batch at a time.
@@ -96,7 +100,8 @@ class BatchConsumer:
             "heartbeat_interval_ms": int(min(3.0, session_timeout_s / 3) * 1000),
             **aiokafka_options(settings),
         }
-        self.lock = asyncio.Lock()  # held while a batch is handled and committed
+        self.lock = asyncio.Lock()  # held while a batch is handled and its commit sent
+        self._commit: asyncio.Future[None] | None = None  # the last batch's, in flight
         self.batches = 0
         self.generation = 0  # partitions revoked so many times
         self._stopping = False
@@ -111,6 +116,7 @@ class BatchConsumer:
         """Finish the batch in hand (it commits), then leave the group."""
         self._stopping = True
         async with self.lock:
+            await self.committed()
             if self.consumer is not None:
                 await self.consumer.stop()
 
@@ -122,8 +128,15 @@ class BatchConsumer:
                 continue
             async with self.lock:
                 await self.handler(records)
-                await self.commit(records)
+                await self.committed()  # the batch before: commits stay in order
+                self._commit = asyncio.ensure_future(self.commit(records))
             self.batches += 1
+
+    async def committed(self) -> None:
+        """Wait for the commit in flight, if any (rebalance, stop, the next commit)."""
+        pending, self._commit = self._commit, None
+        if pending is not None:
+            await pending
 
     async def fetch(self) -> list[Record]:
         """The next batch: what the fetcher holds, after waiting up to 1 s for a first record."""
@@ -171,10 +184,12 @@ class _Listener(ConsumerRebalanceListener):
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # The batch in hand commits before it lets go of the lock. Between fetching a
-        # batch and taking the lock there is no await, so no batch of revoked
-        # partitions is handled after this (see fetch for the one await inside).
+        # The batch in hand sends its commit before it lets go of the lock, and the
+        # commit lands before the partitions go. Between fetching a batch and taking
+        # the lock there is no await, so no batch of revoked partitions is handled
+        # after this (see fetch for the one await inside).
         async with self.owner.lock:
+            await self.owner.committed()
             self.owner.generation += 1
             log.info("partitions revoked", extra={"partitions": len(revoked)})
 

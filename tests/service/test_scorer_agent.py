@@ -341,3 +341,49 @@ def test_events_later_than_the_tolerance_are_dead_lettered_and_others_applied() 
     assert out.dead[0].error_path == "occurred_at" and "older than" in out.dead[0].reason
     state = decode_state(store.rows[user.user_id].features or b"")
     assert to_vector(state, clock.now())["events_30d"] == 2.0
+
+
+def test_a_commit_flies_while_the_next_batch_is_handled_and_lands_before_a_revoke() -> None:
+    events: list[str] = []
+    gate = asyncio.Event()
+
+    class SlowCommits(FakeKafka):
+        async def commit(self, offsets: dict[Any, Any]) -> None:
+            events.append(f"commit {len(self.commits)} sent")
+            await gate.wait()
+            await super().commit(offsets)
+            events.append(f"commit {len(self.commits) - 1} landed")
+
+    async def note(records: list[Record]) -> None:
+        events.append(f"handle {records[0].offset}")
+
+    kafka = SlowCommits([records([b"a"]), records([b"b"], start=1), records([b"c"], start=2)])
+    consumer = BatchConsumer(
+        ScorerSettings(), topic="t", group="g", handler=note, max_records=10, consumer=kafka
+    )
+
+    async def scenario() -> None:
+        await consumer.start()
+        task = asyncio.create_task(consumer.run())
+        for _ in range(200):
+            if "handle 1" in events:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert "handle 1" in events, "the next batch is handled while a commit is in flight"
+        # Batch 1 was handled while batch 0's commit was in flight; batch 1's commit
+        # waits for batch 0's (in order), and so does batch 2.
+        assert "commit 0 landed" not in events and "handle 2" not in events
+        revoke = asyncio.create_task(kafka.listener.on_partitions_revoked([]))
+        await asyncio.sleep(0.05)
+        assert not revoke.done(), "a revoke waits for the commit in flight"
+        gate.set()
+        await asyncio.wait_for(revoke, 5)
+        await asyncio.wait_for(kafka.drained.wait(), 5)
+        await consumer.stop()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    assert kafka.commits == [{("user-events", 0): n} for n in (1, 2, 3)]
+    assert events.index("commit 0 landed") < events.index("commit 1 sent")
+    assert events.index("handle 1") < events.index("commit 0 landed")
