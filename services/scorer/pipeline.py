@@ -129,7 +129,9 @@ class BatchScorer:
             row = stored[uid]
             before = decode_state(row.features) if row.features else None
             state = before
-            for record, event in sorted(items, key=lambda pair: pair[1].occurred_at):
+            if len(items) > 1:
+                items.sort(key=_event_time)
+            for record, event in items:
                 try:
                     updated = update_features(state, event, settings=self.features)
                 except LateEvent as exc:
@@ -143,11 +145,13 @@ class BatchScorer:
             out.newest_ts = max(out.newest_ts, float(state.last_seen))
             days = tuple(sorted({_utc_day(int(e.ts // 86_400)) for _, e in items}))
             types = {e.type for _, e in items}
-            outcome, counter = winback_outcome(
-                row.winback, [e for _, e in items], now=now, window_s=self.winback_window_s
-            )
-            if outcome == "won":
-                out.winbacks[counter] += 1
+            outcome, counter = None, ""
+            if row.winback is not None:
+                outcome, counter = winback_outcome(
+                    row.winback, [e for _, e in items], now=now, window_s=self.winback_window_s
+                )
+                if outcome == "won":
+                    out.winbacks[counter] += 1
             if not needs_rescore(row.policy, types, now, every_s=self.rescore_every_s):
                 writes.append(
                     UserWrite(
@@ -179,6 +183,10 @@ class BatchScorer:
             await self.store.save(writes)
             out.redis_s["save"] = time.perf_counter() - started
         return out
+
+
+def _event_time(pair: tuple[Record, UserEvent]) -> float:
+    return pair[1].ts
 
 
 @lru_cache(maxsize=1024)
