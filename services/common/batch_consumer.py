@@ -22,7 +22,11 @@ Guarantees (DESIGN §7):
   and for its commit before the partitions are given away (the rebalance
   listener takes the same lock as a batch), and records fetched for revoked
   partitions are dropped by aiokafka, never handed over;
-- in order per partition, one batch at a time.
+- in order per partition, one batch at a time: the next batch is fetched and
+  ``prepare``-d (decoded, validated: pure work, no state) while the one before
+  is handled, which spends much of its time waiting on Redis; it is handled
+  only once the one before is done, and not at all if a rebalance came in
+  between (its records are read again from the last commit by their owner).
 
 A batch is whatever the fetcher holds when the handler is free, up to
 ``max_records``: under load they are full, when traffic is light a batch is
@@ -48,7 +52,9 @@ from services.common.settings import CommonSettings
 log = logging.getLogger("churnwatch.consumer")
 
 
-Handler = Callable[[list[Record]], Awaitable[None]]
+# A batch's records, and what ``prepare`` made of them (None without a prepare step).
+Handler = Callable[[list[Record], Any], Awaitable[None]]
+Prepare = Callable[[list[Record]], Any]
 
 
 def next_offsets(records: Sequence[Record]) -> dict[tuple[str, int], int]:
@@ -68,9 +74,10 @@ def next_offsets(records: Sequence[Record]) -> dict[tuple[str, int], int]:
 class BatchConsumer:
     """One consumer-group member that feeds ``handler`` whole batches (see the module doc).
 
-    ``consumer`` is for tests (anything with aiokafka's ``start``, ``stop``,
-    ``subscribe``, ``getmany`` and ``commit``); by default an ``AIOKafkaConsumer``
-    is built from the settings.
+    ``prepare`` turns a batch's records into what ``handler`` gets besides them
+    (run ahead, see the module doc). ``consumer`` is for tests (anything with
+    aiokafka's ``start``, ``stop``, ``subscribe``, ``getmany`` and ``commit``);
+    by default an ``AIOKafkaConsumer`` is built from the settings.
     """
 
     def __init__(
@@ -81,12 +88,14 @@ class BatchConsumer:
         group: str,
         handler: Handler,
         max_records: int,
+        prepare: Prepare | None = None,
         fill_within_s: float = 0.0,
         session_timeout_s: float = 10.0,
         consumer: Any = None,
     ) -> None:
         self.topic = topic
         self.handler = handler
+        self.prepare = prepare
         self.max_records = max_records
         self.fill_within_s = fill_within_s
         self.consumer = consumer
@@ -121,16 +130,38 @@ class BatchConsumer:
                 await self.consumer.stop()
 
     async def run(self) -> None:
-        """Fetch, handle and commit until :meth:`stop`; a handler error propagates."""
-        while not self._stopping:
-            records = await self.fetch()
-            if not records or self._stopping:
-                continue
-            async with self.lock:
-                await self.handler(records)
-                await self.committed()  # the batch before: commits stay in order
-                self._commit = asyncio.ensure_future(self.commit(records))
-            self.batches += 1
+        """Fetch, handle and commit until :meth:`stop`; a handler error propagates.
+
+        The batch in hand is handled by a task of its own, so that the next one
+        is fetched and prepared meanwhile (module doc).
+        """
+        handling: asyncio.Future[None] | None = None
+        try:
+            while not self._stopping:
+                records = await self.fetch()
+                generation = self.generation  # fetch dropped what a rebalance inside it revoked
+                prepared = self.prepare(records) if records and self.prepare else None
+                if handling is not None:
+                    await handling  # the batch before, whose error stops us here
+                    handling = None
+                if records and not self._stopping:
+                    handling = asyncio.ensure_future(
+                        self._handle(records, prepared, generation=generation)
+                    )
+            if handling is not None:
+                await handling
+        finally:
+            if handling is not None and not handling.done():
+                handling.cancel()
+
+    async def _handle(self, records: list[Record], prepared: Any, *, generation: int) -> None:
+        async with self.lock:
+            if self.generation != generation or self._stopping:
+                return  # revoked (or stopping) since it was fetched: read again from the commit
+            await self.handler(records, prepared)
+            await self.committed()  # the batch before: commits stay in order
+            self._commit = asyncio.ensure_future(self.commit(records))
+        self.batches += 1
 
     async def committed(self) -> None:
         """Wait for the commit in flight, if any (rebalance, stop, the next commit)."""
@@ -185,9 +216,9 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # The batch in hand sends its commit before it lets go of the lock, and the
-        # commit lands before the partitions go. Between fetching a batch and taking
-        # the lock there is no await, so no batch of revoked partitions is handled
-        # after this (see fetch for the one await inside).
+        # commit lands before the partitions go. A batch fetched before this and not
+        # handled yet sees the new generation under the lock and is dropped, as is
+        # one whose fetch spanned a rebalance (see fetch).
         async with self.owner.lock:
             await self.owner.committed()
             self.owner.generation += 1

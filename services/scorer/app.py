@@ -28,7 +28,7 @@ from services.common.faust_worker import make_faust_app
 from services.common.messages import Record
 from services.scorer import metrics
 from services.scorer.config import ScorerSettings
-from services.scorer.pipeline import Outcome
+from services.scorer.pipeline import Decoded, Outcome, decode_batch
 from services.scorer.runtime import Runtime
 
 log = logging.getLogger("churnwatch.scorer")
@@ -63,11 +63,11 @@ def make_publisher(alerts: faust.types.TopicT, dlq: faust.types.TopicT) -> Publi
 def batch_handler(runtime: Runtime, publish: Publish) -> Handler:
     """What the consumer runs on each micro-batch; it commits the offsets after it returns."""
 
-    async def handle(records: list[Record]) -> None:
+    async def handle(records: list[Record], decoded: Decoded | None = None) -> None:
         started = time.perf_counter()
         scorer = await runtime.scorer()
         async with runtime.state_lock:  # the sweep re-scores the same users' state
-            outcome = await _until_stored(scorer.handle, records)
+            outcome = await _until_stored(scorer.handle, records, decoded)
         await publish(outcome)
         await _until_stored(runtime.after_batch, outcome)
         metrics.EVENTS.inc(len(records))
@@ -105,6 +105,9 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
         topic=settings.topic_events,
         group=settings.scorer_group,
         handler=batch_handler(runtime, publish),
+        # Decoding and validating the next batch fills the Redis waits of this one
+        # (a replay scores per event in arrival order and decodes as it goes).
+        prepare=decode_batch if settings.scorer_clock == "live" else None,
         max_records=settings.scorer_batch_size,
         fill_within_s=settings.scorer_batch_within_s,
         session_timeout_s=settings.scorer_session_timeout_s,

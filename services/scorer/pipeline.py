@@ -76,6 +76,48 @@ def decode_record(record: Record) -> UserEvent:
     return parse_event(raw)
 
 
+def dead_record(record: Record, exc: Exception) -> DeadLetter:
+    """The dead letter of a record the scorer refuses, naming where it came from."""
+    return dead_letter(
+        record.value,
+        exc,
+        stage="scorer",
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+    )
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A micro-batch's events by user, in arrival order, and the records refused."""
+
+    by_user: dict[str, list[tuple[Record, UserEvent]]]
+    dead: list[DeadLetter]
+
+
+def decode_batch(records: list[Record]) -> Decoded:
+    """Decode and validate a micro-batch, grouping its events by user (no I/O, no state).
+
+    >>> good = Record(b"u", b'{"event_id": "e", "user_id": "u", "type": "login",'
+    ...               b' "occurred_at": "2026-01-02T03:04:05Z"}', "t", 0, 0)
+    >>> out = decode_batch([good, Record(None, b"{", "t", 0, 1)])
+    >>> list(out.by_user), [d.source.offset for d in out.dead]
+    (['u'], [1])
+    """
+    by_user: dict[str, list[tuple[Record, UserEvent]]] = defaultdict(list)
+    dead = []
+    for record in records:
+        try:
+            event = decode_record(record)
+        except InvalidEvent as exc:
+            dead.append(dead_record(record, exc))
+            continue
+        by_user[event.user_id].append((record, event))
+    return Decoded(by_user, dead)
+
+
 class BatchScorer:
     def __init__(
         self,
@@ -95,29 +137,19 @@ class BatchScorer:
         self.winback_window_s = winback_window_s
 
     def _dead(self, record: Record, exc: Exception) -> DeadLetter:
-        return dead_letter(
-            record.value,
-            exc,
-            stage="scorer",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-        )
+        return dead_record(record, exc)
 
-    async def handle(self, records: list[Record]) -> Outcome:
-        out = Outcome(events=len(records))
-        by_user: dict[str, list[tuple[Record, UserEvent]]] = defaultdict(list)
+    async def handle(self, records: list[Record], decoded: Decoded | None = None) -> Outcome:
+        """Score one micro-batch; ``decoded`` is :func:`decode_batch` of ``records`` when the
+        consumer decoded it ahead (while the batch before waited on Redis)."""
+        decoded = decoded or decode_batch(records)
+        out = Outcome(events=len(records), dead=list(decoded.dead))
+        by_user = decoded.by_user
         observe = getattr(self.clock, "observe", None)
-        for record in records:
-            try:
-                event = decode_record(record)
-            except InvalidEvent as exc:
-                out.dead.append(self._dead(record, exc))
-                continue
-            by_user[event.user_id].append((record, event))
-            if observe is not None:
-                observe(event.ts)
+        if observe is not None:
+            for items in by_user.values():
+                for _, event in items:
+                    observe(event.ts)
         if not by_user:
             return out
         started = time.perf_counter()

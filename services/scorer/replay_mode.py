@@ -21,7 +21,14 @@ from services.common.errors import InvalidEvent, LateEvent
 from services.common.events import UserEvent
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.core.features import UserState, decode_state, update_features
-from services.scorer.pipeline import BatchScorer, Outcome, Record, decode_record, user_write
+from services.scorer.pipeline import (
+    BatchScorer,
+    Decoded,
+    Outcome,
+    Record,
+    decode_record,
+    user_write,
+)
 from services.scorer.scoring import UserScore, previous_stage
 
 Sweep = Callable[[float], Awaitable[Outcome]]
@@ -43,7 +50,8 @@ class ReplayScorer(BatchScorer):
     interval: float = 3600.0
     tick: float | None = None
 
-    async def handle(self, records: list[Record]) -> Outcome:
+    async def handle(self, records: list[Record], decoded: Decoded | None = None) -> Outcome:
+        # Per event in arrival order, sweeping between: a batch decoded ahead is not used.
         out = Outcome(events=len(records))
         segment: list[tuple[Record, UserEvent]] = []
         for record in records:

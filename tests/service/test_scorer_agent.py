@@ -162,7 +162,7 @@ def test_a_micro_batch_is_scored_its_dead_letters_sent_and_then_committed() -> N
 
 
 def test_nothing_is_committed_when_the_handler_fails() -> None:
-    async def fail(records: list[Record]) -> None:
+    async def fail(records: list[Record], prepared: Any) -> None:
         raise RuntimeError("boom")
 
     kafka = FakeKafka([records([b"x"])])
@@ -186,7 +186,7 @@ def test_a_rebalance_waits_for_the_batch_in_hand_to_be_committed() -> None:
     release = asyncio.Event()
     order: list[str] = []
 
-    async def slow(records: list[Record]) -> None:
+    async def slow(records: list[Record], prepared: Any) -> None:
         order.append("handling")
         await release.wait()
         order.append("handled")
@@ -218,7 +218,7 @@ def test_a_rebalance_waits_for_the_batch_in_hand_to_be_committed() -> None:
 def test_records_fetched_before_a_rebalance_are_not_handled_after_it() -> None:
     handled: list[list[int]] = []
 
-    async def note(records: list[Record]) -> None:
+    async def note(records: list[Record], prepared: Any) -> None:
         handled.append([r.offset for r in records])
 
     class RebalancingKafka(FakeKafka):
@@ -354,7 +354,7 @@ def test_a_commit_flies_while_the_next_batch_is_handled_and_lands_before_a_revok
             await super().commit(offsets)
             events.append(f"commit {len(self.commits) - 1} landed")
 
-    async def note(records: list[Record]) -> None:
+    async def note(records: list[Record], prepared: Any) -> None:
         events.append(f"handle {records[0].offset}")
 
     kafka = SlowCommits([records([b"a"]), records([b"b"], start=1), records([b"c"], start=2)])
@@ -372,7 +372,7 @@ def test_a_commit_flies_while_the_next_batch_is_handled_and_lands_before_a_revok
         await asyncio.sleep(0.05)
         assert "handle 1" in events, "the next batch is handled while a commit is in flight"
         # Batch 1 was handled while batch 0's commit was in flight; batch 1's commit
-        # waits for batch 0's (in order), and so does batch 2.
+        # waits for batch 0's (in order), and batch 2 for batch 1.
         assert "commit 0 landed" not in events and "handle 2" not in events
         revoke = asyncio.create_task(kafka.listener.on_partitions_revoked([]))
         await asyncio.sleep(0.05)
@@ -384,6 +384,56 @@ def test_a_commit_flies_while_the_next_batch_is_handled_and_lands_before_a_revok
         await asyncio.wait_for(task, 5)
 
     asyncio.run(scenario())
-    assert kafka.commits == [{("user-events", 0): n} for n in (1, 2, 3)]
-    assert events.index("commit 0 landed") < events.index("commit 1 sent")
     assert events.index("handle 1") < events.index("commit 0 landed")
+    assert events.index("commit 0 landed") < events.index("commit 1 sent")
+    # Batch 2 was fetched (and decoded ahead) before the revoke: it is dropped, not
+    # handled, and its offset is not committed; its owner reads it again.
+    assert "handle 2" not in events
+    assert kafka.commits == [{("user-events", 0): n} for n in (1, 2)]
+
+
+def test_the_next_batch_is_prepared_while_one_is_handled_and_handed_over_with_it() -> None:
+    events: list[str] = []
+    release = asyncio.Event()
+
+    def prepare(records: list[Record]) -> str:
+        events.append(f"prepare {records[0].offset}")
+        return f"prepared {records[0].offset}"
+
+    async def handle(records: list[Record], prepared: Any) -> None:
+        events.append(f"handle {records[0].offset} with {prepared}")
+        if records[0].offset == 0:
+            await release.wait()  # as a batch waits on Redis
+        events.append(f"done {records[0].offset}")
+
+    kafka = FakeKafka([records([b"a"]), records([b"b"], start=1)])
+    consumer = BatchConsumer(
+        ScorerSettings(),
+        topic="t",
+        group="g",
+        handler=handle,
+        prepare=prepare,
+        max_records=10,
+        consumer=kafka,
+    )
+
+    async def scenario() -> None:
+        await consumer.start()
+        task = asyncio.create_task(consumer.run())
+        for _ in range(200):
+            if "prepare 1" in events:
+                break
+            await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.wait_for(kafka.drained.wait(), 5)
+        await consumer.stop()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    assert sorted(events) == sorted(
+        ["prepare 0", "handle 0 with prepared 0", "done 0"]
+        + ["prepare 1", "handle 1 with prepared 1", "done 1"]
+    )
+    assert events.index("prepare 1") < events.index("done 0")  # while batch 0 waits
+    assert events.index("done 0") < events.index("handle 1 with prepared 1")  # then in turn
+    assert kafka.commits == [{("user-events", 0): 1}, {("user-events", 0): 2}]
