@@ -41,6 +41,7 @@ layout.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -263,24 +264,31 @@ def decode_snapshot(data: bytes, user_id: str) -> Snapshot:
         return Snapshot.from_dict(orjson.loads(data))
     _, layout, taken_at, raw, risk = _SNAP_HEAD.unpack_from(data)
     names = LAYOUTS[layout]
-    pos = _SNAP_HEAD.size
-    codes = data[pos : pos + (len(names) + 3) // 4]
-    pos += len(codes)
-    features = {}
-    for i, name in enumerate(names):
-        code = (codes[i >> 2] >> (2 * (i & 3))) & 3
-        if code == 0:
-            features[name] = 0.0
-        elif code == 1:
-            features[name] = float(data[pos])
-            pos += 1
-        elif code == 2:
-            features[name] = _F16.unpack_from(data, pos)[0]
-            pos += 2
-        else:
-            features[name] = _F32.unpack_from(data, pos)[0]
-            pos += 4
+    start = _SNAP_HEAD.size
+    end = start + (len(names) + 3) // 4
+    values, present = _snapshot_plan(layout, data[start:end])
+    features = dict.fromkeys(names, 0.0)
+    features.update(zip(present, map(float, values.unpack_from(data, end)), strict=True))
     return Snapshot(user_id, taken_at, day_of(taken_at), features, raw, risk)
+
+
+@lru_cache(maxsize=4096)
+def _snapshot_plan(layout: int, codes: bytes) -> tuple[struct.Struct, tuple[str, ...]]:
+    """How to read a snapshot's values: one struct for all of them, and their names.
+
+    Few code strings occur (which features are non-zero, and how wide), so each
+    is worked out once; a label then costs one ``unpack_from``.
+
+    >>> _snapshot_plan(1, bytes([0b11100100]) + bytes(10))[1]
+    ('tenure_days', 'events_1d', 'events_7d')
+    """
+    fmt, present = ["<"], []
+    for i, name in enumerate(LAYOUTS[layout]):
+        code = (codes[i >> 2] >> (2 * (i & 3))) & 3
+        if code:  # 1: a whole number under 256 in a byte, 2: float16, 3: float32
+            fmt.append("Bef"[code - 1])
+            present.append(name)
+    return struct.Struct("".join(fmt)), tuple(present)
 
 
 _POLICY_HEAD = struct.Struct("<BBBfd")
