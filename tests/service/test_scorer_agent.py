@@ -430,10 +430,8 @@ def test_the_next_batch_is_prepared_while_one_is_handled_and_handed_over_with_it
         await asyncio.wait_for(task, 5)
 
     asyncio.run(scenario())
-    assert sorted(events) == sorted(
-        ["prepare 0", "handle 0 with prepared 0", "done 0"]
-        + ["prepare 1", "handle 1 with prepared 1", "done 1"]
-    )
+    each = [f"{step} {n}" for n in (0, 1) for step in ("prepare", "done")]
+    assert sorted(events) == sorted([*each, "handle 0 with prepared 0", "handle 1 with prepared 1"])
     assert events.index("prepare 1") < events.index("done 0")  # while batch 0 waits
     assert events.index("done 0") < events.index("handle 1 with prepared 1")  # then in turn
     assert kafka.commits == [{("user-events", 0): 1}, {("user-events", 0): 2}]
