@@ -203,11 +203,13 @@ class RedisUserStore:
         self._load_snapshots = None if self.cluster else client.register_script(LOAD_SNAPSHOTS)
 
     async def load(self, user_ids: Sequence[str]) -> dict[str, StoredUser]:
-        keys = [user_key(self.prefix, uid, kind) for uid in user_ids for kind in ("s", "u")]
         try:
-            if self._load is not None:
-                rows = await self._load(keys=keys) if keys else []
+            if not user_ids:
+                rows = []
+            elif self._load is not None:
+                rows = await self._load(args=[self.prefix, _pack(list(user_ids))])
             else:
+                keys = [user_key(self.prefix, uid, kind) for uid in user_ids for kind in "su"]
                 async with self.r.pipeline(transaction=False) as pipe:
                     for i in range(0, len(keys), 2):
                         pipe.eval(LOAD, 2, keys[i], keys[i + 1])
@@ -402,12 +404,14 @@ class RedisUserStore:
         self, user_ids: Sequence[str]
     ) -> dict[str, tuple[bytes | None, list[bytes]]]:
         """Each user's feature state and pending snapshots, in one round trip."""
-        kinds = ("s", "u", "snap")
-        keys = [user_key(self.prefix, uid, kind) for uid in user_ids for kind in kinds]
         try:
-            if self._load_snapshots is not None:
-                rows = await self._load_snapshots(keys=keys) if keys else []
+            if not user_ids:
+                rows = []
+            elif self._load_snapshots is not None:
+                rows = await self._load_snapshots(args=[self.prefix, _pack(list(user_ids))])
             else:
+                kinds = ("s", "u", "snap")
+                keys = [user_key(self.prefix, uid, kind) for uid in user_ids for kind in kinds]
                 async with self.r.pipeline(transaction=False) as pipe:
                     for i in range(0, len(keys), 3):
                         pipe.eval(LOAD_SNAPSHOTS, 3, *keys[i : i + 3])
@@ -506,9 +510,9 @@ class RedisUserStore:
         return f"{self.prefix}:model:{worker}" + (f":{part}" if part else "")
 
 
-def _pack(commands: Sequence[Command]) -> bytes:
-    """The ``APPLY`` script's one argument (see ``redis_scripts``)."""
-    packed: bytes = msgpack.packb(commands, use_bin_type=False)  # Redis reads no bin
+def _pack(items: Sequence[Any]) -> bytes:
+    """One script argument for many values: ``APPLY``'s commands, ``LOAD``'s user ids."""
+    packed: bytes = msgpack.packb(items, use_bin_type=False)  # Redis reads no bin
     return packed
 
 
