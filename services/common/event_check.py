@@ -27,6 +27,7 @@ False
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 _TOP = frozenset(
@@ -49,10 +50,25 @@ _TIME = re.compile(
 ).match
 _CURRENCY = re.compile(r"[A-Z]{3}\Z").match
 _COUNTRY = re.compile(r"[A-Z]{2}\Z").match
-# Well-known string keys of properties / context and their maximum lengths.
-_PROPERTY_TEXT = {"plan": 128, "session_id": 128, "channel": 128, "feature": 128}
-_CONTEXT_TEXT = {"platform": 64, "app_version": 64, "timezone": 64}
-_NUMBERS = frozenset({"amount", "duration_s"})
+# The well-known keys of properties and context: a text's maximum length, a
+# number >= 0, or a pattern the whole text must match.
+_NUMBER = "number"
+Rule = int | str | Callable[[str], Any]
+_PROPERTY_RULES: dict[str, Rule] = {
+    "amount": _NUMBER,
+    "duration_s": _NUMBER,
+    "currency": _CURRENCY,
+    "plan": 128,
+    "session_id": 128,
+    "channel": 128,
+    "feature": 128,
+}
+_CONTEXT_RULES: dict[str, Rule] = {
+    "platform": 64,
+    "app_version": 64,
+    "timezone": 64,
+    "country": _COUNTRY,
+}
 # Event types seen to match the pattern: a handful of names make up nearly all
 # traffic, so the regex runs once per name, not once per event.
 _KINDS: set[str] = set()
@@ -90,29 +106,27 @@ def certainly_valid(raw: Any) -> bool:
 
 
 def _properties_ok(props: Any) -> bool:
-    if type(props) is not dict:
-        return False
-    for key, value in props.items():
-        limit = _PROPERTY_TEXT.get(key)
-        if limit is not None:
-            if type(value) is not str or len(value) > limit:
-                return False
-        elif key in _NUMBERS:
-            if type(value) not in (int, float) or not value >= 0:
-                return False
-        elif key == "currency" and (type(value) is not str or not _CURRENCY(value)):
-            return False
-    return True
+    return _object_ok(props, _PROPERTY_RULES)
 
 
 def _context_ok(context: Any) -> bool:
-    if type(context) is not dict:
+    return _object_ok(context, _CONTEXT_RULES)
+
+
+def _object_ok(obj: Any, rules: dict[str, Rule]) -> bool:
+    """An object whose well-known keys, where present, keep their rule; other keys go."""
+    if type(obj) is not dict:
         return False
-    for key, value in context.items():
-        limit = _CONTEXT_TEXT.get(key)
-        if limit is not None:
-            if type(value) is not str or len(value) > limit:
+    for key, value in obj.items():
+        rule = rules.get(key)
+        if rule is None:
+            continue
+        if type(rule) is int:  # a text of at most this length
+            if type(value) is not str or len(value) > rule:
                 return False
-        elif key == "country" and (type(value) is not str or not _COUNTRY(value)):
+        elif rule is _NUMBER:
+            if type(value) not in (int, float) or not value >= 0:
+                return False
+        elif type(value) is not str or not rule(value):  # type: ignore[operator]
             return False
     return True

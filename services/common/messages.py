@@ -213,6 +213,19 @@ class DeadLetter(_Message):
         return self.payload.encode("utf-8")
 
 
+def dead_record(record: Record, reason: str | BaseException, *, stage: str) -> DeadLetter:
+    """The dead letter of a Kafka record a worker refuses, naming where it came from."""
+    return dead_letter(
+        record.value,
+        reason,
+        stage=stage,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+    )
+
+
 def dead_letter(
     payload: bytes,
     reason: str | BaseException,

@@ -17,7 +17,7 @@ import orjson
 
 from services.common.errors import InvalidEvent, StoreUnavailable
 from services.common.faust_worker import make_faust_app
-from services.common.messages import WinbackAction, dead_letter
+from services.common.messages import WinbackAction, dead_record
 from services.common.schemas import validate
 from services.notifier import metrics
 from services.notifier.config import NotifierSettings
@@ -55,15 +55,7 @@ def create_app(settings: NotifierSettings, runtime: NotifierRuntime) -> faust.Ap
                 alert = _decode(message.value)
             except InvalidEvent as exc:
                 metrics.INVALID.inc()
-                dead = dead_letter(
-                    message.value,
-                    exc,
-                    stage="notifier",
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    key=message.key,
-                )
+                dead = dead_record(message, exc, stage="notifier")
                 await (await dlq.send(key=message.key, value=orjson.dumps(dead.to_dict())))
                 continue
             actions = await _until_stored(notifier.handle_alert, alert)

@@ -20,7 +20,7 @@ import orjson
 from services.common.clock import Clock
 from services.common.errors import InvalidEvent, LateEvent
 from services.common.events import UserEvent, check_size, parse_event
-from services.common.messages import ChurnAlert, DeadLetter, Record, dead_letter
+from services.common.messages import ChurnAlert, DeadLetter, Record, dead_record
 from services.common.schemas import validate
 from services.notifier.core.guardrails import won_back
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
@@ -76,19 +76,6 @@ def decode_record(record: Record) -> UserEvent:
     return parse_event(raw)
 
 
-def dead_record(record: Record, exc: Exception) -> DeadLetter:
-    """The dead letter of a record the scorer refuses, naming where it came from."""
-    return dead_letter(
-        record.value,
-        exc,
-        stage="scorer",
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-    )
-
-
 @dataclass(slots=True)
 class Decoded:
     """A micro-batch's events by user, in arrival order, and the records refused."""
@@ -112,7 +99,7 @@ def decode_batch(records: list[Record]) -> Decoded:
         try:
             event = decode_record(record)
         except InvalidEvent as exc:
-            dead.append(dead_record(record, exc))
+            dead.append(dead_record(record, exc, stage="scorer"))
             continue
         by_user[event.user_id].append((record, event))
     return Decoded(by_user, dead)
@@ -137,7 +124,7 @@ class BatchScorer:
         self.winback_window_s = winback_window_s
 
     def _dead(self, record: Record, exc: Exception) -> DeadLetter:
-        return dead_record(record, exc)
+        return dead_record(record, exc, stage="scorer")
 
     async def handle(self, records: list[Record], decoded: Decoded | None = None) -> Outcome:
         """Score one micro-batch; ``decoded`` is :func:`decode_batch` of ``records`` when the
