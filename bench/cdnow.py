@@ -42,6 +42,7 @@ purchase day 0.70, ``recency_vs_gap`` = recency for one-time buyers (was 0)
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 import tempfile
@@ -52,7 +53,9 @@ import orjson
 
 from bench.registry import emit
 from services.evaluate.cdnow import (
-    CALIBRATION_END,
+    INNER,
+    STANDARD,
+    Split,
     bgnbd_baseline_auc,
     cdnow_events,
     cdnow_labels,
@@ -60,7 +63,10 @@ from services.evaluate.cdnow import (
 )
 from services.evaluate.metrics import roc_auc
 
-AS_OF = "1997-09-30T23:59:59Z"
+# Another inner cut, for the stability of a choice: calibration to 1997-05-31,
+# question "no purchase in Jun-Aug 1997" (inside calibration too).
+INNER_MAY = Split("cdnow-inner-may", "19970531", "19970601", "19970831")
+SPLITS = {"standard": STANDARD, "inner": INNER, "inner-may": INNER_MAY}
 SETTINGS = {
     "CHURNWATCH_SCORER_INACTIVITY_DAYS": "90",
     "CHURNWATCH_SCORER_HORIZON_DAYS": "7",
@@ -69,24 +75,54 @@ SETTINGS = {
 }
 
 
-def churnwatch_auc(out: Path) -> float:
-    import csv
+def write_events(path: Path, split: Split, *, salt: str = "") -> None:
+    """The split's calibration purchases as schema-v1 events, one JSON line each.
 
+    ``salt`` renames every customer ``<salt>-<id>``: the same history, but the
+    store's index order, and with it the order labels are learned in, changes.
+    """
+    with path.open("wb") as fh:
+        for event in cdnow_events(until=split.calibration_end):
+            if salt:
+                event["user_id"] = f"{salt}-{event['user_id']}"
+            fh.write(orjson.dumps(event) + b"\n")
+
+
+def churnwatch_risks(
+    out: Path, split: Split, *, in_process: bool, salt: str = ""
+) -> dict[str, float]:
+    """Every customer's risk at the end of the split's calibration, from a replay of it:
+    through Kafka and Redis (``churnwatch replay``), or in process on the same scorer code
+    (``services.offline_replay``)."""
     from services.common.events import parse_time
-    from services.replay import run_replay, stamp
+    from services.replay import read_sorted, run_replay, stamp, write_scores
 
     events = out / "calibration.jsonl"
-    with events.open("wb") as fh:
-        for event in cdnow_events(until=CALIBRATION_END):
-            fh.write(orjson.dumps(event) + b"\n")
+    write_events(events, split, salt=salt)
     for name, value in SETTINGS.items():
         os.environ.setdefault(name, value)
-    summary = run_replay(events, out=out, as_of=[AS_OF])
+    cut = parse_time(split.as_of, path="as_of").timestamp()
+    scores = out / f"scores-{stamp(cut)}.csv"
+    if in_process:
+        from services.offline_replay import replay_in_process
+
+        result = replay_in_process(read_sorted(events), cuts=[cut])
+        write_scores(scores, result.scores[cut])
+        model = result.models[cut]
+        summary = {"events": result.events, "alerts": result.alerts, "dead": result.dead}
+        summary |= {"labels": model.learned, "blend": model.blend_quality()}
+    else:
+        summary = run_replay(events, out=out, as_of=[split.as_of])
     print(f"replay: {orjson.dumps(summary).decode()}", file=sys.stderr)
-    cut = stamp(parse_time(AS_OF, path="as_of").timestamp())
-    with (out / f"scores-{cut}.csv").open() as fh:
+    with scores.open() as fh:
         risk = {row["user_id"]: float(row["risk"]) for row in csv.DictReader(fh)}
-    labels = cdnow_labels()
+    if salt:
+        risk = {uid.removeprefix(f"{salt}-"): r for uid, r in risk.items()}
+    return risk
+
+
+def churnwatch_auc(risk: dict[str, float], labels: dict[str, int]) -> float:
+    """ROC AUC of the risks for the labels; every labelled customer must have a risk."""
     users = sorted(labels)
     missing = [u for u in users if u not in risk]
     if missing:
@@ -99,24 +135,44 @@ def churnwatch_auc(out: Path) -> float:
 def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(prog="churnwatch bench cdnow", description=__doc__)
     parser.add_argument("--out", type=Path, default=None, help="keep the run here")
+    parser.add_argument(
+        "--split",
+        choices=sorted(SPLITS),
+        default="standard",
+        help="standard: the 39-week holdout; inner (inner-may): a check inside calibration, "
+        "replay to 1997-06-30 (05-31), question: no purchase in the next three months",
+    )
+    parser.add_argument("--inner", action="store_true", help="the same as --split inner")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="replay in this process on an in-memory store (the scorer's replay code, "
+        "no Kafka or Redis); default: through the real pipeline",
+    )
+    parser.add_argument(
+        "--salt", default="", help="rename customers <salt>-<id>: another order of labels"
+    )
     args = parser.parse_args(list(argv))
+    split = INNER if args.inner else SPLITS[args.split]
     try:
-        baseline = bgnbd_baseline_auc()
+        baseline = bgnbd_baseline_auc(split=split)
     except (ImportError, SystemExit) as exc:
         print(
             f"BG/NBD baseline unavailable: {exc}\ninstall it with: pip install 'churnwatch[eval]'",
             file=sys.stderr,
         )
         return 2
-    recency = recency_baseline_auc()
+    recency = recency_baseline_auc(split=split)
     with tempfile.TemporaryDirectory(prefix="cdnow-") as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        value = churnwatch_auc(out)
+        risk = churnwatch_risks(out, split, in_process=args.in_process, salt=args.salt)
+    value = churnwatch_auc(risk, cdnow_labels(split=split))
     print(
-        f"ROC AUC, no purchase in the 39-week holdout: churnwatch {value:.4f}, "
+        f"ROC AUC, no purchase {split.holdout_start}..{split.holdout_end} "
+        f"({split.holdout_weeks:.1f} weeks), scored at {split.as_of}: churnwatch {value:.4f}, "
         f"BG/NBD {baseline:.4f}, recency {recency:.4f}",
         file=sys.stderr,
     )
-    emit("cdnow", value, "roc_auc", baseline, ratio=value / baseline)
+    emit(split.name, value, "roc_auc", baseline, ratio=value / baseline)
     return 0

@@ -41,3 +41,26 @@ def test_replay_is_repeatable(isolated: Isolated, tmp_path: Path) -> None:
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
     header = (tmp_path / "a" / "scores.csv").read_text().splitlines()[0]
     assert header == "user_id,as_of,risk,score,band,stage,tier"
+
+
+def test_replay_in_process_gives_the_pipelines_scores(isolated: Isolated, tmp_path: Path) -> None:
+    """``services.offline_replay`` (the scorer's replay code on an in-memory store, what
+    ``churnwatch bench cdnow --in-process`` uses) scores like the replay through Kafka and
+    Redis: the same risks, bands, stages and tiers for every user."""
+    import csv
+
+    from services.common.events import parse_time
+    from services.offline_replay import replay_in_process
+    from services.replay import read_sorted
+
+    events = tmp_path / "events.jsonl"
+    write_history(events)
+    as_of = "2026-06-15T00:00:00Z"
+    run_replay(events, out=tmp_path / "kafka", as_of=[as_of])
+    cut = parse_time(as_of, path="as_of").timestamp()
+    offline = replay_in_process(read_sorted(events), cuts=[cut], progress=lambda _: None)
+
+    with (tmp_path / "kafka" / f"scores-{as_of}.csv").open() as fh:
+        piped = {row["user_id"]: row for row in csv.DictReader(fh)}
+    local = {row["user_id"]: {k: str(v) for k, v in row.items()} for row in offline.scores[cut]}
+    assert len(local) == 40 and local == piped
