@@ -14,6 +14,15 @@ gives the replay's scores; ``tests/integration/test_offline_replay.py`` checks
 that on real Kafka and Redis. It is for quality checks that are run many
 times (``churnwatch bench cdnow --inner``): one CPU-bound process, no broker.
 What it leaves out is transport: alerts are counted, not published.
+
+The model sees a replay only through ``learn(features, y)``, in the order labels
+resolve, and ``score(features)`` at the cuts; neither depends on the model (the
+snapshots, their labels and the store's order do not). So with ``record=True``
+the replay keeps that label stream and every user's vector at each cut, and
+:func:`relearn` gives, for any :class:`ModelSettings`, exactly the scores a
+whole replay with that model would give, in seconds instead of minutes
+(``tests/service/test_offline_replay.py`` checks it against the replay). A
+change of features, labels or snapshots needs a new replay.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.messages import Record
@@ -29,7 +38,8 @@ from services.common.settings import load_settings
 from services.replay import score_rows
 from services.scorer.adapters.memory_store import MemoryUserStore
 from services.scorer.config import ScorerSettings
-from services.scorer.core.model import ChurnModel
+from services.scorer.core.features import decode_state, to_vector
+from services.scorer.core.model import ChurnModel, ModelSettings
 from services.scorer.runtime import Runtime
 
 # What ``services.replay.Replay`` sets for its scorer worker, besides topics and keys.
@@ -51,6 +61,11 @@ class OfflineReplay:
     events: int
     alerts: int
     dead: int
+    # With ``record=True``: every label learned, in order, with the number learned
+    # before each cut; and each user's feature vector at each cut.
+    labels: list[tuple[dict[str, float], int]] = field(default_factory=list)
+    learned_at: dict[float, int] = field(default_factory=dict)
+    vectors: dict[float, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 def replay_settings(**overrides: Any) -> ScorerSettings:
@@ -69,6 +84,7 @@ def replay_in_process(
     cuts: Sequence[float],
     settings: ScorerSettings | None = None,
     progress: Callable[[str], None] | None = None,
+    record: bool = False,
 ) -> OfflineReplay:
     """Replay ``lines`` ((event time, JSON line), as ``services.replay.read_sorted`` gives
     them) and score every user at each of ``cuts`` (events before a cut are in its scores).
@@ -76,7 +92,27 @@ def replay_in_process(
     s = settings or replay_settings()
     if s.scorer_clock != "replay":
         raise ValueError("replay_in_process needs scorer_clock='replay'")
-    return asyncio.run(_replay(lines, cuts=sorted(cuts), settings=s, say=progress or _say))
+    run = _replay(lines, cuts=sorted(cuts), settings=s, say=progress or _say, record=record)
+    return asyncio.run(run)
+
+
+def relearn(
+    labels: Sequence[tuple[dict[str, float], int]],
+    vectors: dict[str, dict[str, float]],
+    *,
+    settings: ModelSettings | None = None,
+) -> dict[str, float]:
+    """Each user's risk (rounded as published) from a fresh model with ``settings`` that
+    learned ``labels`` in order: what a replay with that model scores at the cut of
+    ``vectors`` (see the module doc).
+
+    >>> relearn([({"recency_days": 40.0}, 1)], {"u": {"recency_days": 40.0}})
+    {'u': 0.970688}
+    """
+    model = ChurnModel(settings)
+    for x, y in labels:
+        model.learn(x, y)
+    return {uid: round(model.score(v).risk, 6) for uid, v in vectors.items()}
 
 
 async def _replay(
@@ -85,11 +121,20 @@ async def _replay(
     cuts: list[float],
     settings: ScorerSettings,
     say: Callable[[str], None],
+    record: bool,
 ) -> OfflineReplay:
     store = MemoryUserStore(index_shards=settings.redis_index_shards)
     runtime = Runtime(settings, store=store)
     scorer = await runtime.scorer()
     out = OfflineReplay({}, {}, 0, 0, 0)
+    if record:
+        model, learn = runtime.core.model, runtime.core.model.learn
+
+        def recording(x: dict[str, float], y: bool | int) -> None:
+            out.labels.append((dict(x), int(bool(y))))
+            learn(x, y)
+
+        model.learn = recording  # type: ignore[method-assign]  # this instance only
     size, done, shown = settings.scorer_batch_size, 0, 0
     for cut in cuts:
         end = done
@@ -119,6 +164,11 @@ async def _replay(
         stored = [(uid, u.features, u.record or None) for uid, u in store.users.items()]
         out.scores[cut] = score_rows(stored, as_of=cut, model=model)
         out.models[cut] = model
+        if record:
+            out.learned_at[cut] = len(out.labels)
+            out.vectors[cut] = {
+                uid: to_vector(decode_state(u.features), cut) for uid, u in store.users.items()
+            }
     return out
 
 

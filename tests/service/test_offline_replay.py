@@ -9,11 +9,12 @@ import asyncio
 import orjson
 
 from services.common.events import parse_time
-from services.offline_replay import replay_in_process, replay_settings
+from services.offline_replay import relearn, replay_in_process, replay_settings
 from services.replay import stamp
 from services.scorer.adapters.memory_store import MemoryUserStore, SortedIndex
 from services.scorer.adapters.redis_layout import shard_of
 from services.scorer.adapters.redis_store import UserWrite
+from services.scorer.core.model import ModelSettings
 from services.sim.generator import history, make_users
 
 START = 1_780_000_000.0
@@ -91,3 +92,18 @@ def test_memory_store_keeps_what_put_user_keeps() -> None:
         assert await store.users_with_labels_due(1e9, limit=10) == []
 
     asyncio.run(scenario())
+
+
+def test_relearn_on_the_recorded_labels_gives_the_replays_scores() -> None:
+    """The model sees a replay only through learn() and score(): the recorded label
+    stream and vectors give a model's scores without replaying (model-only changes)."""
+    history_ = lines(users=20, days=50)
+    cut = START + 50 * 86_400
+    result = replay_in_process(history_, cuts=[cut], progress=lambda _: None, record=True)
+    assert result.learned_at[cut] == len(result.labels) == result.models[cut].learned > 0
+    published = {row["user_id"]: row["risk"] for row in result.scores[cut]}
+    assert relearn(result.labels, result.vectors[cut]) == published
+    other = relearn(
+        result.labels, result.vectors[cut], settings=ModelSettings(prior_weight_labels=0)
+    )
+    assert other != published
