@@ -13,7 +13,7 @@ Replay mode is independent of batching by design (``replay_mode``), so this
 gives the replay's scores; ``tests/integration/test_offline_replay.py`` checks
 that on real Kafka and Redis. It is for quality checks that are run many
 times (``churnwatch bench cdnow --inner``): one CPU-bound process, no broker.
-What it leaves out is transport: alerts are counted, not published.
+What it leaves out is transport: alerts are kept in a list, not published.
 
 The model sees a replay only through ``learn(features, y)``, in the order labels
 resolve, and ``score(features)`` at the cuts; neither depends on the model (the
@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.messages import Record
+from services.common.messages import ChurnAlert, Record
 from services.common.settings import load_settings
 from services.replay import score_rows
 from services.scorer.adapters.memory_store import MemoryUserStore
@@ -59,7 +59,7 @@ class OfflineReplay:
     scores: dict[float, list[dict[str, Any]]]
     models: dict[float, ChurnModel]
     events: int
-    alerts: int
+    alerts: list[ChurnAlert]
     dead: int
     # With ``record=True``: every label learned, in order, with the number learned
     # before each cut; and each user's feature vector at each cut.
@@ -126,7 +126,7 @@ async def _replay(
     store = MemoryUserStore(index_shards=settings.redis_index_shards)
     runtime = Runtime(settings, store=store)
     scorer = await runtime.scorer()
-    out = OfflineReplay({}, {}, 0, 0, 0)
+    out = OfflineReplay({}, {}, 0, [], 0)
     if record:
         model, learn = runtime.core.model, runtime.core.model.learn
 
@@ -149,7 +149,7 @@ async def _replay(
             async with runtime.state_lock:  # as the worker's batch handler does
                 outcome = await scorer.handle(records)
             await runtime.after_batch(outcome)
-            out.alerts += len(outcome.alerts)
+            out.alerts += outcome.alerts
             out.dead += len(outcome.dead)
             if start + size - shown >= 10_000:
                 shown = start + size
