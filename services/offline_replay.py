@@ -10,9 +10,11 @@ At each cut it takes the model as a checkpoint (``to_bytes`` round trip) and
 scores every user with :func:`services.replay.score_rows`, as the replay does.
 
 Replay mode is independent of batching by design (``replay_mode``), so this
-gives the replay's scores; ``tests/integration/test_offline_replay.py`` checks
-that on real Kafka and Redis. It is for quality checks that are run many
-times (``churnwatch bench cdnow --inner``): one CPU-bound process, no broker.
+gives the replay's scores; ``tests/e2e/test_replay.py`` checks that on real
+Kafka and Redis (the same scores, and the same alerts naming the same model
+versions, i.e. the same labels learned in the same order). It is for quality
+checks that are run many times (``churnwatch bench cdnow --inner``): one
+CPU-bound process, no broker.
 What it leaves out is transport: alerts are kept in a list, not published.
 
 The model sees a replay only through ``learn(features, y)``, in the order labels

@@ -15,8 +15,9 @@ Where order matters it is Redis's: the label-due users come as the ``SCAN_SHARDS
 script returns them (shard by shard, each by score, then member), cut at
 ``limit``, so the model learns its labels in the same order as on Redis. The
 last-activity index returns users in the same order too (the sweep's scores
-feed the RFM quantiles in that order). ``tests/integration/test_memory_store.py``
-checks a replay on this store against one through Kafka and Redis.
+feed the RFM quantiles in that order). ``tests/e2e/test_replay.py`` checks a
+replay on this store against one through Kafka and Redis (scores, alerts and the
+model versions they name).
 
 >>> import asyncio
 >>> store = MemoryUserStore()
