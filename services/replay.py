@@ -19,6 +19,7 @@ import csv
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,6 @@ class Replay:
             pipe.zrange(key, 0, -1)
         found = [u for part in pipe.execute() for u in part]
         users = list(dict.fromkeys(u.decode() for u in found if isinstance(u, bytes)))
-        policy, segments = PolicySettings(), SegmentSettings()
         rows = []
         for start in range(0, len(users), 2000):
             chunk = users[start : start + 2000]
@@ -141,28 +141,11 @@ class Replay:
                 pipe.get(user_key(self.settings.key_prefix, uid, "s"))
                 pipe.hmget(user_key(self.settings.key_prefix, uid), "f", "r")
             found = pipe.execute()
-            for uid, blob, old in zip(chunk, found[::2], found[1::2], strict=True):
-                features, record = user_fields(blob, old)
-                if features is None:
-                    continue
-                before = decode_record(record) if record else {}
-                vector = to_vector(decode_state(features), as_of)
-                stage = lifecycle_stage(
-                    vector, previous_stage=before.get("stage"), settings=segments
-                )
-                risk = model.score(vector).risk
-                score = round(risk * 100)
-                rows.append(
-                    {
-                        "user_id": uid,
-                        "as_of": stamp(as_of),
-                        "risk": round(risk, 6),
-                        "score": score,
-                        "band": band_for(score, policy, stage=stage),
-                        "stage": stage,
-                        "tier": before.get("tier", "low"),
-                    }
-                )
+            stored = [
+                (uid, *user_fields(blob, old))
+                for uid, blob, old in zip(chunk, found[::2], found[1::2], strict=True)
+            ]
+            rows += score_rows(stored, as_of=as_of, model=model)
         return rows
 
     def alerts(self) -> list[bytes]:
@@ -191,6 +174,39 @@ class Replay:
         admin.close()
         for key in self.redis.scan_iter(match=f"{self.settings.key_prefix}:*", count=5000):
             self.redis.unlink(key)
+
+
+def score_rows(
+    stored: Iterable[tuple[str, bytes | None, bytes | None]], *, as_of: float, model: ChurnModel
+) -> list[dict[str, Any]]:
+    """Score rows (``SCORE_COLUMNS``) of users given as (id, feature state, score record).
+
+    The replay's scores at an ``--as-of`` time, through Kafka and Redis or in
+    process (``services.offline_replay``): the features as of then, scored by
+    the model checkpointed then. Users without a feature state are left out.
+    """
+    policy, segments = PolicySettings(), SegmentSettings()
+    rows = []
+    for uid, features, record in stored:
+        if features is None:
+            continue
+        before = decode_record(record) if record else {}
+        vector = to_vector(decode_state(features), as_of)
+        stage = lifecycle_stage(vector, previous_stage=before.get("stage"), settings=segments)
+        risk = model.score(vector).risk
+        score = round(risk * 100)
+        rows.append(
+            {
+                "user_id": uid,
+                "as_of": stamp(as_of),
+                "risk": round(risk, 6),
+                "score": score,
+                "band": band_for(score, policy, stage=stage),
+                "stage": stage,
+                "tier": before.get("tier", "low"),
+            }
+        )
+    return rows
 
 
 def stamp(ts: float) -> str:

@@ -4,9 +4,12 @@ The data (``shared/data/cdnow/CDNOW_master.txt``, see its SOURCE.md) is read in
 place, never copied: :func:`default_path` is ``<repo>/../shared/data/cdnow``
 unless ``CHURNWATCH_DATA_DIR`` names another folder.
 
-Standard split: calibration 1997-01-01..1997-09-30, holdout 1997-10-01..1998-06-30;
-"churned" = no purchase in the holdout. Baselines, both ranked as of the end
-of calibration:
+Standard split (``STANDARD``): calibration 1997-01-01..1997-09-30, holdout
+1997-10-01..1998-06-30; "churned" = no purchase in the holdout. The inner split
+(``INNER``) asks the same question inside the calibration period only, for
+choices that must not look at the holdout: calibration to 1997-06-30, "holdout"
+1997-07-01..1997-09-30. Baselines, both ranked as of the end of a split's
+calibration and fitted on its calibration data only:
 
 - BG/NBD (Fader, Hardie and Lee 2005) from the ``lifetimes`` package (extra
   ``[eval]``), fitted on the calibration period in weeks; churn score = minus
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -31,10 +35,43 @@ from typing import Any
 from services.common.errors import ConfigError
 from services.evaluate.metrics import roc_auc
 
-CALIBRATION_END = "19970930"
-HOLDOUT_START, HOLDOUT_END = "19971001", "19980630"
-HOLDOUT_WEEKS = 39.0
 Row = tuple[str, str, int, float]  # customer_id, YYYYMMDD, number of CDs, dollars
+
+
+def _date(day: str) -> date:
+    return date(int(day[:4]), int(day[4:6]), int(day[6:]))
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """A calibration period (from the start of the data to ``calibration_end``) and the
+    holdout whose purchases are the question; days as YYYYMMDD, both ends inclusive.
+
+    >>> STANDARD.holdout_weeks, INNER.holdout_weeks, INNER.as_of
+    (39.0, 13.142857142857142, '1997-06-30T23:59:59Z')
+    """
+
+    name: str
+    calibration_end: str
+    holdout_start: str
+    holdout_end: str
+
+    @property
+    def holdout_weeks(self) -> float:
+        return ((_date(self.holdout_end) - _date(self.holdout_start)).days + 1) / 7.0
+
+    @property
+    def as_of(self) -> str:
+        """The last second of calibration (RFC 3339): when customers are scored."""
+        d = self.calibration_end
+        return f"{d[:4]}-{d[4:6]}-{d[6:]}T23:59:59Z"
+
+
+STANDARD = Split("cdnow", "19970930", "19971001", "19980630")
+INNER = Split("cdnow-inner", "19970630", "19970701", "19970930")
+CALIBRATION_END = STANDARD.calibration_end
+HOLDOUT_START, HOLDOUT_END = STANDARD.holdout_start, STANDARD.holdout_end
+HOLDOUT_WEEKS = STANDARD.holdout_weeks
 
 
 def default_path() -> Path:
@@ -93,30 +130,46 @@ def _event(row: Row, k: int) -> dict[str, Any]:
     }
 
 
-def cdnow_labels(path: Path | str | None = None) -> dict[str, int]:
-    """``customer_id -> 1`` if no purchase in the holdout (1997-10-01..1998-06-30), else 0."""
-    rows = read_rows(path)
-    labels = {cid: 1 for cid, *_ in rows}
+def cdnow_labels(path: Path | str | None = None, *, split: Split = STANDARD) -> dict[str, int]:
+    """``customer_id -> 1`` if no purchase in the split's holdout (by default
+    1997-10-01..1998-06-30), else 0; for the customers with a purchase in its calibration.
+    """
+    return split_labels(read_rows(path), split)
+
+
+def split_labels(rows: list[Row], split: Split) -> dict[str, int]:
+    """The labels of :func:`cdnow_labels` from rows: purchases after the holdout do not count,
+    customers first seen after calibration have none.
+
+    >>> rows = [("1", "19970105", 1, 1.0), ("1", "19970801", 1, 1.0), ("2", "19970105", 1, 1.0),
+    ...         ("2", "19971101", 1, 1.0), ("3", "19970801", 1, 1.0)]
+    >>> split_labels(rows, INNER), split_labels(rows, STANDARD)
+    ({'1': 0, '2': 1}, {'1': 1, '2': 0, '3': 1})
+    """
+    labels = {cid: 1 for cid, day, *_ in rows if day <= split.calibration_end}
     for cid, day, _, _ in rows:
-        if HOLDOUT_START <= day <= HOLDOUT_END:
+        if split.holdout_start <= day <= split.holdout_end and cid in labels:
             labels[cid] = 0
     return labels
 
 
-def calibration_summary(rows: list[Row]) -> dict[str, tuple[int, float, float]]:
+def calibration_summary(
+    rows: list[Row], *, split: Split = STANDARD
+) -> dict[str, tuple[int, float, float]]:
     """Per customer: (repeat purchase days x, recency t_x, age T) in weeks at calibration end.
 
     As in Fader, Hardie and Lee: x counts days with a purchase after the first one.
 
-    >>> calibration_summary([("1", "19970101", 1, 1.0), ("1", "19970115", 1, 1.0),
-    ...                      ("1", "19970115", 2, 1.0)])["1"]
-    (1, 2.0, 38.857142857142854)
+    >>> rows = [("1", "19970101", 1, 1.0), ("1", "19970115", 1, 1.0), ("1", "19970115", 2, 1.0),
+    ...         ("1", "19970801", 1, 1.0)]
+    >>> calibration_summary(rows)["1"], calibration_summary(rows, split=INNER)["1"]
+    ((2, 30.285714285714285, 38.857142857142854), (1, 2.0, 25.714285714285715))
     """
     days: dict[str, set[date]] = {}
     for cid, day, _, _ in rows:
-        if day <= CALIBRATION_END:
+        if day <= split.calibration_end:
             days.setdefault(cid, set()).add(_date(day))
-    end = _date(CALIBRATION_END)
+    end = _date(split.calibration_end)
     out = {}
     for cid, ds in days.items():
         first, last = min(ds), max(ds)
@@ -124,23 +177,24 @@ def calibration_summary(rows: list[Row]) -> dict[str, tuple[int, float, float]]:
     return out
 
 
-def recency_baseline_auc(path: Path | str | None = None) -> float:
-    """ROC AUC of "days since the last purchase at 1997-09-30" for holdout churn."""
+def recency_baseline_auc(path: Path | str | None = None, *, split: Split = STANDARD) -> float:
+    """ROC AUC of "time since the last purchase at calibration end" for holdout churn."""
     rows = read_rows(path)
-    labels = cdnow_labels(path)
-    summary = calibration_summary(rows)
+    labels = split_labels(rows, split)
+    summary = calibration_summary(rows, split=split)
     users = sorted(summary)
     score = [summary[u][2] - summary[u][1] for u in users]  # weeks since the last purchase
     return _auc([labels[u] for u in users], score)
 
 
-def bgnbd_baseline_auc(path: Path | str | None = None) -> float:
-    """ROC AUC of BG/NBD's expected holdout purchases (fewer = more at risk)."""
+def bgnbd_baseline_auc(path: Path | str | None = None, *, split: Split = STANDARD) -> float:
+    """ROC AUC of BG/NBD's expected holdout purchases (fewer = more at risk), the model
+    fitted on the split's calibration data."""
     rows = read_rows(path)
-    labels = cdnow_labels(path)
-    summary = calibration_summary(rows)
+    labels = split_labels(rows, split)
+    summary = calibration_summary(rows, split=split)
     users = sorted(summary)
-    expected = expected_holdout_purchases([summary[u] for u in users])
+    expected = expected_holdout_purchases([summary[u] for u in users], weeks=split.holdout_weeks)
     return _auc([labels[u] for u in users], [-e for e in expected])
 
 
@@ -159,10 +213,6 @@ def expected_holdout_purchases(
     model = BetaGeoFitter(penalizer_coef=0.0).fit(x, tx, big_t)
     expected = model.conditional_expected_number_of_purchases_up_to_time(weeks, x, tx, big_t)
     return [float(v) for v in np.asarray(expected)]
-
-
-def _date(day: str) -> date:
-    return date(int(day[:4]), int(day[4:6]), int(day[6:]))
 
 
 def _auc(y: list[int], score: list[float]) -> float:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
+from typing import Protocol
 
 import orjson
 from redis.exceptions import RedisError
@@ -26,13 +28,29 @@ from services.scorer.core.model import ChurnModel, ModelSettings
 from services.scorer.core.policy import PolicySettings, Thresholds
 from services.scorer.core.quality import QualityTracker
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings
-from services.scorer.labelling import Learned, resolve_labels
-from services.scorer.pipeline import BatchScorer, Outcome, user_write
+from services.scorer.labelling import Learned, SnapshotStore, resolve_labels
+from services.scorer.pipeline import BatchScorer, Outcome, UserStore, user_write
 from services.scorer.replay_mode import ReplayScorer
 from services.scorer.scoring import ScoringCore, previous_stage
 
 log = logging.getLogger("churnwatch.scorer")
 DAY = 86_400.0
+
+
+class ScorerStore(UserStore, SnapshotStore, Protocol):
+    """Everything the runtime asks of its store (``RedisUserStore``, ``MemoryUserStore``)."""
+
+    async def silent_between(self, ranges: Sequence[tuple[float, float]]) -> list[str]: ...
+
+    async def outbox(self) -> list[bytes]: ...
+
+    async def published(self, alert_ids: Sequence[str]) -> None: ...
+
+    async def save_quality(self, worker: str, data: bytes) -> None: ...
+
+    async def load_checkpoint(self, worker: str, part: str = "") -> bytes | None: ...
+
+    async def save_checkpoint(self, worker: str, data: bytes, part: str = "") -> None: ...
 
 
 def make_clock(settings: ScorerSettings) -> Clock:
@@ -71,8 +89,16 @@ def make_core(
 
 
 class Runtime:
-    def __init__(self, settings: ScorerSettings) -> None:
+    """The scorer's state and timers around one store.
+
+    ``store``: the store to use instead of connecting to Redis, e.g. a
+    :class:`~services.scorer.adapters.memory_store.MemoryUserStore` for an
+    offline replay (``services.scorer.offline``); the scorer code is the same.
+    """
+
+    def __init__(self, settings: ScorerSettings, *, store: ScorerStore | None = None) -> None:
         self.settings = settings
+        self._given_store = store
         self.clock = make_clock(settings)
         self._scorer: BatchScorer | None = None
         self._lock = asyncio.Lock()
@@ -92,18 +118,20 @@ class Runtime:
 
     async def _bootstrap(self) -> BatchScorer:
         s = self.settings
-        client = async_redis(
-            s.redis_url, cluster=s.redis_cluster, socket_timeout=5, health_check_interval=10
-        )
-        labels = make_core(s).labels
-        self.store = RedisUserStore(
-            client,
-            prefix=s.key_prefix,
-            user_ttl_s=s.scorer_user_ttl_days * int(DAY),
-            snapshot_ttl_s=labels.snapshot_ttl_s,
-            worker=s.scorer_worker_name,
-            index_shards=s.redis_index_shards,
-        )
+        if self._given_store is not None:
+            self.store: ScorerStore = self._given_store
+        else:
+            client = async_redis(
+                s.redis_url, cluster=s.redis_cluster, socket_timeout=5, health_check_interval=10
+            )
+            self.store = RedisUserStore(
+                client,
+                prefix=s.key_prefix,
+                user_ttl_s=s.scorer_user_ttl_days * int(DAY),
+                snapshot_ttl_s=make_core(s).labels.snapshot_ttl_s,
+                worker=s.scorer_worker_name,
+                index_shards=s.redis_index_shards,
+            )
         model = None
         saved = await self.store.load_checkpoint(s.scorer_worker_name)
         if saved:
@@ -171,6 +199,8 @@ class Runtime:
         if self._scorer is None:
             return
         key = f"{self.settings.key_prefix}:control:checkpoint"
+        if not isinstance(self.store, RedisUserStore):  # requests come through Redis
+            return
         try:
             request = await self.store.r.get(key)
             if request is None:

@@ -130,3 +130,31 @@ def test_cdnow_baselines_on_the_real_data() -> None:
     assert sum(labels.values()) / len(labels) == pytest.approx(0.701, abs=0.001)
     assert 0.74 < cdnow.recency_baseline_auc() < 0.78
     assert 0.74 < cdnow.bgnbd_baseline_auc() < 0.79
+
+
+def test_cdnow_inner_split_asks_inside_calibration(tmp_path: Path) -> None:
+    path = tmp_path / "CDNOW_master.txt"
+    path.write_text(CDNOW)
+    # Calibration to 1997-06-30, question: a purchase 1997-07-01..09-30? Nobody buys then;
+    # the purchases of October and January 1998 are after the inner holdout.
+    assert cdnow.cdnow_labels(path, split=cdnow.INNER) == {
+        "00001": 1,
+        "00002": 1,
+        "00003": 1,
+        "00004": 1,
+    }
+    rows = [*cdnow.read_rows(path), ("00002", "19970915", 1, 5.0), ("00005", "19970801", 1, 5.0)]
+    labels = cdnow.split_labels(rows, cdnow.INNER)
+    assert labels == {"00001": 1, "00002": 0, "00003": 1, "00004": 1}  # 00005: not yet a customer
+    summary = cdnow.calibration_summary(rows, split=cdnow.INNER)
+    assert summary["00003"] == (1, 87 / 7, 179 / 7)  # 01-02 .. 03-30, and to 06-30
+    assert "00005" not in summary
+
+
+@pytest.mark.skipif(not cdnow.default_path().exists(), reason="shared CDNOW data not present")
+def test_cdnow_inner_baselines_on_the_real_data() -> None:
+    pytest.importorskip("lifetimes")
+    labels = cdnow.cdnow_labels(split=cdnow.INNER)
+    assert len(labels) == 23570  # every customer's first purchase is before 1997-03-26
+    assert round(cdnow.recency_baseline_auc(split=cdnow.INNER), 3) == 0.724
+    assert round(cdnow.bgnbd_baseline_auc(split=cdnow.INNER), 3) == 0.741
