@@ -128,7 +128,7 @@ class FeatureSettings:
 
     @property
     def history_days(self) -> int:
-        return max(self.windows)
+        return self.windows[-1]  # ascending (checked above): read once per event
 
 
 @dataclass(slots=True)
