@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 
-def roc_auc(y: Sequence[int] | Sequence[bool], s: Sequence[float]) -> float | None:
+def roc_auc(
+    y: Sequence[int] | Sequence[bool] | NDArray[np.bool_],
+    s: Sequence[float] | NDArray[np.float64],
+) -> float | None:
     """P(score of a positive > score of a negative), ties counting half; ``None`` until
     both classes are present (the Mann-Whitney U over average ranks).
 

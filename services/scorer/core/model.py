@@ -24,6 +24,7 @@ they are separable (``prior.py``, ``calibration.py``) if this module grows.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import pickle
@@ -33,12 +34,14 @@ from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import orjson
 import river
+from numpy.typing import NDArray
 from river import compose, forest, linear_model, optim, preprocessing
 
+from services.common import ranking
 from services.common.errors import ChurnwatchError, ConfigError
-from services.scorer.core.quality import roc_auc
 
 __all__ = [
     "LABELS",
@@ -348,6 +351,12 @@ def prepare(x: dict[str, float]) -> dict[str, float]:
     return {k: math.copysign(math.log1p(abs(v := get(k, 0.0))), v) for k in FEATURES}
 
 
+def _aucs(judged: NDArray[np.float64]) -> tuple[float | None, float | None]:
+    """ROC AUC of the prior and of the learner on (prior, raw, y) rows."""
+    labels = judged[:, 2] > 0.5
+    return ranking.roc_auc(labels, judged[:, 0]), ranking.roc_auc(labels, judged[:, 1])
+
+
 def scale_and_learn(
     scaler: preprocessing.StandardScaler, x: dict[str, float]
 ) -> tuple[dict[str, float], dict[str, float]]:
@@ -438,13 +447,19 @@ class ChurnModel:
         >>> ChurnModel().blend_quality()
         {'prior_auc': None, 'model_auc': None, 'labels': 0.0, 'prior_share': 1.0}
         """
-        judged = list(self.judged)
+        prior_auc, model_auc = _aucs(self._judged_table())
         return {
-            "prior_auc": roc_auc([(p, y) for p, _, y in judged]),
-            "model_auc": roc_auc([(r, y) for _, r, y in judged]),
-            "labels": float(len(judged)),
+            "prior_auc": prior_auc,
+            "model_auc": model_auc,
+            "labels": float(len(self.judged)),
             "prior_share": self.prior_share,
         }
+
+    def _judged_table(self) -> NDArray[np.float64]:
+        """The judged labels as (prior, raw, y) rows: the blend runs every ``blend_every``
+        labels over ``blend_window`` of them, so building it is part of a label's cost."""
+        flat = itertools.chain.from_iterable(self.judged)
+        return np.fromiter(flat, dtype=float, count=3 * len(self.judged)).reshape(-1, 3)
 
     def _reblend(self) -> None:
         """Set ``prior_share`` from the AUCs: 1 while the learner does not beat the prior,
@@ -455,12 +470,12 @@ class ChurnModel:
         either class (``blend_min_class``) is no evidence: the prior keeps it all.
         """
         s = self.settings
-        positives = sum(y for _, _, y in self.judged)
-        if min(positives, len(self.judged) - positives) < s.blend_min_class:
+        table = self._judged_table()
+        positives = int(table[:, 2].sum())
+        if min(positives, len(table) - positives) < s.blend_min_class:
             self.prior_share = 1.0
             return
-        figures = self.blend_quality()
-        prior_auc, model_auc = figures["prior_auc"], figures["model_auc"]
+        prior_auc, model_auc = _aucs(table)
         assert prior_auc is not None and model_auc is not None
         lead = model_auc - prior_auc
         self.prior_share = min(1.0, max(0.0, 1.0 - lead / s.blend_margin))
