@@ -38,6 +38,13 @@ class ScorerSettings(CommonSettings):
         description="re-score a user whose new events are only ordinary activity "
         "at most this often (events that can raise risk always re-score); 0 = every batch",
     )
+    scorer_rescore_spread: float = Field(
+        0.5,
+        ge=0,
+        le=4,
+        description="each user's re-score interval is longer by a fixed share of this "
+        "(from the user id), so users first seen together do not all come due together",
+    )
     scorer_winback_window_days: float = Field(
         14.0, gt=0, description="active again within this many days of a win-back decision = won"
     )

@@ -32,7 +32,13 @@ from services.scorer.core.features import (
     encode_state,
     update_features,
 )
-from services.scorer.scoring import ScoringCore, UserScore, needs_rescore, previous_stage
+from services.scorer.scoring import (
+    ScoringCore,
+    UserScore,
+    needs_rescore,
+    previous_stage,
+    rescore_interval,
+)
 
 log = logging.getLogger("churnwatch.scorer")
 
@@ -114,6 +120,7 @@ class BatchScorer:
         clock: Clock,
         features: FeatureSettings,
         rescore_every_s: float = 0.0,
+        rescore_spread: float = 0.0,
         winback_window_s: float = 14 * 86_400,
     ) -> None:
         self.store = store
@@ -121,6 +128,7 @@ class BatchScorer:
         self.clock = clock
         self.features = features
         self.rescore_every_s = rescore_every_s
+        self.rescore_spread = rescore_spread
         self.winback_window_s = winback_window_s
 
     def _dead(self, record: Record, exc: Exception) -> DeadLetter:
@@ -171,7 +179,8 @@ class BatchScorer:
                 )
                 if outcome == "won":
                     out.winbacks[counter] += 1
-            if not needs_rescore(row.policy, types, now, every_s=self.rescore_every_s):
+            every_s = rescore_interval(uid, self.rescore_every_s, self.rescore_spread)
+            if not needs_rescore(row.policy, types, now, every_s=every_s):
                 writes.append(
                     UserWrite(
                         uid,

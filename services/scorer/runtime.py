@@ -154,6 +154,7 @@ class Runtime:
             clock=self.clock,
             features=features,
             rescore_every_s=s.scorer_rescore_every_s,
+            rescore_spread=s.scorer_rescore_spread,
             winback_window_s=s.scorer_winback_window_days * DAY,
         )
 

@@ -6,6 +6,7 @@ the RFM quantiles are the worker's own state, checkpointed together.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -65,6 +66,8 @@ RISK_EVENTS = frozenset(
 def needs_rescore(policy: bytes | None, types: set[str], now: float, *, every_s: float) -> bool:
     """Whether this batch's events for a user call for a new score now.
 
+    ``every_s`` is this user's own interval (:func:`rescore_interval`).
+
     >>> from services.scorer.core.policy import AlertState
     >>> state = encode_policy(AlertState("low", True, None, 10.0, 100.0))
     >>> needs_rescore(state, {"login"}, 130.0, every_s=60)
@@ -80,6 +83,22 @@ def needs_rescore(policy: bytes | None, types: set[str], now: float, *, every_s:
         return True
     last = decode_policy(policy)
     return last is None or now - last.last_score_ts >= every_s
+
+
+def rescore_interval(user_id: str, every_s: float, spread: float) -> float:
+    """``every_s`` stretched by a fixed fraction of ``spread`` that is this user's own.
+
+    Users first scored in the same second (a deployment's first minute, a
+    campaign's burst) would otherwise all come due again in the same second,
+    and that wave of scores stalls every alert behind it. The fraction comes
+    from the id, so a replay re-scores at the same moments.
+
+    >>> rescore_interval("u1", 60.0, 0.0)
+    60.0
+    >>> [round(rescore_interval(u, 60.0, 0.5), 1) for u in ("u1", "u2", "u3")]
+    [67.8, 85.7, 80.2]
+    """
+    return every_s * (1.0 + spread * zlib.crc32(user_id.encode()) / 2**32)
 
 
 def previous_stage(record: bytes | None) -> str | None:

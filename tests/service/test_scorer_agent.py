@@ -46,7 +46,14 @@ class FakeStore:
     async def save(self, writes: list[UserWrite]) -> None:
         self.saves.append(list(writes))
         for w in writes:
-            self.rows[w.user_id] = StoredUser(w.features, w.policy, w.record, w.snapshot_day)
+            # As in Redis: a write without a score (not re-scored) keeps the last one.
+            old = self.rows.get(w.user_id, StoredUser(None, None, None, None))
+            self.rows[w.user_id] = StoredUser(
+                w.features,
+                w.policy or old.policy,
+                w.record or old.record,
+                w.snapshot_day if w.snapshot_day is not None else old.snapshot_day,
+            )
 
 
 def make_scorer(store: FakeStore, clock: ManualClock) -> BatchScorer:
@@ -435,3 +442,36 @@ def test_the_next_batch_is_prepared_while_one_is_handled_and_handed_over_with_it
     assert events.index("prepare 1") < events.index("done 0")  # while batch 0 waits
     assert events.index("done 0") < events.index("handle 1 with prepared 1")  # then in turn
     assert kafka.commits == [{("user-events", 0): 1}, {("user-events", 0): 2}]
+
+
+def rescores_per_second(spread: float) -> list[int]:
+    """200 users first scored in the same second, then one login each a second for
+    two minutes: how many of them each second's batch re-scores."""
+    users = [SimUser(f"wave-{i}", "loyal", "UTC", "premium", 1.0) for i in range(200)]
+    store, clock = FakeStore(), ManualClock(T0)
+    scorer = BatchScorer(
+        store=store,
+        core=make_core(ScorerSettings()),
+        clock=clock,
+        features=FeatureSettings(),
+        rescore_every_s=60.0,
+        rescore_spread=spread,
+    )
+    counts = []
+    for k in range(121):
+        clock.set(T0 + k)
+        outcome = handle(scorer, [event(u, "login", T0 + k, k) for u in users], start=k * 200)
+        counts.append(sum(outcome.bands.values()))
+    return counts
+
+
+def test_users_first_scored_together_do_not_come_due_together() -> None:
+    waves = rescores_per_second(0.0)
+    assert waves[0] == 200 and waves[60] == 200 and waves[120] == 200  # the wave
+    assert sum(waves) == 600
+    spread = rescores_per_second(0.5)
+    assert spread[0] == 200
+    # Each user once more 60-90 s later (the next time falls past the two minutes),
+    # and no second carries more than a small share of them.
+    assert sum(spread[60:91]) == sum(spread[1:]) == 200
+    assert max(spread[1:]) <= 20
