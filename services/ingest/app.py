@@ -102,6 +102,9 @@ def create_app(
     )
     install_auth(app, keys or keys_from_settings(settings))
     recent = RecentIds(settings.ingest_dedup_window_s)
+    # A publisher that can wait for Kafka on the event loop (librdkafka's) does;
+    # one that blocks (kafka-python's, the fakes) waits in the thread pool.
+    publish_async = getattr(publisher, "publish_async", None)
     app.mount("/metrics", make_asgi_app())
 
     @app.get("/healthz", summary="The process is up")
@@ -181,7 +184,11 @@ def create_app(
         if duplicates:
             DUPLICATES.inc(duplicates)
         started = time.perf_counter()
-        results = await run_in_threadpool(publisher.publish, [(k, v) for _, k, v in fresh])
+        batch = [(k, v) for _, k, v in fresh]
+        if publish_async is not None:
+            results = await publish_async(batch)
+        else:
+            results = await run_in_threadpool(publisher.publish, batch)
         PRODUCE_LATENCY.observe(time.perf_counter() - started)
         not_taken = [
             {"index": i, "error": str(err) or type(err).__name__}

@@ -211,3 +211,37 @@ def test_unreachable_broker_is_503_then_recovers_without_restart(
 
     ids = sorted(v["event_id"] for _, v in read_topic(isolated, settings.topic_events))
     assert ids == ["it-1", "it-2"]
+
+
+def test_librdkafka_publisher_async_and_blocking_paths_answer_alike(isolated: Isolated) -> None:
+    """The app awaits ``publish_async`` (no thread per request); ``publish`` blocks.
+
+    Both give one answer per record, in order; nothing to send answers at once;
+    a broker that never answers gives every record an error once the produce
+    timeout has passed, instead of a request that never returns.
+    """
+    from services.ingest.adapters.rdkafka_publisher import RdKafkaPublisher
+
+    settings = ingest_settings(isolated, "librdkafka")
+    publisher = RdKafkaPublisher(settings, topic=settings.topic_events, timeout_s=5.0)
+    records = [(b"user-%d" % (n % 7), orjson.dumps(event(n))) for n in range(300)]
+    try:
+        assert asyncio.run(publisher.publish_async(records[:200])) == [None] * 200
+        assert publisher.publish(records[200:]) == [None] * 100
+        assert asyncio.run(publisher.publish_async([])) == []
+    finally:
+        publisher.close()
+    ids = sorted(value["event_id"] for _, value in read_topic(isolated, settings.topic_events))
+    assert ids == sorted(orjson.loads(v)["event_id"] for _, v in records)
+
+    nowhere = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    lost = RdKafkaPublisher(nowhere, topic=settings.topic_events, timeout_s=1.0)
+    try:
+        answers = asyncio.run(publisher_async_with_deadline(lost, records[:3], within_s=15))
+    finally:
+        lost.close()
+    assert len(answers) == 3 and all(a is not None for a in answers), answers
+
+
+async def publisher_async_with_deadline(publisher: Any, records: Any, *, within_s: float) -> Any:
+    return await asyncio.wait_for(publisher.publish_async(records), within_s)

@@ -8,7 +8,8 @@ compresses and retries in its own threads, and a record costs ~3 µs of Python
 
 How a request waits for its acks: every ``produce()`` carries a callback that
 records the outcome in the request's :class:`_Pending`; one poller thread serves
-the callbacks of all requests, and the request thread waits on its event.
+the callbacks of all requests. The ingest app awaits :meth:`publish_async`, whose
+last callback wakes the event loop; :meth:`publish` blocks its caller's thread.
 librdkafka reconnects by itself after an outage and expires a record after
 ``message.timeout.ms`` (the produce timeout) with an error, which is reported as
 "not taken"; only a fatal error (the idempotent producer lost its state) makes
@@ -17,10 +18,11 @@ the publisher build a new producer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -43,25 +45,37 @@ class _Pending:
     """The outcome of one request's records, filled in by delivery callbacks.
 
     Callbacks run in the poller thread (librdkafka calls them inside ``poll()``);
-    a record the local queue refused is settled by the request thread.
+    a record the local queue refused is settled by the producing thread.
+    ``on_done`` runs once the last record is settled, in whichever thread did it.
     """
 
-    __slots__ = ("done", "left", "lock", "results")
+    __slots__ = ("done", "left", "lock", "on_done", "results")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, on_done: Callable[[], object] | None = None) -> None:
         self.results: list[BaseException | None] = [_WAITING] * n
         self.left = n
         self.done = threading.Event()
         self.lock = threading.Lock()
+        self.on_done = on_done
         if n == 0:
-            self.done.set()
+            self._finish()
 
     def settle(self, index: int, error: BaseException | None) -> None:
         with self.lock:
             self.results[index] = error
             self.left -= 1
             if self.left == 0:
-                self.done.set()
+                self._finish()
+
+    def _finish(self) -> None:
+        self.done.set()
+        if self.on_done is not None:
+            self.on_done()
+
+
+def _resolve(finished: asyncio.Future[None]) -> None:
+    if not finished.done():  # the request may have stopped waiting (timeout, cancel)
+        finished.set_result(None)
 
 
 class DeliveryFailed(Exception):
@@ -157,6 +171,37 @@ class RdKafkaPublisher:
         except BrokerUnavailable as exc:
             return [exc for _ in records]
         pending = _Pending(len(records))
+        self._produce(producer, records, pending)
+        # Records expire after message.timeout.ms, so every callback fires by then;
+        # the margin covers the poller's cadence.
+        pending.done.wait(self.timeout_s + 5.0)
+        return self._outcome(producer, pending)
+
+    async def publish_async(
+        self, records: Sequence[tuple[bytes, bytes]]
+    ) -> list[BaseException | None]:
+        """:meth:`publish` for an event loop, without a thread per request.
+
+        ``produce()`` only queues (a full queue raises at once), so it runs on the
+        loop; the poller thread's last delivery callback wakes the loop. A request
+        waiting in a thread pool instead held one of its 40 threads for its whole
+        round trip to Kafka, and its answer took two more thread hand-offs.
+        """
+        try:
+            producer = self._get()
+        except BrokerUnavailable as exc:
+            return [exc for _ in records]
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+        pending = _Pending(len(records), lambda: loop.call_soon_threadsafe(_resolve, finished))
+        self._produce(producer, records, pending)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished, self.timeout_s + 5.0)
+        return self._outcome(producer, pending)
+
+    def _produce(
+        self, producer: Producer, records: Sequence[tuple[bytes, bytes]], pending: _Pending
+    ) -> None:
         produce, topic = producer.produce, self.topic
         for i, (key, value) in enumerate(records):
 
@@ -172,10 +217,10 @@ class RdKafkaPublisher:
                 pending.settle(i, BrokerUnavailable("producer queue full"))
             except KafkaException as exc:
                 pending.settle(i, BrokerUnavailable(str(exc)))
-        # Records expire after message.timeout.ms, so every callback fires by then;
-        # the margin covers the poller's cadence. A callback that comes later than
-        # that writes into the list after it was copied, harmlessly.
-        pending.done.wait(self.timeout_s + 5.0)
+
+    def _outcome(self, producer: Producer, pending: _Pending) -> list[BaseException | None]:
+        # A callback that comes after the wait gave up writes into the list after it
+        # was copied, harmlessly.
         results = [
             BrokerUnavailable("no acknowledgement in time") if r is _WAITING else r
             for r in list(pending.results)
