@@ -245,3 +245,23 @@ def test_librdkafka_publisher_async_and_blocking_paths_answer_alike(isolated: Is
 
 async def publisher_async_with_deadline(publisher: Any, records: Any, *, within_s: float) -> Any:
     return await asyncio.wait_for(publisher.publish_async(records), within_s)
+
+
+def test_a_late_acknowledgement_after_the_loop_closed_leaves_the_publisher_working() -> None:
+    """A request that stopped waiting, on a loop that is gone by the time librdkafka
+    gives up on its records: the callback must not end the poller thread."""
+    from services.ingest.adapters.rdkafka_publisher import DeliveryFailed, RdKafkaPublisher
+
+    settings = IngestSettings(kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    publisher = RdKafkaPublisher(settings, topic="nowhere", timeout_s=1.0)
+    records = [(b"u", b"{}")]
+    try:
+        with pytest.raises(TimeoutError):
+            asyncio.run(publisher_async_with_deadline(publisher, records, within_s=0.1))
+        time.sleep(2.0)  # the record expires now, its callback finds the loop closed
+        # The poller still serves callbacks: the record expires with librdkafka's own
+        # error, not with "no acknowledgement in time" after the wait gave up.
+        answers = publisher.publish(records)
+        assert len(answers) == 1 and isinstance(answers[0], DeliveryFailed), answers
+    finally:
+        publisher.close()

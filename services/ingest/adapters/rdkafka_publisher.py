@@ -51,7 +51,7 @@ class _Pending:
 
     __slots__ = ("done", "left", "lock", "on_done", "results")
 
-    def __init__(self, n: int, on_done: Callable[[], object] | None = None) -> None:
+    def __init__(self, n: int, on_done: Callable[[], None] | None = None) -> None:
         self.results: list[BaseException | None] = [_WAITING] * n
         self.left = n
         self.done = threading.Event()
@@ -76,6 +76,18 @@ class _Pending:
 def _resolve(finished: asyncio.Future[None]) -> None:
     if not finished.done():  # the request may have stopped waiting (timeout, cancel)
         finished.set_result(None)
+
+
+def _waker(loop: asyncio.AbstractEventLoop, finished: asyncio.Future[None]) -> Callable[[], None]:
+    """What the poller thread calls when a request's last record is settled."""
+
+    def wake() -> None:
+        # A loop closed meanwhile (shutdown) must not raise into poll(): that would
+        # end the poller thread, and with it every later request's callbacks.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, finished)
+
+    return wake
 
 
 class DeliveryFailed(Exception):
@@ -163,7 +175,10 @@ class RdKafkaPublisher:
             if producer is None:
                 self._stop.wait(0.05)
                 continue
-            producer.poll(0.05)
+            try:
+                producer.poll(0.05)
+            except Exception:  # raised by a callback: it must not end the only poller
+                log.exception("a delivery callback failed")
 
     def publish(self, records: Sequence[tuple[bytes, bytes]]) -> list[BaseException | None]:
         try:
@@ -193,7 +208,7 @@ class RdKafkaPublisher:
             return [exc for _ in records]
         loop = asyncio.get_running_loop()
         finished: asyncio.Future[None] = loop.create_future()
-        pending = _Pending(len(records), lambda: loop.call_soon_threadsafe(_resolve, finished))
+        pending = _Pending(len(records), _waker(loop, finished))
         self._produce(producer, records, pending)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(finished, self.timeout_s + 5.0)
