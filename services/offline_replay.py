@@ -40,8 +40,9 @@ from services.common.settings import load_settings
 from services.replay import score_rows
 from services.scorer.adapters.memory_store import MemoryUserStore
 from services.scorer.config import ScorerSettings
-from services.scorer.core.features import decode_state, to_vector
+from services.scorer.core.features import to_vector
 from services.scorer.core.model import ChurnModel, ModelSettings
+from services.scorer.core.state_codec import decode_state
 from services.scorer.runtime import Runtime
 
 # What ``services.replay.Replay`` sets for its scorer worker, besides topics and keys.

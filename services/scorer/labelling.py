@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.scorer.core.features import state_times
 from services.scorer.core.labels import (
     LabelSettings,
     Snapshot,
@@ -23,6 +22,7 @@ from services.scorer.core.labels import (
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.quality import QualityTracker
 from services.scorer.core.records import decode_snapshot
+from services.scorer.core.state_codec import state_times
 
 DAY = 86_400.0
 

@@ -24,14 +24,8 @@ from services.common.messages import ChurnAlert, DeadLetter, Record, dead_record
 from services.common.schemas import validate
 from services.notifier.core.guardrails import won_back
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
-from services.scorer.core.features import (
-    CHURN_TYPES,
-    FeatureSettings,
-    UserState,
-    decode_state,
-    encode_state,
-    update_features,
-)
+from services.scorer.core.features import CHURN_TYPES, FeatureSettings, UserState, update_features
+from services.scorer.core.state_codec import decode_state, encode_state
 from services.scorer.scoring import (
     ScoringCore,
     UserScore,

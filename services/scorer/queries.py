@@ -40,9 +40,10 @@ from services.scorer.adapters.redis_store import (
     user_fields,
     user_key,
 )
-from services.scorer.core.features import decode_state, to_vector
+from services.scorer.core.features import to_vector
 from services.scorer.core.records import decode_record
 from services.scorer.core.segments import STAGES
+from services.scorer.core.state_codec import decode_state
 
 MAX_EXAMINED = 5000  # at-risk entries looked at per request, whatever the filters
 

@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable
 from services.common.errors import InvalidEvent, LateEvent
 from services.common.events import UserEvent
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
-from services.scorer.core.features import UserState, decode_state, update_features
+from services.scorer.core.features import UserState, update_features
+from services.scorer.core.state_codec import decode_state
 from services.scorer.pipeline import (
     BatchScorer,
     Decoded,

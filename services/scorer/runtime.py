@@ -22,12 +22,13 @@ from services.common.redis_client import async_redis
 from services.scorer import metrics
 from services.scorer.adapters.redis_store import RedisUserStore
 from services.scorer.config import ScorerSettings
-from services.scorer.core.features import FeatureSettings, decode_state
+from services.scorer.core.features import FeatureSettings
 from services.scorer.core.labels import LabelSettings
 from services.scorer.core.model import ChurnModel, ModelSettings
 from services.scorer.core.policy import PolicySettings, Thresholds
 from services.scorer.core.quality import QualityTracker
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings
+from services.scorer.core.state_codec import decode_state
 from services.scorer.labelling import Learned, SnapshotStore, resolve_labels
 from services.scorer.pipeline import BatchScorer, Outcome, UserStore, user_write
 from services.scorer.replay_mode import ReplayScorer

@@ -348,7 +348,8 @@ def compare_features(
     import redis
 
     from services.scorer.adapters.redis_store import split_user, user_key
-    from services.scorer.core.features import decode_state, to_vector
+    from services.scorer.core.features import to_vector
+    from services.scorer.core.state_codec import decode_state
 
     r = redis.Redis.from_url(settings.redis_url)
     uids = sorted(by_user)

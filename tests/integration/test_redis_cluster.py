@@ -29,7 +29,8 @@ from services.common.settings import CommonSettings
 from services.scorer.adapters.redis_store import INDEX_SHARDS, RedisUserStore, UserWrite, shard_of
 from services.scorer.api import build_api
 from services.scorer.config import ApiSettings
-from services.scorer.core.features import FeatureSettings, apply_batch, encode_state
+from services.scorer.core.features import FeatureSettings, apply_batch
+from services.scorer.core.state_codec import encode_state
 
 pytestmark = pytest.mark.integration
 

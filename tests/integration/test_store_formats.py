@@ -31,7 +31,7 @@ from services.scorer.adapters.redis_store import (
     split_user,
     user_key,
 )
-from services.scorer.core.features import FeatureSettings, apply_batch, decode_state, encode_state
+from services.scorer.core.features import FeatureSettings, apply_batch
 from services.scorer.core.labels import take_snapshot
 from services.scorer.core.records import (
     FEATURES,
@@ -40,6 +40,7 @@ from services.scorer.core.records import (
     encode_record,
     encode_snapshot,
 )
+from services.scorer.core.state_codec import decode_state, encode_state
 from services.scorer.queries import RiskQueries
 from tests.unit.test_features import as_json
 

@@ -22,8 +22,9 @@ from services.common.clock import ManualClock
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.app import batch_handler, make_publisher
 from services.scorer.config import ScorerSettings
-from services.scorer.core.features import FeatureSettings, decode_state, to_vector
+from services.scorer.core.features import FeatureSettings, to_vector
 from services.scorer.core.records import decode_record
+from services.scorer.core.state_codec import decode_state
 from services.scorer.pipeline import BatchScorer, Outcome, Record
 from services.scorer.runtime import make_core
 from services.sim.generator import DAY, SimUser, event

@@ -22,11 +22,10 @@ from services.scorer.core.features import (
     FeatureSettings,
     UserState,
     apply_batch,
-    decode_state,
-    encode_state,
     to_vector,
     update_features,
 )
+from services.scorer.core.state_codec import decode_state, encode_state
 
 S = FeatureSettings()
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

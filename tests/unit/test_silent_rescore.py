@@ -15,7 +15,8 @@ from services.common.clock import ManualClock
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.app import batch_handler
 from services.scorer.config import ScorerSettings
-from services.scorer.core.features import FeatureSettings, decode_state, to_vector
+from services.scorer.core.features import FeatureSettings, to_vector
+from services.scorer.core.state_codec import decode_state
 from services.scorer.pipeline import BatchScorer, Record
 from services.scorer.runtime import Runtime, make_core, silence_marks
 from services.sim.generator import DAY, SimUser, event

@@ -2,7 +2,7 @@
 
 ``update_features(state, event)`` folds one event into a new :class:`UserState`;
 ``to_vector(state, now)`` reads the model's feature vector off it;
-``encode_state``/``decode_state`` give the compact bytes stored in Redis.
+:mod:`services.scorer.core.state_codec` gives the compact bytes stored in Redis.
 Nothing here does I/O.
 
 Rules, in plain words:
@@ -29,57 +29,20 @@ True
 >>> v = to_vector(state, e.ts + 86_400)
 >>> v["recency_days"], v["events_1d"], v["events_7d"]
 (1.0, 0.0, 1.0)
->>> decode_state(encode_state(state)) == state
-True
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import itertools
 import math
-import operator
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-
-import msgpack
-import orjson
 
 from services.common.clock import day_index
 from services.common.errors import LateEvent
 from services.common.events import UserEvent
 
-# 2 added the lifetime counters; 3 is format 2's list in MessagePack, the seen ids as
-# raw bytes, a well-known last type as its index in _STORED_TYPES (~165 bytes a user
-# instead of ~290); 4 adds the lifetime revenue. 1, 2 (JSON) and 3 still decode.
-FORMAT_VERSION = 4
-# Event types stored as a number in format 3. Append only: the index is stored.
-_STORED_TYPES = (
-    "signup",
-    "login",
-    "session_start",
-    "session_end",
-    "page_view",
-    "feature_used",
-    "purchase",
-    "subscription_started",
-    "subscription_renewed",
-    "plan_upgraded",
-    "plan_downgraded",
-    "subscription_cancelled",
-    "payment_failed",
-    "support_ticket",
-    "complaint",
-    "notification_opened",
-    "uninstall",
-    "account_deleted",
-    "winback_sent",
-    "winback_responded",
-)
-_STORED_TYPE_ID = {t: i for i, t in enumerate(_STORED_TYPES)}
 DAY_S = 86_400
 # Days between two active days (or an explicit churn) that make the next one a "return".
 RETURN_GAP_DAYS = 14
@@ -483,153 +446,3 @@ def _lifetime(state: UserState, recency_days: float) -> dict[str, float]:
 
 
 _DEFAULT_SETTINGS = FeatureSettings()
-
-
-def encode_state(state: UserState) -> bytes:
-    """Compact bytes for Redis: MessagePack of a packed list, times relative to ``last_seen``.
-
-    The remembered event ids go as one string: a marker byte, the 64-bit id
-    hashes, then how many hours before ``last_seen`` each was, one byte each
-    (``b``), or two when one is older than 255 hours (``h``, a lateness of
-    over ten days). This is the scorer's hot path: it is written for speed.
-
-    >>> from datetime import datetime, UTC
-    >>> e = UserEvent("a", "u", "login", datetime(2026, 1, 5, tzinfo=UTC))
-    >>> msgpack.unpackb(encode_state(update_features(None, e, settings=FeatureSettings())))[:5]
-    [4, 1767571200, 0, 0, 0]
-    """
-    ls = state.last_seen
-    items = sorted(state.days.items())
-    base = prev = items[0][0] if items else 0
-    rows: list[list[object]] = []
-    for d, (counts, feats) in items:
-        # Trailing zeros are implied; most days only use the first few counters.
-        n = _COMMON if counts[_COMMON:] == _ZEROS[_COMMON:] else N_COUNTERS
-        while n and not counts[n - 1]:
-            n -= 1
-        row: list[object] = [d - prev, *counts[:n]]
-        if feats:  # a trailing list, only on the days that have features
-            row.append(sorted(feats))
-        rows.append(row)
-        prev = d
-    n_seen = len(state.seen)
-    backs = list(map(operator.sub, itertools.repeat(ls // 3600, n_seen), state.seen.values()))
-    ids = struct.pack(f"<{n_seen}Q", *state.seen)
-    if not backs or (min(backs) >= 0 and max(backs) <= 255):
-        seen = b"b" + ids + bytes(backs)
-    else:
-        seen = b"h" + ids + struct.pack(f"<{n_seen}H", *(min(max(b, 0), 65535) for b in backs))
-    return _pack_state(
-        [
-            FORMAT_VERSION,
-            ls,
-            ls - state.first_seen,
-            ls - state.last_active if state.last_active else -1,
-            ls - state.engaged_at if state.engaged_at else -1,
-            ls - state.churn_at if state.churn_at else -1,
-            ls - state.uninstall_at if state.uninstall_at else -1,
-            ls - state.signup_ts if state.signup_ts else -1,
-            ls - state.plan_at if state.plan_at else -1,
-            state.timezone or "",
-            state.plan or "",
-            _STORED_TYPE_ID.get(state.last_type, state.last_type),
-            base,
-            rows,
-            seen,
-            state.active_days_total,
-            state.purchases_total,
-            state.revenue_total_c,
-        ]
-    )
-
-
-_pack_state = msgpack.Packer().pack
-
-
-def decode_state(data: bytes | str) -> UserState:
-    """Inverse of :func:`encode_state` (bytes, or text from a decoding Redis client).
-
-    Raises ``ValueError`` on an unknown format version. Formats 1 and 2 (JSON)
-    and 3 still decode; format 1 (before the lifetime counters): its active days
-    are those in the kept history, its purchases the kept ones (lower bounds);
-    formats 1-3 (before the lifetime revenue): the kept days' revenue, likewise.
-
-    >>> decode_state(b'[2,100,0,0,0,-1,-1,-1,-1,"","","login",0,[[0,1]],"",1,0]').last_seen
-    100
-    """
-    json = data[:1] in (b"[", "[")
-    packed = orjson.loads(data) if json else msgpack.unpackb(data, use_list=False)
-    version = packed[0] if isinstance(packed, list | tuple) and packed else None
-    if version not in (1, 2, 3, FORMAT_VERSION):
-        raise ValueError(f"unknown feature state format {version!r}")
-    _, ls, first, active, engaged, churn, uninstall, signup, plan_at = packed[:9]
-    tz, plan, last_type, day, rows, seen_text = packed[9:15]
-    days: dict[int, Day] = {}
-    empty: frozenset[int] = frozenset()
-    for row in rows:
-        day += row[0]
-        if type(row[-1]) in (list, tuple):
-            days[day] = (tuple(row[1:-1]) + _ZEROS[len(row) - 2 :], frozenset(row[-1]))
-        else:
-            days[day] = (tuple(row[1:]) + _ZEROS[len(row) - 1 :], empty)
-    hour_now = ls // 3600
-    if json:
-        pairs = struct.iter_unpack("<QH", base64.b64decode(seen_text))
-        seen = {k: hour_now - back for k, back in pairs}
-    else:
-        seen = _decode_seen(seen_text, hour_now)
-        last_type = _STORED_TYPES[last_type] if isinstance(last_type, int) else last_type
-    if version == 1:
-        n_days = sum(1 for c, _ in days.values() if c[EVENTS])
-        n_buys = sum(c[PURCHASES] for c, _ in days.values())
-    else:
-        n_days, n_buys = packed[15:17]
-    revenue = packed[17] if version >= 4 else sum(c[REVENUE_C] for c, _ in days.values())
-    return UserState(  # positional: this runs once per event on the hot path
-        ls - first,
-        ls,
-        ls - active if active >= 0 else 0,
-        ls - engaged if engaged >= 0 else 0,
-        ls - churn if churn >= 0 else 0,
-        ls - uninstall if uninstall >= 0 else 0,
-        ls - signup if signup >= 0 else 0,
-        ls - plan_at if plan_at >= 0 else 0,
-        tz or None,
-        plan or None,
-        last_type,
-        days,
-        seen,
-        n_days,
-        n_buys,
-        revenue,
-    )
-
-
-def _decode_seen(blob: bytes, hour_now: int) -> dict[int, int]:
-    """The remembered ids of format 3: ``b``/``h``, the ids, then the hours back."""
-    width = 1 if blob[:1] == b"b" else 2
-    n = (len(blob) - 1) // (8 + width)
-    ids = struct.unpack_from(f"<{n}Q", blob, 1)
-    backs = blob[1 + 8 * n :] if width == 1 else struct.unpack_from(f"<{n}H", blob, 1 + 8 * n)
-    return dict(zip(ids, map(operator.sub, itertools.repeat(hour_now, n), backs), strict=True))
-
-
-def state_times(data: bytes | str) -> tuple[int, int, int]:
-    """``(last_seen, last_active, churn_at)`` of a stored state, without decoding its days.
-
-    Label resolution needs only these three; a full :func:`decode_state` builds
-    every day's counters and the remembered ids, several times the work.
-
-    >>> from datetime import datetime, UTC
-    >>> e = UserEvent("a", "u", "login", datetime(2026, 1, 5, tzinfo=UTC))
-    >>> s = update_features(None, e, settings=FeatureSettings())
-    >>> state_times(encode_state(s)) == (s.last_seen, s.last_active, s.churn_at)
-    True
-    """
-    json = data[:1] in (b"[", "[")
-    packed = orjson.loads(data) if json else msgpack.unpackb(data, use_list=False)
-    version = packed[0] if isinstance(packed, list | tuple) and packed else None
-    if version not in (1, 2, 3, FORMAT_VERSION):
-        raise ValueError(f"unknown feature state format {version!r}")
-    ls, active, churn = packed[1], packed[3], packed[5]
-    return ls, ls - active if active >= 0 else 0, ls - churn if churn >= 0 else 0
