@@ -165,9 +165,7 @@ def churnwatch_risks(
     print(f"replay: {orjson.dumps(summary).decode()}", file=sys.stderr)
     with scores.open() as fh:
         risk = {row["user_id"]: float(row["risk"]) for row in csv.DictReader(fh)}
-    if salt:
-        risk = {uid.removeprefix(f"{salt}-"): r for uid, r in risk.items()}
-    return risk
+    return unsalted(risk, salt)
 
 
 def relearned_risks(recording: Path, split: Split, model: ModelSettings) -> dict[str, float]:
@@ -179,8 +177,15 @@ def relearned_risks(recording: Path, split: Split, model: ModelSettings) -> dict
     kept = pickle.loads(recording.read_bytes())
     if kept["split"] != split.name:
         raise SystemExit(f"{recording} is a recording of {kept['split']}, not {split.name}")
-    risk = relearn(kept["labels"], kept["vectors"], settings=model)
-    salt = kept["salt"]
+    return unsalted(relearn(kept["labels"], kept["vectors"], settings=model), kept["salt"])
+
+
+def unsalted(risk: dict[str, float], salt: str) -> dict[str, float]:
+    """Risks by the customers' own ids (``--salt`` renamed them ``<salt>-<id>``).
+
+    >>> unsalted({"r1-7": 0.5}, "r1"), unsalted({"7": 0.5}, "")
+    ({'7': 0.5}, {'7': 0.5})
+    """
     return {uid.removeprefix(f"{salt}-"): r for uid, r in risk.items()} if salt else risk
 
 
@@ -223,8 +228,9 @@ def main(argv: Sequence[str] = ()) -> int:
         "--split",
         choices=sorted(SPLITS),
         default="standard",
-        help="standard: the 39-week holdout; inner (inner-may): a check inside calibration, "
-        "replay to 1997-06-30 (05-31), question: no purchase in the next three months",
+        help="standard: the 39-week holdout; inner (inner-may, inner-long): a check inside "
+        "calibration, replay to 1997-06-30 (05-31, 04-30), question: no purchase in the next "
+        "three months (five for inner-long)",
     )
     parser.add_argument("--inner", action="store_true", help="the same as --split inner")
     parser.add_argument(

@@ -264,9 +264,9 @@ def seed_snapshots(settings: CommonSettings, events: list[dict[str, Any]], now: 
 
 def due_key(settings: CommonSettings, uid: str) -> str:
     """The shard of the label-due index that holds ``uid`` (see ``redis_store``)."""
-    from services.scorer.adapters.redis_store import shard_of
+    from services.scorer.adapters.redis_layout import shard_key
 
-    return f"{settings.key_prefix}:snapdue:{shard_of(uid, settings.redis_index_shards)}"
+    return shard_key(f"{settings.key_prefix}:snapdue", uid, settings.redis_index_shards)
 
 
 def make_due(settings: CommonSettings, users: list[str], at: float) -> None:

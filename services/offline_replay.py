@@ -30,14 +30,13 @@ change of features, labels or snapshots needs a new replay.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.messages import ChurnAlert, Record
 from services.common.settings import load_settings
-from services.replay import score_rows
+from services.replay import REPLAY_SCORER, say, score_rows
 from services.scorer.adapters.memory_store import MemoryUserStore
 from services.scorer.config import ScorerSettings
 from services.scorer.core.features import to_vector
@@ -45,14 +44,7 @@ from services.scorer.core.model import ChurnModel, ModelSettings
 from services.scorer.core.state_codec import decode_state
 from services.scorer.runtime import Runtime
 
-# What ``services.replay.Replay`` sets for its scorer worker, besides topics and keys.
-REPLAY_OVERRIDES: dict[str, Any] = {
-    "scorer_clock": "replay",
-    "scorer_worker_name": "offline-replay",
-    "scorer_metrics_port": 0,
-    "scorer_sweep_interval_s": 3600.0,
-    "scorer_batch_size": 1000,
-}
+REPLAY_OVERRIDES = REPLAY_SCORER | {"scorer_worker_name": "offline-replay"}
 
 
 @dataclass
@@ -64,10 +56,9 @@ class OfflineReplay:
     events: int
     alerts: list[ChurnAlert]
     dead: int
-    # With ``record=True``: every label learned, in order, with the number learned
-    # before each cut; and each user's feature vector at each cut.
+    # With ``record=True``: every label learned, in order (``models[cut].learned`` of
+    # them before a cut); and each user's feature vector at each cut.
     labels: list[tuple[dict[str, float], int]] = field(default_factory=list)
-    learned_at: dict[float, int] = field(default_factory=dict)
     vectors: dict[float, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
@@ -95,7 +86,7 @@ def replay_in_process(
     s = settings or replay_settings()
     if s.scorer_clock != "replay":
         raise ValueError("replay_in_process needs scorer_clock='replay'")
-    run = _replay(lines, cuts=sorted(cuts), settings=s, say=progress or _say, record=record)
+    run = _replay(lines, cuts=sorted(cuts), settings=s, say=progress or say, record=record)
     return asyncio.run(run)
 
 
@@ -168,12 +159,7 @@ async def _replay(
         out.scores[cut] = score_rows(stored, as_of=cut, model=model)
         out.models[cut] = model
         if record:
-            out.learned_at[cut] = len(out.labels)
             out.vectors[cut] = {
                 uid: to_vector(decode_state(u.features), cut) for uid, u in store.users.items()
             }
     return out
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)

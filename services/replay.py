@@ -64,19 +64,28 @@ def read_sorted(path: Path) -> list[tuple[float, bytes]]:
     return out
 
 
+# The scorer settings of a replay, besides its topics, keys and names: the same for the
+# worker this module starts and for the in-process replay (``services.offline_replay``).
+REPLAY_SCORER: dict[str, Any] = {
+    "scorer_clock": "replay",
+    "scorer_metrics_port": 0,
+    "scorer_sweep_interval_s": 3600.0,
+    "scorer_batch_size": 1000,
+}
+
+
 class Replay:
     def __init__(self, base: CommonSettings, *, run: str | None = None) -> None:
         self.run = run or uuid.uuid4().hex[:8]
         self.settings = scratch_settings(base, f"replay-{self.run}", topic_partitions=1)
         self.group = f"replay-{self.run}-scorer"
+        scorer = REPLAY_SCORER | {
+            "scorer_group": self.group,
+            "scorer_worker_name": f"replay-{self.run}",
+            "log_level": "warning",
+        }
         self.env = env_for(self.settings) | {
-            "CHURNWATCH_SCORER_CLOCK": "replay",
-            "CHURNWATCH_SCORER_GROUP": self.group,
-            "CHURNWATCH_SCORER_WORKER_NAME": f"replay-{self.run}",
-            "CHURNWATCH_SCORER_METRICS_PORT": "0",
-            "CHURNWATCH_SCORER_SWEEP_INTERVAL_S": "3600",
-            "CHURNWATCH_SCORER_BATCH_SIZE": "1000",
-            "CHURNWATCH_LOG_LEVEL": "warning",
+            f"CHURNWATCH_{name.upper()}": str(value) for name, value in scorer.items()
         }
         self.redis = sync_redis(self.settings.redis_url, cluster=self.settings.redis_cluster)
 

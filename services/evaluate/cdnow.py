@@ -70,7 +70,6 @@ class Split:
 STANDARD = Split("cdnow", "19970930", "19971001", "19980630")
 INNER = Split("cdnow-inner", "19970630", "19970701", "19970930")
 CALIBRATION_END = STANDARD.calibration_end
-HOLDOUT_START, HOLDOUT_END = STANDARD.holdout_start, STANDARD.holdout_end
 HOLDOUT_WEEKS = STANDARD.holdout_weeks
 
 

@@ -32,11 +32,11 @@ from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis, is_cluster
+from services.scorer.adapters.redis_layout import shard_key
 from services.scorer.adapters.redis_scripts import INDEX_READ
 from services.scorer.adapters.redis_store import (
     INDEX_SHARDS,
     day_key,
-    shard_of,
     user_fields,
     user_key,
 )
@@ -205,7 +205,7 @@ class RiskQueries:
             return None
         raw = decode_record(record)
         index = f"{self.prefix}:atrisk:{raw.get('stage', '')}"
-        shard = f"{index}:{shard_of(user_id, self.shards)}"
+        shard = shard_key(index, user_id, self.shards)
 
         def read(pipe: Any) -> None:
             pipe.zscore(shard, user_id)

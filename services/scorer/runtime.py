@@ -13,10 +13,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import orjson
-from redis.exceptions import RedisError
 
 from services.common.clock import Clock, EventTimeClock, WallClock
-from services.common.errors import StoreUnavailable
 from services.common.messages import ChurnAlert
 from services.common.redis_client import async_redis
 from services.scorer import metrics
@@ -48,6 +46,10 @@ class ScorerStore(UserStore, SnapshotStore, Protocol):
     async def published(self, alert_ids: Sequence[str]) -> None: ...
 
     async def save_quality(self, worker: str, data: bytes) -> None: ...
+
+    async def checkpoint_request(self) -> bytes | str | None: ...
+
+    async def checkpoint_done(self, request: bytes | str) -> None: ...
 
     async def load_checkpoint(self, worker: str, part: str = "") -> bytes | None: ...
 
@@ -94,7 +96,7 @@ class Runtime:
 
     ``store``: the store to use instead of connecting to Redis, e.g. a
     :class:`~services.scorer.adapters.memory_store.MemoryUserStore` for an
-    offline replay (``services.scorer.offline``); the scorer code is the same.
+    offline replay (``services.offline_replay``); the scorer code is the same.
     """
 
     def __init__(self, settings: ScorerSettings, *, store: ScorerStore | None = None) -> None:
@@ -200,18 +202,10 @@ class Runtime:
         """Checkpoint when ``P:control:checkpoint`` holds a request id; ack it in ``...:done``."""
         if self._scorer is None:
             return
-        key = f"{self.settings.key_prefix}:control:checkpoint"
-        if not isinstance(self.store, RedisUserStore):  # requests come through Redis
-            return
-        try:
-            request = await self.store.r.get(key)
-            if request is None:
-                return
+        request = await self.store.checkpoint_request()
+        if request is not None:
             await self.checkpoint()
-            await self.store.r.set(f"{key}:done", request)
-            await self.store.r.delete(key)
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis checkpoint request failed: {exc}") from exc
+            await self.store.checkpoint_done(request)
 
     async def learn(self, now: float) -> Learned:
         """Resolve the labels that are due and learn from them; checkpoint every N learns."""

@@ -351,6 +351,14 @@ def test_events_later_than_the_tolerance_are_dead_lettered_and_others_applied() 
     assert to_vector(state, clock.now())["events_30d"] == 2.0
 
 
+async def until_logged(events: list[str], entry: str) -> None:
+    """Let the consumer run until ``entry`` is in ``events`` (or about 2 s went by)."""
+    for _ in range(200):
+        if entry in events:
+            return
+        await asyncio.sleep(0.01)
+
+
 def test_a_commit_flies_while_the_next_batch_is_handled_and_lands_before_a_revoke() -> None:
     events: list[str] = []
     gate = asyncio.Event()
@@ -373,10 +381,7 @@ def test_a_commit_flies_while_the_next_batch_is_handled_and_lands_before_a_revok
     async def scenario() -> None:
         await consumer.start()
         task = asyncio.create_task(consumer.run())
-        for _ in range(200):
-            if "handle 1" in events:
-                break
-            await asyncio.sleep(0.01)
+        await until_logged(events, "handle 1")
         await asyncio.sleep(0.05)
         assert "handle 1" in events, "the next batch is handled while a commit is in flight"
         # Batch 1 was handled while batch 0's commit was in flight; batch 1's commit
@@ -428,10 +433,7 @@ def test_the_next_batch_is_prepared_while_one_is_handled_and_handed_over_with_it
     async def scenario() -> None:
         await consumer.start()
         task = asyncio.create_task(consumer.run())
-        for _ in range(200):
-            if "prepare 1" in events:
-                break
-            await asyncio.sleep(0.01)
+        await until_logged(events, "prepare 1")
         release.set()
         await asyncio.wait_for(kafka.drained.wait(), 5)
         await consumer.stop()

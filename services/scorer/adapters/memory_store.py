@@ -49,8 +49,8 @@ class SortedIndex:
 
     >>> ix = SortedIndex(shards=4)
     >>> ix.add("a", 2.0); ix.add("b", 1.0); ix.add("a", 3.0, lt=True); ix.add("c", 5.0)
-    >>> ix.score("a"), ix.between([(0.0, 2.5)]), ix.up_to(5.0, limit=2) == ix.up_to(5.0)[:2]
-    (2.0, ['a', 'b'], True)
+    >>> ix.between([(0.0, 2.5)]), ix.up_to(5.0, limit=2) == ix.up_to(5.0)[:2]
+    (['a', 'b'], True)
     >>> ix.remove("a"); sorted(ix.between([(0.0, 9.0)]))
     ['b', 'c']
     """
@@ -61,9 +61,6 @@ class SortedIndex:
         self._members: dict[float, set[str]] = {}
         self._scores: list[float] = []  # the distinct scores, ascending
         self._shard: dict[str, int] = {}
-
-    def score(self, member: str) -> float | None:
-        return self._score.get(member)
 
     def add(self, member: str, score: float, *, lt: bool = False) -> None:
         """ZADD (``lt``: ZADD LT, only ever lowers an existing score)."""
@@ -196,6 +193,12 @@ class MemoryUserStore:
 
     async def published(self, alert_ids: Sequence[str]) -> None:
         return None
+
+    async def checkpoint_request(self) -> bytes | str | None:
+        return None  # requests come from other processes, through Redis
+
+    async def checkpoint_done(self, request: bytes | str) -> None:
+        pass
 
     async def save_quality(self, worker: str, data: bytes) -> None:
         self.checkpoints[f"{worker}:quality"] = data

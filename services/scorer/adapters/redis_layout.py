@@ -24,6 +24,15 @@ def shard_of(member: str, shards: int) -> int:
     return int(hashlib.sha1(member.encode()).hexdigest()[:6], 16) % shards
 
 
+def shard_key(index: str, member: str, shards: int) -> str:
+    """The key of the shard of sharded index ``index`` that holds ``member``.
+
+    >>> shard_key("P:snapdue", "u42", 1024)
+    'P:snapdue:657'
+    """
+    return f"{index}:{shard_of(member, shards)}"
+
+
 def merge_ranges(ranges: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
     """Sorted, disjoint [low, high) ranges covering the same scores.
 

@@ -486,6 +486,23 @@ class RedisUserStore:
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
+    async def checkpoint_request(self) -> bytes | str | None:
+        """The id ``churnwatch replay`` (or an operator) left in ``P:control:checkpoint``."""
+        try:
+            request: bytes | str | None = await self.r.get(f"{self.prefix}:control:checkpoint")
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis checkpoint request failed: {exc}") from exc
+        return request
+
+    async def checkpoint_done(self, request: bytes | str) -> None:
+        """Acknowledge a checkpoint request: its id in ``...:done``, the request gone."""
+        key = f"{self.prefix}:control:checkpoint"
+        try:
+            await self.r.set(f"{key}:done", request)
+            await self.r.delete(key)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis checkpoint request failed: {exc}") from exc
+
     async def save_quality(self, worker: str, data: bytes) -> None:
         try:
             await self.r.set(f"{self.prefix}:model:{worker}:quality", data)
