@@ -18,6 +18,13 @@ Guarantees (DESIGN §7):
   is a round trip to the group coordinator, ~7 ms of every ~90 ms batch under
   load, and a crash before it lands only redelivers a batch whose effects are
   idempotent;
+- at most one commit every ``commit_every_s`` (0: one per batch): under light
+  load batches are a few records each, hundreds a second, and a commit for
+  each cost the worker and the broker more than the records did. The handled
+  batches' offsets wait, merged, until the interval has passed since the last
+  commit, then go out with the next batch or, if none comes, on their own; a
+  rebalance and a stop send them first. A crash redelivers at most that much
+  more, idempotently;
 - no two owners at once: a rebalance waits for the batch in hand to finish
   and for its commit before the partitions are given away (the rebalance
   listener takes the same lock as a batch), and records fetched for revoked
@@ -90,10 +97,12 @@ class BatchConsumer:
         max_records: int,
         prepare: Prepare | None = None,
         fill_within_s: float = 0.0,
+        commit_every_s: float = 0.0,
         session_timeout_s: float = 10.0,
         consumer: Any = None,
     ) -> None:
         self.topic = topic
+        self.commit_every_s = commit_every_s
         self.handler = handler
         self.prepare = prepare
         self.max_records = max_records
@@ -110,7 +119,10 @@ class BatchConsumer:
             **aiokafka_options(settings),
         }
         self.lock = asyncio.Lock()  # held while a batch is handled and its commit sent
-        self._commit: asyncio.Future[None] | None = None  # the last batch's, in flight
+        self._commit: asyncio.Future[None] | None = None  # the last one sent, in flight
+        self._uncommitted: dict[tuple[str, int], int] = {}  # handled, not sent yet
+        self._last_sent = float("-inf")  # loop time of the last commit sent
+        self._flusher: asyncio.Future[None] | None = None  # sends them when none comes
         self.batches = 0
         self.generation = 0  # partitions revoked so many times
         self._stopping = False
@@ -125,7 +137,9 @@ class BatchConsumer:
         """Finish the batch in hand (it commits), then leave the group."""
         self._stopping = True
         async with self.lock:
-            await self.committed()
+            await self.flush()
+            if self._flusher is not None:
+                self._flusher.cancel()
             if self.consumer is not None:
                 await self.consumer.stop()
 
@@ -159,12 +173,39 @@ class BatchConsumer:
             if self.generation != generation or self._stopping:
                 return  # revoked (or stopping) since it was fetched: read again from the commit
             await self.handler(records, prepared)
-            await self.committed()  # the batch before: commits stay in order
-            self._commit = asyncio.ensure_future(self.commit(records))
+            for tp, offset in next_offsets(records).items():
+                self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, offset))
+            if asyncio.get_running_loop().time() - self._last_sent >= self.commit_every_s:
+                await self._send_commit()
+            elif self._flusher is None:
+                self._flusher = asyncio.ensure_future(self._flush_later())
         self.batches += 1
 
+    async def _send_commit(self) -> None:
+        """Send the handled offsets not sent yet, after the commit before (order); lock held."""
+        await self.committed()
+        offsets, self._uncommitted = self._uncommitted, {}
+        if offsets:
+            self._last_sent = asyncio.get_running_loop().time()
+            self._commit = asyncio.ensure_future(self.commit(offsets))
+
+    async def _flush_later(self) -> None:
+        """Send what is handled once the interval is up, if no batch has sent it by then."""
+        try:
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(max(0.0, self._last_sent + self.commit_every_s - loop.time()))
+            async with self.lock:
+                await self._send_commit()
+        finally:
+            self._flusher = None
+
+    async def flush(self) -> None:
+        """Send every handled offset and wait until it landed (rebalance, stop); lock held."""
+        await self._send_commit()
+        await self.committed()
+
     async def committed(self) -> None:
-        """Wait for the commit in flight, if any (rebalance, stop, the next commit)."""
+        """Wait for the commit in flight, if any."""
         pending, self._commit = self._commit, None
         if pending is not None:
             await pending
@@ -187,13 +228,14 @@ class BatchConsumer:
             records += _records(more)
         return records
 
-    async def commit(self, records: Sequence[Record]) -> None:
-        offsets = {
-            TopicPartition(topic, partition): OffsetAndMetadata(offset, "")
-            for (topic, partition), offset in next_offsets(records).items()
-        }
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         try:
-            await self.consumer.commit(offsets)
+            await self.consumer.commit(
+                {
+                    TopicPartition(topic, partition): OffsetAndMetadata(offset, "")
+                    for (topic, partition), offset in offsets.items()
+                }
+            )
         except (CommitFailedError, KafkaError) as exc:
             # The effects are durable; the partition's next owner gets these records
             # again from the last commit, and they change nothing (idempotent per event).
@@ -215,12 +257,12 @@ class _Listener(ConsumerRebalanceListener):
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # The batch in hand sends its commit before it lets go of the lock, and the
-        # commit lands before the partitions go. A batch fetched before this and not
+        # The batch in hand is handled before this gets the lock, and every handled
+        # offset is committed (landed) before the partitions go. A batch fetched before this and not
         # handled yet sees the new generation under the lock and is dropped, as is
         # one whose fetch spanned a rebalance (see fetch).
         async with self.owner.lock:
-            await self.owner.committed()
+            await self.owner.flush()
             self.owner.generation += 1
             log.info("partitions revoked", extra={"partitions": len(revoked)})
 

@@ -110,6 +110,7 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
         prepare=decode_batch if settings.scorer_clock == "live" else None,
         max_records=settings.scorer_batch_size,
         fill_within_s=settings.scorer_batch_within_s,
+        commit_every_s=settings.scorer_commit_every_s,
         session_timeout_s=settings.scorer_session_timeout_s,
     )
 

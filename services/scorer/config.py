@@ -32,6 +32,12 @@ class ScorerSettings(CommonSettings):
         description="after a batch's first records, wait up to this long for more (adds to "
         "alert latency); 0 = take what has arrived: under load batches are full anyway",
     )
+    scorer_commit_every_s: float = Field(
+        1.0,
+        ge=0,
+        description="commit the consumed offsets at most this often (a crash redelivers up "
+        "to this much, idempotently); 0 = after every micro-batch",
+    )
     scorer_rescore_every_s: float = Field(
         60.0,
         ge=0,

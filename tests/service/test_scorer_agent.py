@@ -447,6 +447,73 @@ def test_the_next_batch_is_prepared_while_one_is_handled_and_handed_over_with_it
     assert kafka.commits == [{("user-events", 0): 1}, {("user-events", 0): 2}]
 
 
+def spaced_commits(
+    every_s: float, ending: str
+) -> tuple[list[dict[tuple[str, int], int]], list[dict[tuple[str, int], int]]]:
+    """Three one-record batches through a consumer that commits at most every ``every_s``:
+    the commits made once they are handled, and those made by the end of ``ending`` (a
+    wait past the interval, a revoke, or a stop)."""
+    events: list[str] = []
+
+    async def note(records: list[Record], prepared: Any) -> None:
+        events.append(f"handle {records[0].offset}")
+
+    kafka = FakeKafka([records([b"a"]), records([b"b"], start=1), records([b"c"], start=2)])
+    consumer = BatchConsumer(
+        ScorerSettings(),
+        topic="t",
+        group="g",
+        handler=note,
+        max_records=10,
+        commit_every_s=every_s,
+        consumer=kafka,
+    )
+    handled: list[dict[tuple[str, int], int]] = []
+
+    async def scenario() -> None:
+        await consumer.start()
+        task = asyncio.create_task(consumer.run())
+        await until_logged(events, "handle 2")
+        await asyncio.sleep(0.01)
+        handled.extend(kafka.commits)
+        if ending == "wait":
+            for _ in range(100):  # the first commit went out at once, the next one is due then
+                if len(kafka.commits) > 1:
+                    break
+                await asyncio.sleep(every_s / 10)
+        elif ending == "revoke":
+            await kafka.listener.on_partitions_revoked([])
+        ended.extend(kafka.commits)  # before the stop, which commits what still waits
+        await consumer.stop()
+        await asyncio.wait_for(task, 5)
+        if ending == "stop":
+            ended[:] = kafka.commits
+
+    ended: list[dict[tuple[str, int], int]] = []
+    asyncio.run(scenario())
+    return handled, ended
+
+
+def test_offsets_wait_for_the_commit_interval_then_go_out_without_a_new_batch() -> None:
+    handled, commits = spaced_commits(0.2, "wait")
+    # The first batch commits at once; the two handled within the interval wait, merged,
+    # and are sent when it is up although no batch came after them.
+    assert handled == [{("user-events", 0): 1}]
+    assert commits == [{("user-events", 0): 1}, {("user-events", 0): 3}]
+
+
+def test_a_revoke_commits_the_offsets_still_waiting_before_the_partitions_go() -> None:
+    handled, commits = spaced_commits(60.0, "revoke")
+    assert handled == [{("user-events", 0): 1}]
+    assert commits == [{("user-events", 0): 1}, {("user-events", 0): 3}]
+
+
+def test_a_stop_commits_the_offsets_still_waiting() -> None:
+    handled, commits = spaced_commits(60.0, "stop")
+    assert handled == [{("user-events", 0): 1}]
+    assert commits == [{("user-events", 0): 1}, {("user-events", 0): 3}]
+
+
 def rescores_per_second(spread: float) -> list[int]:
     """200 users first scored in the same second, then one login each a second for
     two minutes: how many of them each second's batch re-scores."""
