@@ -28,7 +28,7 @@ from services.common.faust_worker import make_faust_app
 from services.common.messages import Record
 from services.scorer import metrics
 from services.scorer.config import ScorerSettings
-from services.scorer.pipeline import Decoded, Outcome, decode_batch
+from services.scorer.pipeline import Decoded, Outcome, ReadAheadStep
 from services.scorer.runtime import Runtime
 
 log = logging.getLogger("churnwatch.scorer")
@@ -105,9 +105,9 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
         topic=settings.topic_events,
         group=settings.scorer_group,
         handler=batch_handler(runtime, publish),
-        # Decoding and validating the next batch fills the Redis waits of this one
-        # (a replay scores per event in arrival order and decodes as it goes).
-        prepare=decode_batch if settings.scorer_clock == "live" else None,
+        # Decoding the next batch and reading its users' rows fills the Redis waits of
+        # this one (a replay scores per event in arrival order and decodes as it goes).
+        prepare=ReadAheadStep(runtime.ready_scorer) if settings.scorer_clock == "live" else None,
         max_records=settings.scorer_batch_size,
         fill_within_s=settings.scorer_batch_within_s,
         commit_every_s=settings.scorer_commit_every_s,

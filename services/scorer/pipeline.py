@@ -7,9 +7,11 @@ returns. The store is a port, so the fast tests run it on a fake.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -18,7 +20,7 @@ from typing import Protocol
 import orjson
 
 from services.common.clock import Clock
-from services.common.errors import InvalidEvent, LateEvent
+from services.common.errors import InvalidEvent, LateEvent, StoreUnavailable
 from services.common.events import UserEvent, check_size, parse_event
 from services.common.messages import ChurnAlert, DeadLetter, Record, dead_record
 from services.common.schemas import validate
@@ -78,10 +80,20 @@ def decode_record(record: Record) -> UserEvent:
 
 @dataclass(slots=True)
 class Decoded:
-    """A micro-batch's events by user, in arrival order, and the records refused."""
+    """A micro-batch's events by user, in arrival order, and the records refused;
+    ``read_ahead``: its users' rows, being read while the batch before is handled."""
 
     by_user: dict[str, list[tuple[Record, UserEvent]]]
     dead: list[DeadLetter]
+    read_ahead: ReadAhead | None = None
+
+
+@dataclass(slots=True)
+class ReadAhead:
+    """Rows read before the batch's turn, and the scorer's ``epoch`` when the read began."""
+
+    rows: asyncio.Future[dict[str, StoredUser]]
+    epoch: int
 
 
 def decode_batch(records: list[Record]) -> Decoded:
@@ -105,6 +117,29 @@ def decode_batch(records: list[Record]) -> Decoded:
     return Decoded(by_user, dead)
 
 
+class ReadAheadStep:
+    """The consumer's ``prepare`` step for a live worker: decode the next batch and start
+    reading its rows (:meth:`BatchScorer.read_ahead`) while the one before is handled.
+
+    The batch prepared before this one is the batch in hand (the consumer handles
+    one at a time, in order, and prepares the next before it waits for the one in
+    hand), so its users are left to be read at their turn. ``scorer`` gives the
+    worker's scorer, or None before it is ready (then the batch is only decoded).
+    """
+
+    def __init__(self, scorer: Callable[[], BatchScorer | None]) -> None:
+        self.scorer = scorer
+        self._in_hand: set[str] = set()
+
+    def __call__(self, records: list[Record]) -> Decoded:
+        decoded = decode_batch(records)
+        scorer = self.scorer()
+        if scorer is not None:
+            scorer.read_ahead(decoded, skip=self._in_hand)
+        self._in_hand = set(decoded.by_user)
+        return decoded
+
+
 class BatchScorer:
     def __init__(
         self,
@@ -124,6 +159,45 @@ class BatchScorer:
         self.rescore_every_s = rescore_every_s
         self.rescore_spread = rescore_spread
         self.winback_window_s = winback_window_s
+        # Bumped after every write to users' rows outside the batches (the live sweep's
+        # re-scores): rows read ahead before it may be stale and are read again.
+        self.epoch = 0
+
+    def read_ahead(self, decoded: Decoded, *, skip: set[str]) -> None:
+        """Start reading the rows of ``decoded``'s users, but those in ``skip``.
+
+        The consumer decodes the next batch while the one in hand is handled;
+        reading its rows then too takes the read's Redis round trip off the
+        worker's path (Redis works on its own core meanwhile). ``skip`` is the
+        batch in hand: its users' rows change when it saves, so they are read
+        at their turn. Rows of other users change only by the live sweep's
+        re-scores (they take ``state_lock`` and bump :attr:`epoch`, and rows
+        read before are then read again) or by other processes (the notifier's
+        win-back mark, an erase through the API), whose writes a batch could
+        already miss between its read and its write; the read ahead widens
+        that window by the batch before's handling.
+        """
+        users = [u for u in decoded.by_user if u not in skip]
+        if users:
+            rows = asyncio.ensure_future(self.store.load(users))
+            rows.add_done_callback(_quiet)  # a batch dropped by a rebalance never awaits it
+            decoded.read_ahead = ReadAhead(rows, self.epoch)
+
+    async def _rows(self, decoded: Decoded) -> dict[str, StoredUser]:
+        """The batch's users' rows: those read ahead if still current, the rest read now."""
+        rows: dict[str, StoredUser] = {}
+        ahead = decoded.read_ahead
+        if ahead is not None:
+            try:
+                got = await ahead.rows
+            except StoreUnavailable:
+                got = {}  # read again below, where an outage is the batch's to wait out
+            if ahead.epoch == self.epoch:
+                rows = got
+        missing = [u for u in decoded.by_user if u not in rows]
+        if missing:
+            rows.update(await self.store.load(missing))
+        return rows
 
     def _dead(self, record: Record, exc: Exception) -> DeadLetter:
         return dead_record(record, exc, stage="scorer")
@@ -142,7 +216,7 @@ class BatchScorer:
         if not by_user:
             return out
         started = time.perf_counter()
-        stored = await self.store.load(list(by_user))
+        stored = await self._rows(decoded)
         out.redis_s["load"] = time.perf_counter() - started
         now = self.clock.now()
         writes: list[UserWrite] = []
@@ -205,6 +279,12 @@ class BatchScorer:
             await self.store.save(writes)
             out.redis_s["save"] = time.perf_counter() - started
         return out
+
+
+def _quiet(future: asyncio.Future[dict[str, StoredUser]]) -> None:
+    """Retrieve a read-ahead's error, so that one nobody awaits is not logged as lost."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _event_time(pair: tuple[Record, UserEvent]) -> float:

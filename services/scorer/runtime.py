@@ -113,6 +113,10 @@ class Runtime:
         self.quality = QualityTracker(threshold=settings.scorer_band_high / 100)
         self._last_checkpoint = time.monotonic()
 
+    def ready_scorer(self) -> BatchScorer | None:
+        """The scorer once :meth:`scorer` has built it, else None (never waits)."""
+        return self._scorer
+
     async def scorer(self) -> BatchScorer:
         async with self._lock:
             if self._scorer is None:
@@ -283,7 +287,10 @@ class Runtime:
                 if result.alert is not None:
                     out.alerts.append(result.alert)
             if writes:
-                await scorer.store.save(writes)
+                try:
+                    await scorer.store.save(writes)
+                finally:
+                    scorer.epoch += 1  # rows read ahead before this write are read again
             out.users += len(writes)
         return out
 

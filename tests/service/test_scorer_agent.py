@@ -25,7 +25,7 @@ from services.scorer.config import ScorerSettings
 from services.scorer.core.features import FeatureSettings, to_vector
 from services.scorer.core.records import decode_record
 from services.scorer.core.state_codec import decode_state
-from services.scorer.pipeline import BatchScorer, Outcome, Record
+from services.scorer.pipeline import BatchScorer, Outcome, ReadAheadStep, Record
 from services.scorer.runtime import make_core
 from services.sim.generator import DAY, SimUser, event
 
@@ -445,6 +445,59 @@ def test_the_next_batch_is_prepared_while_one_is_handled_and_handed_over_with_it
     assert events.index("prepare 1") < events.index("done 0")  # while batch 0 waits
     assert events.index("done 0") < events.index("handle 1 with prepared 1")  # then in turn
     assert kafka.commits == [{("user-events", 0): 1}, {("user-events", 0): 2}]
+
+
+def test_the_next_batchs_rows_are_read_while_one_is_handled_but_not_its_users() -> None:
+    log: list[str] = []
+    release = asyncio.Event()
+
+    class SlowStore(FakeStore):
+        async def load(self, user_ids: list[str]) -> dict[str, StoredUser]:
+            log.append(f"load {sorted(user_ids)}")
+            return await super().load(user_ids)
+
+        async def save(self, writes: list[UserWrite]) -> None:
+            await release.wait()  # the batch in hand waits on Redis
+            await super().save(writes)
+            log.append(f"saved {sorted(w.user_id for w in writes)}")
+
+    store = SlowStore()
+    scorer = make_scorer(store, ManualClock(T0 + 3600))
+    a, b, c = USERS
+    first = records([event(a, "login", T0, 1), event(b, "login", T0, 1)])
+    second = records([event(b, "login", T0 + 60, 2), event(c, "login", T0 + 60, 1)], start=2)
+    kafka = FakeKafka([first, second])
+    consumer = BatchConsumer(
+        ScorerSettings(),
+        topic="t",
+        group="g",
+        handler=scorer.handle,  # type: ignore[arg-type]
+        prepare=ReadAheadStep(lambda: scorer),
+        max_records=10,
+        consumer=kafka,
+    )
+
+    async def scenario() -> None:
+        await consumer.start()
+        task = asyncio.create_task(consumer.run())
+        await until_logged(log, "load ['svc-2']")
+        release.set()
+        await asyncio.wait_for(kafka.drained.wait(), 5)
+        await consumer.stop()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    # svc-2's row is read while the first batch waits on its write; svc-1's, which
+    # that write changes, only after it.
+    assert log == [
+        "load ['svc-0', 'svc-1']",
+        "load ['svc-2']",
+        "saved ['svc-0', 'svc-1']",
+        "load ['svc-1']",
+        "saved ['svc-1', 'svc-2']",
+    ]
+    features = store.rows["svc-1"].features
+    assert features is not None and len(decode_state(features).seen) == 2  # both events
 
 
 def spaced_commits(

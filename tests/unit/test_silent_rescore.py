@@ -17,7 +17,7 @@ from services.scorer.app import batch_handler
 from services.scorer.config import ScorerSettings
 from services.scorer.core.features import FeatureSettings, to_vector
 from services.scorer.core.state_codec import decode_state
-from services.scorer.pipeline import BatchScorer, Record
+from services.scorer.pipeline import BatchScorer, Record, decode_batch
 from services.scorer.runtime import Runtime, make_core, silence_marks
 from services.sim.generator import DAY, SimUser, event
 
@@ -186,3 +186,26 @@ def test_a_live_sweep_and_a_batch_of_the_same_user_never_overwrite_each_other() 
     asyncio.run(scenario())
     state = decode_state(store.rows["busy-1"].features or b"")
     assert to_vector(state, clock.now())["events_7d"] == 2.0, "the sweep lost the batch's event"
+
+
+def test_rows_read_ahead_before_a_silent_rescore_are_read_again() -> None:
+    runtime, store, clock = make_runtime()
+    buy_once_then_go_silent(runtime, store, clock, days=0)  # scored at T0
+    user = SimUser("gone-1", "fading", "UTC", "basic", 1.0)
+    login = Record(b"gone-1", orjson.dumps(event(user, "login", T0 + DAY + 10, 2)), "t", 0, 1)
+
+    async def scenario() -> int:
+        scorer = await runtime.scorer()
+        scorer.rescore_every_s = 60.0  # ordinary activity re-scores a user once a minute
+        decoded = decode_batch([login])
+        scorer.read_ahead(decoded, skip=set())  # as while the batch before is handled
+        await asyncio.sleep(0)
+        clock.set(T0 + DAY)
+        await runtime.sweep_at(T0 + DAY)  # one day silent: re-scored
+        clock.set(T0 + DAY + 10)
+        out = await scorer.handle([login], decoded)
+        return sum(out.bands.values())
+
+    # The batch starts from the sweep's score, 10 s old, so the login does not re-score;
+    # from the row read before the sweep it would (that score is a day old).
+    assert asyncio.run(scenario()) == 0
