@@ -29,10 +29,12 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
+from bench.lean_http import HttpError, Pool
 from bench.registry import emit, fresh_deployment
 from bench.scorer import cleanup, free_port
 from services.common.kafka import all_topics, make_admin
@@ -133,8 +135,43 @@ def append_time_topics(settings: CommonSettings, topics: list[str]) -> None:
 Sent = dict[str, tuple[float, float]]  # probe user -> (request sent, answer received)
 
 
+class Client:
+    """The load's POSTs: :mod:`bench.lean_http` by default, httpx with ``--httpx`` (the
+    client before 2026-12-06, which used a third of a core of the machine under test)."""
+
+    def __init__(self, url: str, use_httpx: bool) -> None:
+        parts = urlsplit(url)
+        self.path = parts.path
+        self.lean = None if use_httpx else Pool(url, size=MAX_IN_FLIGHT, headers=HEADERS)
+        limits = httpx.Limits(
+            max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT
+        )
+        self.httpx = (
+            httpx.AsyncClient(timeout=10, limits=limits, headers=HEADERS) if use_httpx else None
+        )
+        self.url = url
+
+    async def post(self, body: bytes) -> int:
+        if self.lean is not None:
+            return (await self.lean.post(self.path, body))[0]
+        assert self.httpx is not None
+        return (await self.httpx.post(self.url, content=body)).status_code
+
+    async def close(self) -> None:
+        if self.lean is not None:
+            await self.lean.close()
+        if self.httpx is not None:
+            await self.httpx.aclose()
+
+
 def load(
-    url: str, *, rate: float, duration: float, run: str, warmup: float = 0.0
+    url: str,
+    *,
+    rate: float,
+    duration: float,
+    run: str,
+    warmup: float = 0.0,
+    httpx_client: bool = False,
 ) -> tuple[Sent, float]:
     """Background traffic, and a probe every 100 ms once ``warmup`` seconds have passed.
 
@@ -144,14 +181,16 @@ def load(
     sent and answered, and the background rate achieved (events acknowledged
     per second).
     """
-    return asyncio.run(_load(url, rate=rate, duration=duration, run=run, warmup=warmup))
+    return asyncio.run(
+        _load(url, rate=rate, duration=duration, run=run, warmup=warmup, httpx_client=httpx_client)
+    )
 
 
 MAX_IN_FLIGHT = 64
 
 
 async def _load(
-    url: str, *, rate: float, duration: float, run: str, warmup: float
+    url: str, *, rate: float, duration: float, run: str, warmup: float, httpx_client: bool
 ) -> tuple[Sent, float]:
     accepted: Sent = {}
     background = [SimUser(f"bg-{run}-{i}", "loyal", "UTC", "basic", 2.0) for i in range(5000)]
@@ -159,17 +198,17 @@ async def _load(
     done = {"events": 0}
     answers: list[float] = []
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
-    async with httpx.AsyncClient(timeout=10, limits=limits, headers=HEADERS) as client:
+    client = Client(url, httpx_client)
+    try:
 
         async def post(body: bytes, count: int, probe: str | None) -> None:
             async with slots:
                 sent = time.time()
                 try:
-                    reply = await client.post(url, content=body)
-                except httpx.HTTPError:
+                    status = await client.post(body)
+                except (HttpError, httpx.HTTPError):
                     return
-                if reply.status_code != 200:
+                if status != 200:
                     return
                 answered = time.time()
                 answers.append(answered - sent)
@@ -201,6 +240,8 @@ async def _load(
                 task.add_done_callback(tasks.discard)
             await asyncio.sleep(max(0.0, start + ticks * tick - time.monotonic()))
         await asyncio.gather(*tasks)
+    finally:
+        await client.close()
     if answers:
         print(
             f"ingest answered {len(answers)} requests: p50 {percentile(answers, 0.5) * 1000:.1f} "
@@ -243,6 +284,12 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="scorer workers (the topic has 4 partitions)"
     )
+    parser.add_argument(
+        "--httpx",
+        action="store_true",
+        help="send the load with httpx, as before 2026-12-06 (for comparison: it costs the "
+        "machine under test about a third of a core more)",
+    )
     args = parser.parse_args(list(argv))
     run, settings = fresh_deployment("lat")
     append_time_topics(settings, [settings.topic_events, settings.topic_alerts])
@@ -275,6 +322,7 @@ def main(argv: Sequence[str] = ()) -> int:
             duration=args.warmup + args.duration,
             run=run,
             warmup=args.warmup,
+            httpx_client=args.httpx,
         )
         time.sleep(3)
         seen = follower.stop()
