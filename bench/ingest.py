@@ -29,11 +29,14 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import ORJSONResponse
+
+from bench.lean_http import Pool
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP_S = 2.0
@@ -60,12 +63,20 @@ def make_body(tag: bytes, start: int, size: int) -> bytes:
 
 
 async def _load(
-    url: str, *, duration: float, connections: int, batch: int, tag: str
+    url: str, *, duration: float, connections: int, batch: int, tag: str, use_httpx: bool
 ) -> dict[str, Any]:
     headers = {"Content-Type": "application/json", "Authorization": "Bearer dev-key"}
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     totals = {"events": 0, "requests": 0, "errors": 0}
+    lean = Pool(url, size=connections, headers=headers, timeout=60)
+    path = urlsplit(url).path
     async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
+
+        async def post(body: bytes) -> tuple[int, bytes]:
+            if use_httpx:
+                reply = await client.post(url, content=body)
+                return reply.status_code, reply.content
+            return await lean.post(path, body)
 
         async def worker(w: int, until: float, count: bool) -> None:
             seq = 0
@@ -73,12 +84,12 @@ async def _load(
             while time.monotonic() < until:
                 body = make_body(wtag, seq, batch)
                 seq += batch
-                reply = await client.post(url, content=body)
+                status, content = await post(body)
                 if not count:
                     continue
                 totals["requests"] += 1
-                if reply.status_code == 200:
-                    totals["events"] += int(orjson.loads(reply.content).get("accepted", batch))
+                if status == 200:
+                    totals["events"] += int(orjson.loads(content).get("accepted", batch))
                 else:
                     totals["errors"] += 1
 
@@ -88,12 +99,25 @@ async def _load(
         until = started + duration
         await asyncio.gather(*(worker(w, until, True) for w in range(connections)))
         elapsed = time.monotonic() - started
+    await lean.close()
     return totals | {"seconds": elapsed, "rate": totals["events"] / elapsed}
 
 
-def load(url: str, duration: float, connections: int, batch: int, tag: str) -> dict[str, Any]:
-    """Run in the separate load process."""
-    return asyncio.run(_load(url, duration=duration, connections=connections, batch=batch, tag=tag))
+def load(
+    url: str, duration: float, connections: int, batch: int, tag: str, use_httpx: bool = False
+) -> dict[str, Any]:
+    """Run in the separate load process (:mod:`bench.lean_http`, or httpx as before
+    2026-12-06 with ``use_httpx``)."""
+    return asyncio.run(
+        _load(
+            url,
+            duration=duration,
+            connections=connections,
+            batch=batch,
+            tag=tag,
+            use_httpx=use_httpx,
+        )
+    )
 
 
 def discard_app() -> FastAPI:
@@ -155,7 +179,7 @@ def _on_topic(settings: Any, topic: str) -> int:
         consumer.close()
 
 
-def run_bench(*, duration: float, connections: int, batch: int) -> int:
+def run_bench(*, duration: float, connections: int, batch: int, use_httpx: bool = False) -> int:
     from services.common.kafka import ensure_topics, make_admin
     from services.common.settings import CommonSettings, env_for, load_settings
     from services.stack.local import LocalStack
@@ -199,7 +223,9 @@ def run_bench(*, duration: float, connections: int, batch: int) -> int:
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
             for name in ("discard", "ingest"):
                 url = f"http://127.0.0.1:{ports[name]}/v1/events"
-                results[name] = pool.submit(load, url, duration, connections, batch, run).result()
+                results[name] = pool.submit(
+                    load, url, duration, connections, batch, run, use_httpx
+                ).result()
                 print(f"{name:8} {orjson.dumps(results[name]).decode()}", flush=True)
     finally:
         for proc in running.values():
@@ -241,11 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--duration", type=float, default=15.0)
     run.add_argument("--connections", type=int, default=4)
     run.add_argument("--batch", type=int, default=500)
+    run.add_argument("--httpx", action="store_true", help="send with httpx, as before 2026-12-06")
     args = parser.parse_args(argv)
     if args.what == "discard":
         serve_discard(args.port)
         return 0
-    return run_bench(duration=args.duration, connections=args.connections, batch=args.batch)
+    return run_bench(
+        duration=args.duration,
+        connections=args.connections,
+        batch=args.batch,
+        use_httpx=args.httpx,
+    )
 
 
 if __name__ == "__main__":

@@ -133,7 +133,12 @@ def _bench(args: argparse.Namespace) -> int:
 
     def one(name: str) -> int:
         if name == "ingest":
-            return run_bench(duration=args.duration, connections=args.connections, batch=args.batch)
+            return run_bench(
+                duration=args.duration,
+                connections=args.connections,
+                batch=args.batch,
+                use_httpx="--httpx" in args.rest,
+            )
         size = [] if args.size is None else ["--size", str(args.size)]
         return run(name, [*size, *args.rest])
 
