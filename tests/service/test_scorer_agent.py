@@ -359,6 +359,37 @@ async def until_logged(events: list[str], entry: str) -> None:
         await asyncio.sleep(0.01)
 
 
+def consumer_on(kafka: FakeKafka, handler: Any, **options: Any) -> BatchConsumer:
+    """A batch consumer of topic "t" on the fake ``kafka``, batches of up to 10 records."""
+    return BatchConsumer(
+        ScorerSettings(),
+        topic="t",
+        group="g",
+        handler=handler,
+        max_records=10,
+        consumer=kafka,
+        **options,
+    )
+
+
+def run_released(
+    consumer: BatchConsumer, kafka: FakeKafka, log: list[str], entry: str, release: asyncio.Event
+) -> None:
+    """Run the consumer until ``entry`` is logged, then set ``release`` and let it drain and
+    stop (``release`` holds a batch as a Redis wait would)."""
+
+    async def scenario() -> None:
+        await consumer.start()
+        task = asyncio.create_task(consumer.run())
+        await until_logged(log, entry)
+        release.set()
+        await asyncio.wait_for(kafka.drained.wait(), 5)
+        await consumer.stop()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+
+
 def test_a_commit_flies_while_the_next_batch_is_handled_and_lands_before_a_revoke() -> None:
     events: list[str] = []
     gate = asyncio.Event()
@@ -430,16 +461,7 @@ def test_the_next_batch_is_prepared_while_one_is_handled_and_handed_over_with_it
         consumer=kafka,
     )
 
-    async def scenario() -> None:
-        await consumer.start()
-        task = asyncio.create_task(consumer.run())
-        await until_logged(events, "prepare 1")
-        release.set()
-        await asyncio.wait_for(kafka.drained.wait(), 5)
-        await consumer.stop()
-        await asyncio.wait_for(task, 5)
-
-    asyncio.run(scenario())
+    run_released(consumer, kafka, events, "prepare 1", release)
     each = [f"{step} {n}" for n in (0, 1) for step in ("prepare", "done")]
     assert sorted(events) == sorted([*each, "handle 0 with prepared 0", "handle 1 with prepared 1"])
     assert events.index("prepare 1") < events.index("done 0")  # while batch 0 waits
@@ -467,26 +489,9 @@ def test_the_next_batchs_rows_are_read_while_one_is_handled_but_not_its_users() 
     first = records([event(a, "login", T0, 1), event(b, "login", T0, 1)])
     second = records([event(b, "login", T0 + 60, 2), event(c, "login", T0 + 60, 1)], start=2)
     kafka = FakeKafka([first, second])
-    consumer = BatchConsumer(
-        ScorerSettings(),
-        topic="t",
-        group="g",
-        handler=scorer.handle,  # type: ignore[arg-type]
-        prepare=ReadAheadStep(lambda: scorer),
-        max_records=10,
-        consumer=kafka,
-    )
+    consumer = consumer_on(kafka, scorer.handle, prepare=ReadAheadStep(lambda: scorer))
 
-    async def scenario() -> None:
-        await consumer.start()
-        task = asyncio.create_task(consumer.run())
-        await until_logged(log, "load ['svc-2']")
-        release.set()
-        await asyncio.wait_for(kafka.drained.wait(), 5)
-        await consumer.stop()
-        await asyncio.wait_for(task, 5)
-
-    asyncio.run(scenario())
+    run_released(consumer, kafka, log, "load ['svc-2']", release)
     # svc-2's row is read while the first batch waits on its write; svc-1's, which
     # that write changes, only after it.
     assert log == [
@@ -512,15 +517,7 @@ def spaced_commits(
         events.append(f"handle {records[0].offset}")
 
     kafka = FakeKafka([records([b"a"]), records([b"b"], start=1), records([b"c"], start=2)])
-    consumer = BatchConsumer(
-        ScorerSettings(),
-        topic="t",
-        group="g",
-        handler=note,
-        max_records=10,
-        commit_every_s=every_s,
-        consumer=kafka,
-    )
+    consumer = consumer_on(kafka, note, commit_every_s=every_s)
     handled: list[dict[tuple[str, int], int]] = []
 
     async def scenario() -> None:
