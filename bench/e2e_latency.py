@@ -29,12 +29,10 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
-from bench.lean_http import HttpError, Pool
+from bench.lean_http import HttpError, LoadClient
 from bench.registry import emit, fresh_deployment
 from bench.scorer import cleanup, free_port
 from services.common.kafka import all_topics, make_admin
@@ -135,35 +133,6 @@ def append_time_topics(settings: CommonSettings, topics: list[str]) -> None:
 Sent = dict[str, tuple[float, float]]  # probe user -> (request sent, answer received)
 
 
-class Client:
-    """The load's POSTs: :mod:`bench.lean_http` by default, httpx with ``--httpx`` (the
-    client before 2026-12-06, which used a third of a core of the machine under test)."""
-
-    def __init__(self, url: str, use_httpx: bool) -> None:
-        parts = urlsplit(url)
-        self.path = parts.path
-        self.lean = None if use_httpx else Pool(url, size=MAX_IN_FLIGHT, headers=HEADERS)
-        limits = httpx.Limits(
-            max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT
-        )
-        self.httpx = (
-            httpx.AsyncClient(timeout=10, limits=limits, headers=HEADERS) if use_httpx else None
-        )
-        self.url = url
-
-    async def post(self, body: bytes) -> int:
-        if self.lean is not None:
-            return (await self.lean.post(self.path, body))[0]
-        assert self.httpx is not None
-        return (await self.httpx.post(self.url, content=body)).status_code
-
-    async def close(self) -> None:
-        if self.lean is not None:
-            await self.lean.close()
-        if self.httpx is not None:
-            await self.httpx.aclose()
-
-
 def load(
     url: str,
     *,
@@ -198,15 +167,17 @@ async def _load(
     done = {"events": 0}
     answers: list[float] = []
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-    client = Client(url, httpx_client)
+    client = LoadClient(
+        url, size=MAX_IN_FLIGHT, headers=HEADERS, timeout=10, use_httpx=httpx_client
+    )
     try:
 
         async def post(body: bytes, count: int, probe: str | None) -> None:
             async with slots:
                 sent = time.time()
                 try:
-                    status = await client.post(body)
-                except (HttpError, httpx.HTTPError):
+                    status, _ = await client.post(body)
+                except HttpError:
                     return
                 if status != 200:
                     return

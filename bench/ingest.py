@@ -29,14 +29,13 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import ORJSONResponse
 
-from bench.lean_http import Pool
+from bench.lean_http import LoadClient
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP_S = 2.0
@@ -66,17 +65,9 @@ async def _load(
     url: str, *, duration: float, connections: int, batch: int, tag: str, use_httpx: bool
 ) -> dict[str, Any]:
     headers = {"Content-Type": "application/json", "Authorization": "Bearer dev-key"}
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     totals = {"events": 0, "requests": 0, "errors": 0}
-    lean = Pool(url, size=connections, headers=headers, timeout=60)
-    path = urlsplit(url).path
-    async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
-
-        async def post(body: bytes) -> tuple[int, bytes]:
-            if use_httpx:
-                reply = await client.post(url, content=body)
-                return reply.status_code, reply.content
-            return await lean.post(path, body)
+    client = LoadClient(url, size=connections, headers=headers, timeout=60, use_httpx=use_httpx)
+    try:
 
         async def worker(w: int, until: float, count: bool) -> None:
             seq = 0
@@ -84,7 +75,7 @@ async def _load(
             while time.monotonic() < until:
                 body = make_body(wtag, seq, batch)
                 seq += batch
-                status, content = await post(body)
+                status, content = await client.post(body)
                 if not count:
                     continue
                 totals["requests"] += 1
@@ -99,7 +90,8 @@ async def _load(
         until = started + duration
         await asyncio.gather(*(worker(w, until, True) for w in range(connections)))
         elapsed = time.monotonic() - started
-    await lean.close()
+    finally:
+        await client.close()
     return totals | {"seconds": elapsed, "rate": totals["events"] / elapsed}
 
 

@@ -8,7 +8,9 @@ between the "sent" timestamp and the bytes on the wire counted as latency.
 This client does only what that load needs: POST on keep-alive connections
 (up to ``size`` at once), the status line, the headers, a ``Content-Length``
 body. Anything else (chunked bodies, redirects, TLS) is refused with
-:class:`HttpError`, never half-handled.
+:class:`HttpError`, never half-handled. :class:`LoadClient` is what the
+benches hold: this pool, or httpx (``--httpx``) to compare with the client
+used before.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 from urllib.parse import urlsplit
+
+import httpx
 
 
 class HttpError(Exception):
@@ -113,3 +117,44 @@ class Pool:
         for _, writer in idle:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+class LoadClient:
+    """A bench's POSTs to one URL: :class:`Pool`, or with ``use_httpx`` an httpx client
+    (the benches' client before 2026-12-06). Either way a failed request is an
+    :class:`HttpError`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        size: int,
+        headers: Mapping[str, str],
+        timeout: float,
+        use_httpx: bool = False,
+    ) -> None:
+        self.url, self.path = url, urlsplit(url).path
+        self._pool = None if use_httpx else Pool(url, size=size, headers=headers, timeout=timeout)
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        self._httpx = (
+            httpx.AsyncClient(timeout=timeout, limits=limits, headers=dict(headers))
+            if use_httpx
+            else None
+        )
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        """The status code and the body of the answer."""
+        if self._pool is not None:
+            return await self._pool.post(self.path, body)
+        assert self._httpx is not None
+        try:
+            reply = await self._httpx.post(self.url, content=body)
+        except httpx.HTTPError as exc:
+            raise HttpError(f"POST {self.path}: {type(exc).__name__}: {exc}") from exc
+        return reply.status_code, reply.content
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        if self._httpx is not None:
+            await self._httpx.aclose()

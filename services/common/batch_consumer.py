@@ -260,9 +260,9 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # The batch in hand is handled before this gets the lock, and every handled
-        # offset is committed (landed) before the partitions go. A batch fetched before this and not
-        # handled yet sees the new generation under the lock and is dropped, as is
-        # one whose fetch spanned a rebalance (see fetch).
+        # offset is committed (landed) before the partitions go. A batch fetched
+        # before this and not handled yet sees the new generation under the lock and
+        # is dropped, as is one whose fetch spanned a rebalance (see fetch).
         async with self.owner.lock:
             await self.owner.flush()
             self.owner.generation += 1

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bench.lean_http import HttpError, Pool
+from bench.lean_http import HttpError, LoadClient, Pool
 
 Answer = Callable[[bytes], bytes]
 
@@ -20,12 +20,16 @@ def ok(body: bytes) -> bytes:
 
 async def serve(
     answer: Answer, scenario: Callable[[str, list[bytes]], Awaitable[None]], *, close_after: int = 0
-) -> list[bytes]:
+) -> tuple[list[bytes], int]:
     """Run ``scenario(base_url, requests)`` against a server that answers each request
-    with ``answer(body)``; with ``close_after``, it closes a connection after that many."""
+    with ``answer(body)``; with ``close_after``, it closes a connection after that many.
+    The requests it got, and how many connections."""
     requests: list[bytes] = []
+    connections = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
         served = 0
         try:
             while True:
@@ -50,31 +54,21 @@ async def serve(
     port = server.sockets[0].getsockname()[1]
     async with server:
         await scenario(f"http://127.0.0.1:{port}", requests)
-    return requests
+    return requests, connections
 
 
 def test_posts_go_over_one_kept_alive_connection_and_read_the_answer() -> None:
-    opened: list[int] = []
-
     async def scenario(base: str, requests: list[bytes]) -> None:
         pool = Pool(base, size=4, headers={"Authorization": "Bearer k"})
-        original = asyncio.open_connection
-
-        async def counting(*args: object, **kw: object) -> object:
-            opened.append(1)
-            return await original(*args, **kw)  # type: ignore[arg-type]
-
-        asyncio.open_connection = counting  # type: ignore[assignment]
         try:
             answers = [await pool.post("/v1/events", b"x" * n) for n in (1, 2, 3)]
         finally:
-            asyncio.open_connection = original
             await pool.close()
         assert answers == [(200, b'{"accepted": %d}' % n) for n in (1, 2, 3)]
 
-    requests = asyncio.run(serve(ok, scenario))
+    requests, connections = asyncio.run(serve(ok, scenario))
     assert requests == [b"POST /v1/events HTTP/1.1 " + b"x" * n for n in (1, 2, 3)]
-    assert len(opened) == 1
+    assert connections == 1
 
 
 def test_a_connection_the_server_closed_is_replaced_and_the_request_sent_again() -> None:
@@ -87,8 +81,9 @@ def test_a_connection_the_server_closed_is_replaced_and_the_request_sent_again()
         finally:
             await pool.close()
 
-    requests = asyncio.run(serve(ok, scenario, close_after=1))
+    requests, connections = asyncio.run(serve(ok, scenario, close_after=1))
     assert requests == [b"POST /a HTTP/1.1 1", b"POST /b HTTP/1.1 22"]
+    assert connections == 2
 
 
 def test_an_answer_it_does_not_read_is_an_error_that_says_so() -> None:
@@ -115,3 +110,21 @@ def test_a_refused_connection_is_an_http_error() -> None:
             await pool.post("/v1/events", b"{}")
 
     asyncio.run(scenario())
+
+
+def test_the_load_client_answers_alike_with_either_http_client() -> None:
+    answers: dict[bool, tuple[int, bytes]] = {}
+
+    async def scenario(base: str, requests: list[bytes]) -> None:
+        for use_httpx in (False, True):
+            client = LoadClient(
+                base + "/v1/events", size=2, headers={}, timeout=5, use_httpx=use_httpx
+            )
+            try:
+                answers[use_httpx] = await client.post(b"abc")
+            finally:
+                await client.close()
+
+    requests, _ = asyncio.run(serve(ok, scenario))
+    assert answers == {False: (200, b'{"accepted": 3}'), True: (200, b'{"accepted": 3}')}
+    assert requests == [b"POST /v1/events HTTP/1.1 abc"] * 2

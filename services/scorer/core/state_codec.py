@@ -39,7 +39,9 @@ from services.scorer.core.features import (
 # raw bytes, a well-known last type as its index in _STORED_TYPES (~165 bytes a user
 # instead of ~290); 4 adds the lifetime revenue. 1, 2 (JSON) and 3 still decode.
 FORMAT_VERSION = 4
-# Event types stored as a number in format 3. Append only: the index is stored.
+# Event types stored as a number in format 3. Append only: the index is stored. Not
+# events.KNOWN_TYPES: that set may grow in any order, these indexes never move, and a
+# type missing here is stored by its name.
 _STORED_TYPES = (
     "signup",
     "login",
