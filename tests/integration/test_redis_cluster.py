@@ -128,7 +128,8 @@ def api(redis_cluster: CommonSettings) -> Iterator[Api]:
     settings = ApiSettings(
         redis_url=redis_cluster.redis_url, redis_cluster=True, key_prefix=prefix, env="production"
     )
-    with TestClient(build_api(settings)) as client:
+    # the seed's day, even when the run crosses midnight
+    with TestClient(build_api(settings, clock=lambda: NOW)) as client:
         yield Api(client, prefix, read, admin)
     r = sync_redis(redis_cluster.redis_url, cluster=True)
     for key in list(r.scan_iter(match=f"{prefix}:*", count=1000)):

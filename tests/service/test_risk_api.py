@@ -156,7 +156,10 @@ def api(stack: CommonSettings) -> Iterator[Seeded]:
     vectors = asyncio.run(seed(prefix, stack.redis_url))
     store = RedisKeyStore(stack.redis_url, key_prefix=prefix)
     keys = {s: create_key(store, scopes=[s], name=f"test-{s}") for s in ("ingest", "read", "admin")}
-    app = build_api(ApiSettings(redis_url=stack.redis_url, key_prefix=prefix, env="production"))
+    app = build_api(
+        ApiSettings(redis_url=stack.redis_url, key_prefix=prefix, env="production"),
+        clock=lambda: NOW,  # the seed's day, even when the run crosses midnight
+    )
     with TestClient(app) as client:
         yield Seeded(prefix, stack.redis_url, client, keys, vectors)
     drop_prefix(stack.redis_url, prefix)

@@ -46,8 +46,14 @@ def describe_errors(errors: list[Any]) -> tuple[str, list[dict[str, str]]]:
     return "; ".join(f"{d['loc']}: {d['msg']}" for d in details), details
 
 
-def build_api(settings: ApiSettings, *, keys: ApiKeys | None = None) -> FastAPI:
-    """The app; nothing connects until the first request. ``keys`` defaults to Redis-backed.
+def build_api(
+    settings: ApiSettings,
+    *,
+    keys: ApiKeys | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """The app; nothing connects until the first request. ``keys`` defaults to Redis-backed;
+    ``clock`` says what "now" is for the day-keyed figures (DAU, cohorts, recency).
 
     Connections belong to the event loop that opened them: serve it from one loop
     (uvicorn, or ``with TestClient(app)``).
@@ -66,7 +72,7 @@ def build_api(settings: ApiSettings, *, keys: ApiKeys | None = None) -> FastAPI:
         **docs_routes(settings),
     )
     app.state.queries = RiskQueries(
-        client, prefix=settings.key_prefix, index_shards=settings.redis_index_shards
+        client, prefix=settings.key_prefix, index_shards=settings.redis_index_shards, clock=clock
     )
     app.state.commands = AdminCommands(
         client, prefix=settings.key_prefix, index_shards=settings.redis_index_shards
