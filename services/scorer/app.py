@@ -28,7 +28,7 @@ from services.common.faust_worker import make_faust_app
 from services.common.messages import Record
 from services.scorer import metrics
 from services.scorer.config import ScorerSettings
-from services.scorer.pipeline import Decoded, Outcome, ReadAheadStep
+from services.scorer.pipeline import Decoded, Outcome, ScoreAheadStep
 from services.scorer.runtime import Runtime
 
 log = logging.getLogger("churnwatch.scorer")
@@ -107,7 +107,7 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
         handler=batch_handler(runtime, publish),
         # Decoding the next batch and reading its users' rows fills the Redis waits of
         # this one (a replay scores per event in arrival order and decodes as it goes).
-        prepare=ReadAheadStep(runtime.ready_scorer) if settings.scorer_clock == "live" else None,
+        prepare=ScoreAheadStep(runtime.ready_scorer) if settings.scorer_clock == "live" else None,
         max_records=settings.scorer_batch_size,
         fill_within_s=settings.scorer_batch_within_s,
         commit_every_s=settings.scorer_commit_every_s,

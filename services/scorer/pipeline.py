@@ -13,8 +13,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Protocol
 
 import orjson
@@ -24,17 +22,11 @@ from services.common.errors import InvalidEvent, LateEvent, StoreUnavailable
 from services.common.events import UserEvent, check_size, parse_event
 from services.common.messages import ChurnAlert, DeadLetter, Record, dead_record
 from services.common.schemas import validate
-from services.notifier.core.guardrails import won_back
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
-from services.scorer.core.features import CHURN_TYPES, FeatureSettings, UserState, update_features
+from services.scorer.core.features import FeatureSettings, update_features
 from services.scorer.core.state_codec import decode_state, encode_state
-from services.scorer.scoring import (
-    ScoringCore,
-    UserScore,
-    needs_rescore,
-    previous_stage,
-    rescore_interval,
-)
+from services.scorer.scoring import ScoringCore, needs_rescore, previous_stage, rescore_interval
+from services.scorer.user_writes import cohort_marks, user_write, utc_day, winback_outcome
 
 log = logging.getLogger("churnwatch.scorer")
 
@@ -56,6 +48,15 @@ class Outcome:
     bands: Counter[str] = field(default_factory=Counter)
     redis_s: dict[str, float] = field(default_factory=dict)  # round-trip time by operation
     winbacks: Counter[str] = field(default_factory=Counter)  # "<playbook>:<group>" won back
+
+    def add(self, part: Outcome) -> None:
+        """Fold in what some of the batch's users gave (their events are counted already)."""
+        self.alerts += part.alerts
+        self.dead += part.dead
+        self.duplicates += part.duplicates
+        self.newest_ts = max(self.newest_ts, part.newest_ts)
+        self.bands.update(part.bands)
+        self.winbacks.update(part.winbacks)
 
 
 def decode_record(record: Record) -> UserEvent:
@@ -81,18 +82,29 @@ def decode_record(record: Record) -> UserEvent:
 @dataclass(slots=True)
 class Decoded:
     """A micro-batch's events by user, in arrival order, and the records refused;
-    ``read_ahead``: its users' rows, being read while the batch before is handled."""
+    ``ahead``: those of its users scored while the batch before was handled."""
 
     by_user: dict[str, list[tuple[Record, UserEvent]]]
     dead: list[DeadLetter]
-    read_ahead: ReadAhead | None = None
+    ahead: Ahead | None = None
 
 
 @dataclass(slots=True)
-class ReadAhead:
-    """Rows read before the batch's turn, and the scorer's ``epoch`` when the read began."""
+class Scored:
+    """Some users of a batch scored: what to write, and what they add to the batch's outcome
+    (``users`` counts the writes; those whose events changed nothing write nothing)."""
 
-    rows: asyncio.Future[dict[str, StoredUser]]
+    users: frozenset[str]
+    writes: list[UserWrite]
+    out: Outcome
+
+
+@dataclass(slots=True)
+class Ahead:
+    """Users scored before their batch's turn, and the scorer's ``epoch`` when their rows
+    were read."""
+
+    scored: asyncio.Future[Scored]
     epoch: int
 
 
@@ -117,14 +129,15 @@ def decode_batch(records: list[Record]) -> Decoded:
     return Decoded(by_user, dead)
 
 
-class ReadAheadStep:
+class ScoreAheadStep:
     """The consumer's ``prepare`` step for a live worker: decode the next batch and start
-    reading its rows (:meth:`BatchScorer.read_ahead`) while the one before is handled.
+    scoring its users (:meth:`BatchScorer.score_ahead`) while the one before is handled.
 
     The batch prepared before this one is the batch in hand (the consumer handles
     one at a time, in order, and prepares the next before it waits for the one in
-    hand), so its users are left to be read at their turn. ``scorer`` gives the
-    worker's scorer, or None before it is ready (then the batch is only decoded).
+    hand), so its users are left to be read and scored at their turn. ``scorer``
+    gives the worker's scorer, or None before it is ready (then the batch is only
+    decoded).
     """
 
     def __init__(self, scorer: Callable[[], BatchScorer | None]) -> None:
@@ -135,7 +148,7 @@ class ReadAheadStep:
         decoded = decode_batch(records)
         scorer = self.scorer()
         if scorer is not None:
-            scorer.read_ahead(decoded, skip=self._in_hand)
+            scorer.score_ahead(decoded, skip=self._in_hand)
         self._in_hand = set(decoded.by_user)
         return decoded
 
@@ -160,51 +173,57 @@ class BatchScorer:
         self.rescore_spread = rescore_spread
         self.winback_window_s = winback_window_s
         # Bumped after every write to users' rows outside the batches (the live sweep's
-        # re-scores): rows read ahead before it may be stale and are read again.
+        # re-scores): users scored ahead from rows read before it are scored again.
         self.epoch = 0
 
-    def read_ahead(self, decoded: Decoded, *, skip: set[str]) -> None:
-        """Start reading the rows of ``decoded``'s users, but those in ``skip``.
+    def score_ahead(self, decoded: Decoded, *, skip: set[str]) -> None:
+        """Start reading the rows of ``decoded``'s users, but those in ``skip``, and scoring them.
 
-        The consumer decodes the next batch while the one in hand is handled;
-        reading its rows then too takes the read's Redis round trip off the
-        worker's path (Redis works on its own core meanwhile). ``skip`` is the
+        The consumer decodes the next batch while the one in hand is handled,
+        which spends a third of its time waiting on Redis (its read, and its
+        write of ~2,000 users, which Redis runs on its own core). Scoring the
+        next batch's users then fills those waits with work. ``skip`` is the
         batch in hand: its users' rows change when it saves, so they are read
-        at their turn. Rows of other users change only by the live sweep's
-        re-scores (they take ``state_lock`` and bump :attr:`epoch`, and rows
-        read before are then read again) or by other processes (the notifier's
-        win-back mark, an erase through the API), whose writes a batch could
-        already miss between its read and its write; the read ahead widens
-        that window by the batch before's handling.
+        and scored at their turn. Rows of other users change only by the live
+        sweep's re-scores (they take ``state_lock`` and bump :attr:`epoch`;
+        users scored from rows read before are then scored again) or by other
+        processes (the notifier's win-back mark, an erase through the API),
+        whose writes a batch could already miss between its read and its
+        write; scoring ahead widens that window by the batch before's handling.
+        What is scored ahead is written with its batch, or dropped with it.
         """
         users = [u for u in decoded.by_user if u not in skip]
         if users:
-            rows = asyncio.ensure_future(self.store.load(users))
-            rows.add_done_callback(_quiet)  # a batch dropped by a rebalance never awaits it
-            decoded.read_ahead = ReadAhead(rows, self.epoch)
+            scored = asyncio.ensure_future(self._score_read(decoded.by_user, users))
+            scored.add_done_callback(_quiet)  # a batch dropped by a rebalance never awaits it
+            decoded.ahead = Ahead(scored, self.epoch)
 
-    async def _rows(self, decoded: Decoded) -> dict[str, StoredUser]:
-        """The batch's users' rows: those read ahead if still current, the rest read now."""
-        rows: dict[str, StoredUser] = {}
-        ahead = decoded.read_ahead
-        if ahead is not None:
-            try:
-                got = await ahead.rows
-            except StoreUnavailable:
-                got = {}  # read again below, where an outage is the batch's to wait out
-            if ahead.epoch == self.epoch:
-                rows = got
-        missing = [u for u in decoded.by_user if u not in rows]
-        if missing:
-            rows.update(await self.store.load(missing))
-        return rows
+    async def _score_read(
+        self, by_user: dict[str, list[tuple[Record, UserEvent]]], users: list[str]
+    ) -> Scored:
+        rows = await self.store.load(users)
+        out = Outcome()
+        writes = self._score({u: by_user[u] for u in users}, rows, self.clock.now(), out)
+        return Scored(frozenset(users), writes, out)
+
+    async def _scored_ahead(self, decoded: Decoded) -> Scored | None:
+        """The users scored ahead, if their rows are still current (else None)."""
+        ahead = decoded.ahead
+        if ahead is None:
+            return None
+        try:
+            scored = await ahead.scored
+        except StoreUnavailable:
+            return None  # read again in the batch, where an outage is the batch's to wait out
+        return scored if ahead.epoch == self.epoch else None
 
     def _dead(self, record: Record, exc: Exception) -> DeadLetter:
         return dead_record(record, exc, stage="scorer")
 
     async def handle(self, records: list[Record], decoded: Decoded | None = None) -> Outcome:
         """Score one micro-batch; ``decoded`` is :func:`decode_batch` of ``records`` when the
-        consumer decoded it ahead (while the batch before waited on Redis)."""
+        consumer decoded it ahead, with those of its users scored ahead (:meth:`score_ahead`).
+        """
         decoded = decoded or decode_batch(records)
         out = Outcome(events=len(records), dead=list(decoded.dead))
         by_user = decoded.by_user
@@ -216,12 +235,38 @@ class BatchScorer:
         if not by_user:
             return out
         started = time.perf_counter()
-        stored = await self._rows(decoded)
-        out.redis_s["load"] = time.perf_counter() - started
-        now = self.clock.now()
+        writes: list[UserWrite] = []
+        rest = by_user
+        ahead = await self._scored_ahead(decoded)
+        if ahead is not None:
+            writes += ahead.writes
+            out.add(ahead.out)
+            rest = {u: items for u, items in by_user.items() if u not in ahead.users}
+        if rest:
+            rows = await self.store.load(list(rest))
+            out.redis_s["load"] = time.perf_counter() - started
+            writes += self._score(rest, rows, self.clock.now(), out)
+        else:
+            out.redis_s["load"] = time.perf_counter() - started
+        out.users = len(writes)
+        if writes:
+            started = time.perf_counter()
+            await self.store.save(writes)
+            out.redis_s["save"] = time.perf_counter() - started
+        return out
+
+    def _score(
+        self,
+        by_user: dict[str, list[tuple[Record, UserEvent]]],
+        rows: dict[str, StoredUser],
+        now: float,
+        out: Outcome,
+    ) -> list[UserWrite]:
+        """Apply each user's events to their stored state and score those that need it:
+        the writes, with late events, duplicates, bands, alerts and win-backs in ``out``."""
         writes: list[UserWrite] = []
         for uid, items in by_user.items():
-            row = stored[uid]
+            row = rows[uid]
             before = decode_state(row.features) if row.features else None
             state = before
             if len(items) > 1:
@@ -238,7 +283,7 @@ class BatchScorer:
             if state is None or state is before:
                 continue
             out.newest_ts = max(out.newest_ts, float(state.last_seen))
-            days = tuple(sorted({_utc_day(int(e.ts // 86_400)) for _, e in items}))
+            days = tuple(sorted({utc_day(int(e.ts // 86_400)) for _, e in items}))
             types = {e.type for _, e in items}
             outcome, counter = None, ""
             if row.winback is not None:
@@ -273,119 +318,14 @@ class BatchScorer:
             writes.append(write)
             if result.alert is not None:
                 out.alerts.append(result.alert)
-        out.users = len(writes)
-        if writes:
-            started = time.perf_counter()
-            await self.store.save(writes)
-            out.redis_s["save"] = time.perf_counter() - started
-        return out
+        return writes
 
 
-def _quiet(future: asyncio.Future[dict[str, StoredUser]]) -> None:
-    """Retrieve a read-ahead's error, so that one nobody awaits is not logged as lost."""
+def _quiet(future: asyncio.Future[Scored]) -> None:
+    """Retrieve a score-ahead's error, so that one nobody awaits is not logged as lost."""
     if not future.cancelled():
         future.exception()
 
 
 def _event_time(pair: tuple[Record, UserEvent]) -> float:
     return pair[1].ts
-
-
-@lru_cache(maxsize=1024)
-def _utc_day(day: int) -> str:
-    """``YYYYMMDD`` of a UTC day number (the daily HLL's name), cached: days repeat a lot.
-
-    >>> _utc_day(20_000)
-    '20241004'
-    """
-    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y%m%d")
-
-
-def user_write(
-    uid: str,
-    state: UserState,
-    result: UserScore,
-    *,
-    active_days: tuple[str, ...] = (),
-    previous: str | None = None,
-) -> UserWrite:
-    """What to store for one scored user."""
-    return UserWrite(
-        user_id=uid,
-        features=encode_state(state),
-        policy=result.policy,
-        record=result.record,
-        last_active=float(state.last_active or state.last_seen),
-        risk=result.risk,
-        snapshot=result.snapshot,
-        snapshot_day=result.snapshot_day,
-        alert=orjson.dumps(result.alert.to_dict()) if result.alert else None,
-        alert_id=result.alert.alert_id if result.alert else "",
-        cohort_marks=cohort_marks(state, active_days),
-        stage=result.stage,
-        previous_stage=previous,
-        active_days=active_days,
-        label_due=result.label_due,
-    )
-
-
-def winback_outcome(
-    decision: bytes | None, events: list[UserEvent], *, now: float, window_s: float
-) -> tuple[str | None, str]:
-    """Resolve the notifier's latest win-back decision for a user, if this batch settles it.
-
-    "won": the user was active within the window after the decision (treated or
-    control alike, so the uplift is known); "expired": the window passed first.
-    Returns the outcome and the counter key prefix to add it to.
-
-    >>> wb = orjson.dumps({"at": 100.0, "playbook": "p", "group": "treated"})
-    >>> e = UserEvent("e", "u", "login", datetime.fromtimestamp(200.0, UTC))
-    >>> winback_outcome(wb, [e], now=200.0, window_s=1000)
-    ('won', 'p:treated')
-    >>> winback_outcome(wb, [], now=2000.0, window_s=1000)
-    ('expired', 'p:treated')
-    >>> winback_outcome(None, [e], now=200.0, window_s=1000)
-    (None, '')
-    """
-    if decision is None:
-        return None, ""
-    wb = orjson.loads(decision)
-    at, key = float(wb["at"]), f"{wb['playbook']}:{wb['group']}"
-    active = [e.ts for e in events if e.type not in CHURN_TYPES and e.ts > at]
-    if active and won_back(at, min(active), window_days=window_s / 86_400):
-        return "won", key
-    if now > at + window_s:
-        return "expired", key
-    return None, key
-
-
-RETENTION_DAYS = (0, 1, 7, 30)
-
-
-def cohort_marks(state: UserState, active_days: tuple[str, ...]) -> tuple[str, ...]:
-    """The signup-cohort retention marks that this batch's active days earn the user.
-
-    >>> from services.common.events import UserEvent
-    >>> from services.scorer.core.features import FeatureSettings, update_features
-    >>> s = update_features(None, UserEvent("e", "u", "signup",
-    ...     datetime(2026, 1, 1, 9, tzinfo=UTC)), settings=FeatureSettings())
-    >>> cohort_marks(s, ("20260101", "20260102", "20260105", "20260108"))
-    ('20260101:d0', '20260101:d1', '20260101:d7')
-    """
-    signup = int((state.signup_ts or state.first_seen) // 86_400)
-    marks = []
-    for day in active_days:
-        k = _day_number(day) - signup
-        if k in RETENTION_DAYS:
-            marks.append(f"{_utc_day(signup)}:d{k}")
-    return tuple(marks)
-
-
-@lru_cache(maxsize=1024)
-def _day_number(day: str) -> int:
-    """The UTC day number of ``YYYYMMDD`` (inverse of :func:`_utc_day`), cached.
-
-    >>> _day_number(_utc_day(20_000))
-    20000
-    """
-    return int(datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC).timestamp() // 86_400)

@@ -28,9 +28,9 @@ from services.scorer.pipeline import (
     Outcome,
     Record,
     decode_record,
-    user_write,
 )
 from services.scorer.scoring import UserScore, previous_stage
+from services.scorer.user_writes import user_write
 
 Sweep = Callable[[float], Awaitable[Outcome]]
 

@@ -28,9 +28,10 @@ from services.scorer.core.quality import QualityTracker
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings
 from services.scorer.core.state_codec import decode_state
 from services.scorer.labelling import Learned, SnapshotStore, resolve_labels
-from services.scorer.pipeline import BatchScorer, Outcome, UserStore, user_write
+from services.scorer.pipeline import BatchScorer, Outcome, UserStore
 from services.scorer.replay_mode import ReplayScorer
 from services.scorer.scoring import ScoringCore, previous_stage
+from services.scorer.user_writes import user_write
 
 log = logging.getLogger("churnwatch.scorer")
 DAY = 86_400.0

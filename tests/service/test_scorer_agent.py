@@ -25,7 +25,7 @@ from services.scorer.config import ScorerSettings
 from services.scorer.core.features import FeatureSettings, to_vector
 from services.scorer.core.records import decode_record
 from services.scorer.core.state_codec import decode_state
-from services.scorer.pipeline import BatchScorer, Outcome, ReadAheadStep, Record
+from services.scorer.pipeline import BatchScorer, Outcome, Record, ScoreAheadStep
 from services.scorer.runtime import make_core
 from services.sim.generator import DAY, SimUser, event
 
@@ -469,7 +469,7 @@ def test_the_next_batch_is_prepared_while_one_is_handled_and_handed_over_with_it
     assert kafka.commits == [{("user-events", 0): 1}, {("user-events", 0): 2}]
 
 
-def test_the_next_batchs_rows_are_read_while_one_is_handled_but_not_its_users() -> None:
+def test_the_next_batchs_users_are_scored_while_one_is_handled_but_not_its_own() -> None:
     log: list[str] = []
     release = asyncio.Event()
 
@@ -485,20 +485,31 @@ def test_the_next_batchs_rows_are_read_while_one_is_handled_but_not_its_users() 
 
     store = SlowStore()
     scorer = make_scorer(store, ManualClock(T0 + 3600))
+    score_user = scorer.core.score_user
+
+    def logged(uid: str, *args: Any, **kw: Any) -> Any:
+        log.append(f"score {uid}")
+        return score_user(uid, *args, **kw)
+
+    scorer.core.score_user = logged  # type: ignore[method-assign]
     a, b, c = USERS
     first = records([event(a, "login", T0, 1), event(b, "login", T0, 1)])
     second = records([event(b, "login", T0 + 60, 2), event(c, "login", T0 + 60, 1)], start=2)
     kafka = FakeKafka([first, second])
-    consumer = consumer_on(kafka, scorer.handle, prepare=ReadAheadStep(lambda: scorer))
+    consumer = consumer_on(kafka, scorer.handle, prepare=ScoreAheadStep(lambda: scorer))
 
-    run_released(consumer, kafka, log, "load ['svc-2']", release)
-    # svc-2's row is read while the first batch waits on its write; svc-1's, which
-    # that write changes, only after it.
+    run_released(consumer, kafka, log, "score svc-2", release)
+    # svc-2 is read and scored while the first batch waits on its write; svc-1, whose
+    # row that write changes, only after it.
     assert log == [
         "load ['svc-0', 'svc-1']",
+        "score svc-0",
+        "score svc-1",
         "load ['svc-2']",
+        "score svc-2",
         "saved ['svc-0', 'svc-1']",
         "load ['svc-1']",
+        "score svc-1",
         "saved ['svc-1', 'svc-2']",
     ]
     features = store.rows["svc-1"].features

@@ -188,7 +188,7 @@ def test_a_live_sweep_and_a_batch_of_the_same_user_never_overwrite_each_other() 
     assert to_vector(state, clock.now())["events_7d"] == 2.0, "the sweep lost the batch's event"
 
 
-def test_rows_read_ahead_before_a_silent_rescore_are_read_again() -> None:
+def test_users_scored_ahead_of_a_silent_rescore_are_scored_again() -> None:
     runtime, store, clock = make_runtime()
     buy_once_then_go_silent(runtime, store, clock, days=0)  # scored at T0
     user = SimUser("gone-1", "fading", "UTC", "basic", 1.0)
@@ -198,14 +198,16 @@ def test_rows_read_ahead_before_a_silent_rescore_are_read_again() -> None:
         scorer = await runtime.scorer()
         scorer.rescore_every_s = 60.0  # ordinary activity re-scores a user once a minute
         decoded = decode_batch([login])
-        scorer.read_ahead(decoded, skip=set())  # as while the batch before is handled
-        await asyncio.sleep(0)
+        clock.set(T0 + DAY - 5)
+        scorer.score_ahead(decoded, skip=set())  # as while the batch before is handled
+        assert decoded.ahead is not None
+        assert sum((await decoded.ahead.scored).out.bands.values()) == 1  # from a day-old score
         clock.set(T0 + DAY)
         await runtime.sweep_at(T0 + DAY)  # one day silent: re-scored
         clock.set(T0 + DAY + 10)
         out = await scorer.handle([login], decoded)
         return sum(out.bands.values())
 
-    # The batch starts from the sweep's score, 10 s old, so the login does not re-score;
-    # from the row read before the sweep it would (that score is a day old).
+    # The batch starts again from the sweep's score, 10 s old, so the login does not
+    # re-score; scored ahead from the row before the sweep, it did (a day-old score).
     assert asyncio.run(scenario()) == 0
