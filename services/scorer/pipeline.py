@@ -102,10 +102,11 @@ class Scored:
 @dataclass(slots=True)
 class Ahead:
     """Users scored before their batch's turn, and the scorer's ``epoch`` when their rows
-    were read."""
+    were read; ``go``: set when the CPU is theirs (the batch in hand waits on its write)."""
 
     scored: asyncio.Future[Scored]
     epoch: int
+    go: asyncio.Event
 
 
 def decode_batch(records: list[Record]) -> Decoded:
@@ -175,6 +176,7 @@ class BatchScorer:
         # Bumped after every write to users' rows outside the batches (the live sweep's
         # re-scores): users scored ahead from rows read before it are scored again.
         self.epoch = 0
+        self._next: Ahead | None = None  # the latest batch's, let go when one's write is out
 
     def score_ahead(self, decoded: Decoded, *, skip: set[str]) -> None:
         """Start reading the rows of ``decoded``'s users, but those in ``skip``, and scoring them.
@@ -191,17 +193,27 @@ class BatchScorer:
         whose writes a batch could already miss between its read and its
         write; scoring ahead widens that window by the batch before's handling.
         What is scored ahead is written with its batch, or dropped with it.
+
+        The rows are read at once, but the scoring waits for ``go``: set when
+        the batch in hand has sent its write (scored then, the users fill the
+        write's wait rather than hold up the batch's own work), or when this
+        batch's turn comes (one whose batch before was dropped or wrote nothing).
         """
         users = [u for u in decoded.by_user if u not in skip]
         if users:
-            scored = asyncio.ensure_future(self._score_read(decoded.by_user, users))
+            go = asyncio.Event()
+            scored = asyncio.ensure_future(self._score_read(decoded.by_user, users, go))
             scored.add_done_callback(_quiet)  # a batch dropped by a rebalance never awaits it
-            decoded.ahead = Ahead(scored, self.epoch)
+            decoded.ahead = self._next = Ahead(scored, self.epoch, go)
 
     async def _score_read(
-        self, by_user: dict[str, list[tuple[Record, UserEvent]]], users: list[str]
+        self,
+        by_user: dict[str, list[tuple[Record, UserEvent]]],
+        users: list[str],
+        go: asyncio.Event,
     ) -> Scored:
         rows = await self.store.load(users)
+        await go.wait()
         out = Outcome()
         writes = self._score({u: by_user[u] for u in users}, rows, self.clock.now(), out)
         return Scored(frozenset(users), writes, out)
@@ -211,6 +223,7 @@ class BatchScorer:
         ahead = decoded.ahead
         if ahead is None:
             return None
+        ahead.go.set()
         try:
             scored = await ahead.scored
         except StoreUnavailable:
@@ -249,10 +262,18 @@ class BatchScorer:
         else:
             out.redis_s["load"] = time.perf_counter() - started
         out.users = len(writes)
-        if writes:
-            started = time.perf_counter()
-            await self.store.save(writes)
-            out.redis_s["save"] = time.perf_counter() - started
+        nxt, self._next = self._next, None
+        try:
+            if writes:
+                started = time.perf_counter()
+                saved = asyncio.ensure_future(self.store.save(writes))
+                if nxt is not None:
+                    nxt.go.set()  # runs after the write is sent (scheduled after it)
+                await saved
+                out.redis_s["save"] = time.perf_counter() - started
+        finally:
+            if nxt is not None:
+                nxt.go.set()
         return out
 
     def _score(

@@ -479,6 +479,7 @@ def test_the_next_batchs_users_are_scored_while_one_is_handled_but_not_its_own()
             return await super().load(user_ids)
 
         async def save(self, writes: list[UserWrite]) -> None:
+            log.append(f"save {sorted(w.user_id for w in writes)}")
             await release.wait()  # the batch in hand waits on Redis
             await super().save(writes)
             log.append(f"saved {sorted(w.user_id for w in writes)}")
@@ -499,17 +500,19 @@ def test_the_next_batchs_users_are_scored_while_one_is_handled_but_not_its_own()
     consumer = consumer_on(kafka, scorer.handle, prepare=ScoreAheadStep(lambda: scorer))
 
     run_released(consumer, kafka, log, "score svc-2", release)
-    # svc-2 is read and scored while the first batch waits on its write; svc-1, whose
-    # row that write changes, only after it.
+    # svc-2's row is read at once, and svc-2 scored once the first batch's write is out
+    # and before it lands; svc-1, whose row that write changes, only after it.
     assert log == [
         "load ['svc-0', 'svc-1']",
+        "load ['svc-2']",
         "score svc-0",
         "score svc-1",
-        "load ['svc-2']",
+        "save ['svc-0', 'svc-1']",
         "score svc-2",
         "saved ['svc-0', 'svc-1']",
         "load ['svc-1']",
         "score svc-1",
+        "save ['svc-1', 'svc-2']",
         "saved ['svc-1', 'svc-2']",
     ]
     features = store.rows["svc-1"].features

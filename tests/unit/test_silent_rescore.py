@@ -201,6 +201,7 @@ def test_users_scored_ahead_of_a_silent_rescore_are_scored_again() -> None:
         clock.set(T0 + DAY - 5)
         scorer.score_ahead(decoded, skip=set())  # as while the batch before is handled
         assert decoded.ahead is not None
+        decoded.ahead.go.set()  # the batch before's write is out
         assert sum((await decoded.ahead.scored).out.bands.values()) == 1  # from a day-old score
         clock.set(T0 + DAY)
         await runtime.sweep_at(T0 + DAY)  # one day silent: re-scored
