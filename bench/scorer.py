@@ -217,7 +217,8 @@ def batch_summary(url: str) -> str:
     }
     return (
         f"{n:.0f} batches, {size / n:.0f} events and {secs / n * 1000:.1f} ms each on average "
-        f"(Redis load {redis_ms['load']:.1f} ms, save {redis_ms['save']:.1f} ms)"
+        f"(waiting on Redis: load {redis_ms['load']:.1f} ms, save {redis_ms['save']:.1f} ms, "
+        "during which the next batch's users are scored)"
     )
 
 

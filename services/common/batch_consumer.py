@@ -30,8 +30,8 @@ Guarantees (DESIGN §7):
   listener takes the same lock as a batch), and records fetched for revoked
   partitions are dropped by aiokafka, never handed over;
 - in order per partition, one batch at a time: the next batch is fetched and
-  ``prepare``-d (the scorer decodes and validates it and starts reading the
-  rows of its users that the batch in hand does not write, see
+  ``prepare``-d (the scorer decodes and validates it and starts reading and
+  scoring its users that the batch in hand does not write, see
   ``services.scorer.pipeline.ScoreAheadStep``) while the one before is handled,
   which spends much of its time waiting on Redis; it is handled
   only once the one before is done, and not at all if a rebalance came in

@@ -26,7 +26,9 @@ BATCH_SIZE = Histogram(
 )
 REDIS_SECONDS = Histogram(
     "churnwatch_scorer_redis_seconds",
-    "Redis round trips of the scorer",
+    "How long a micro-batch waited on Redis: op=load its users' rows (and those scored "
+    "ahead, if still being scored), op=save its write (the next batch's users are scored "
+    "meanwhile, so this is at least that CPU time)",
     ["op"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )

@@ -183,8 +183,8 @@ class BatchScorer:
 
         The consumer decodes the next batch while the one in hand is handled,
         which spends a third of its time waiting on Redis (its read, and its
-        write of ~2,000 users, which Redis runs on its own core). Scoring the
-        next batch's users then fills those waits with work. ``skip`` is the
+        write, which Redis runs on its own core). Scoring the next batch's users
+        during that write fills the wait with work. ``skip`` is the
         batch in hand: its users' rows change when it saves, so they are read
         and scored at their turn. Rows of other users change only by the live
         sweep's re-scores (they take ``state_lock`` and bump :attr:`epoch`;

@@ -291,7 +291,7 @@ class Runtime:
                 try:
                     await scorer.store.save(writes)
                 finally:
-                    scorer.epoch += 1  # rows read ahead before this write are read again
+                    scorer.epoch += 1  # users scored ahead from rows read before are scored again
             out.users += len(writes)
         return out
 
