@@ -105,8 +105,8 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
         topic=settings.topic_events,
         group=settings.scorer_group,
         handler=batch_handler(runtime, publish),
-        # Decoding the next batch and reading its users' rows fills the Redis waits of
-        # this one (a replay scores per event in arrival order and decodes as it goes).
+        # Decoding the next batch, reading its users' rows and scoring them fills the
+        # Redis waits of this one (a replay scores per event in arrival order instead).
         prepare=ScoreAheadStep(runtime.ready_scorer) if settings.scorer_clock == "live" else None,
         max_records=settings.scorer_batch_size,
         fill_within_s=settings.scorer_batch_within_s,

@@ -92,7 +92,8 @@ class Decoded:
 @dataclass(slots=True)
 class Scored:
     """Some users of a batch scored: what to write, and what they add to the batch's outcome
-    (``users`` counts the writes; those whose events changed nothing write nothing)."""
+    (``users``: every user scored, also those whose events changed nothing and write
+    nothing)."""
 
     users: frozenset[str]
     writes: list[UserWrite]
@@ -196,9 +197,18 @@ class BatchScorer:
 
         The rows are read at once, but the scoring waits for ``go``: set when
         the batch in hand has sent its write (scored then, the users fill the
-        write's wait rather than hold up the batch's own work), or when this
-        batch's turn comes (one whose batch before was dropped or wrote nothing).
+        write's wait rather than hold up the batch's own work), at the latest
+        when that batch is done, or when a later batch is prepared (this one
+        was dropped), or at this batch's turn. Under light load the batch in
+        hand may be past its write when this one is prepared: its users are
+        then scored at once. They are scored at the clock's time when ``go``
+        is set, a batch's handling earlier than at their turn. A batch dropped
+        after its users were scored has fed them to the RFM quantiles' sample,
+        as will their scoring by the batch's next owner (a few users more in
+        a running sample; the same happens to any redelivered batch).
         """
+        if self._next is not None:
+            self._next.go.set()  # a batch prepared and never handled: let its task end
         users = [u for u in decoded.by_user if u not in skip]
         if users:
             go = asyncio.Event()
@@ -219,8 +229,10 @@ class BatchScorer:
         return Scored(frozenset(users), writes, out)
 
     async def _scored_ahead(self, decoded: Decoded) -> Scored | None:
-        """The users scored ahead, if their rows are still current (else None)."""
-        ahead = decoded.ahead
+        """The users scored ahead, if their rows are still current (else None); used once:
+        a batch retried after a failed write reads and scores every user again (the
+        write may have landed in part, and what did land must not be written twice)."""
+        ahead, decoded.ahead = decoded.ahead, None
         if ahead is None:
             return None
         ahead.go.set()
@@ -268,7 +280,8 @@ class BatchScorer:
                 started = time.perf_counter()
                 saved = asyncio.ensure_future(self.store.save(writes))
                 if nxt is not None:
-                    nxt.go.set()  # runs after the write is sent (scheduled after it)
+                    await asyncio.sleep(0)  # the write's first step: out on the socket
+                    nxt.go.set()
                 await saved
                 out.redis_s["save"] = time.perf_counter() - started
         finally:

@@ -16,9 +16,11 @@ from unittest import mock
 
 import faust
 import orjson
+import pytest
 
 from services.common.batch_consumer import BatchConsumer
 from services.common.clock import ManualClock
+from services.common.errors import StoreUnavailable
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.app import batch_handler, make_publisher
 from services.scorer.config import ScorerSettings
@@ -500,11 +502,12 @@ def test_the_next_batchs_users_are_scored_while_one_is_handled_but_not_its_own()
     consumer = consumer_on(kafka, scorer.handle, prepare=ScoreAheadStep(lambda: scorer))
 
     run_released(consumer, kafka, log, "score svc-2", release)
-    # svc-2's row is read at once, and svc-2 scored once the first batch's write is out
-    # and before it lands; svc-1, whose row that write changes, only after it.
-    assert log == [
+    # svc-2 is scored once the first batch's write is out and before it lands (its row
+    # read by then, when exactly is the event loop's order); svc-1, whose row that write
+    # changes, is read and scored only after it lands.
+    assert log.index("load ['svc-2']") < log.index("saved ['svc-0', 'svc-1']")
+    assert [entry for entry in log if entry != "load ['svc-2']"] == [
         "load ['svc-0', 'svc-1']",
-        "load ['svc-2']",
         "score svc-0",
         "score svc-1",
         "save ['svc-0', 'svc-1']",
@@ -517,6 +520,46 @@ def test_the_next_batchs_users_are_scored_while_one_is_handled_but_not_its_own()
     ]
     features = store.rows["svc-1"].features
     assert features is not None and len(decode_state(features).seen) == 2  # both events
+
+
+def test_a_batch_retried_after_a_failed_write_reads_and_scores_its_users_again() -> None:
+    class LandsThenFails(FakeStore):
+        failed = False
+
+        async def save(self, writes: list[UserWrite]) -> None:
+            await super().save(writes)
+            if not self.failed:  # a timeout after Redis ran the write
+                self.failed = True
+                raise StoreUnavailable("timed out")
+
+    scorer = make_scorer(LandsThenFails(), ManualClock(T0 + 3600))
+    batch = records([event(USERS[0], "login", T0, 1)])
+
+    async def scenario() -> Outcome:
+        decoded = ScoreAheadStep(lambda: scorer)(batch)
+        with pytest.raises(StoreUnavailable):
+            await scorer.handle(batch, decoded)
+        return await scorer.handle(batch, decoded)  # as the handler's retry does
+
+    out = asyncio.run(scenario())
+    # The login landed with the failed write: the retry finds it applied and writes
+    # nothing (its users' writes scored ahead, from the rows before, would apply it twice).
+    assert (out.users, out.duplicates) == (0, 1)
+
+
+def test_a_batch_prepared_and_never_handled_lets_its_scoring_end() -> None:
+    scorer = make_scorer(FakeStore(), ManualClock(T0 + 3600))
+    a, b, _ = USERS
+
+    async def scenario() -> frozenset[str]:
+        step = ScoreAheadStep(lambda: scorer)
+        dropped = step(records([event(a, "login", T0, 1)]))  # revoked before its turn
+        step(records([event(b, "login", T0, 1)], start=1))
+        assert dropped.ahead is not None
+        scored = await asyncio.wait_for(dropped.ahead.scored, 2)  # not left pending
+        return scored.users
+
+    assert asyncio.run(scenario()) == {a.user_id}
 
 
 def spaced_commits(

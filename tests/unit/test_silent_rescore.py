@@ -207,8 +207,11 @@ def test_users_scored_ahead_of_a_silent_rescore_are_scored_again() -> None:
         await runtime.sweep_at(T0 + DAY)  # one day silent: re-scored
         clock.set(T0 + DAY + 10)
         out = await scorer.handle([login], decoded)
+        assert out.users == 1  # scored again, not dropped
         return sum(out.bands.values())
 
     # The batch starts again from the sweep's score, 10 s old, so the login does not
     # re-score; scored ahead from the row before the sweep, it did (a day-old score).
     assert asyncio.run(scenario()) == 0
+    state = decode_state(store.rows["gone-1"].features or b"")
+    assert state.last_active == int(T0 + DAY + 10)  # the login is in the stored state
