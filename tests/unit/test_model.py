@@ -9,18 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.errors import ConfigError
+from services.scorer.core.calibration import BinCalibrator
 from services.scorer.core.model import (
     FEATURES,
     LABELS,
-    PRIOR_BASE,
-    TIE_BREAK,
-    BinCalibrator,
     CheckpointError,
     ChurnModel,
     ModelSettings,
-    prior_contributions,
-    prior_risk,
 )
+from services.scorer.core.prior import PRIOR_BASE, TIE_BREAK, prior_contributions, prior_risk
 from services.scorer.core.quality import QualityTracker
 
 
@@ -201,6 +198,22 @@ def test_checkpoint_round_trip_gives_identical_scores(kind: str) -> None:
     model.learn(x, y)
     restored.learn(x, y)
     assert restored.score(users[0]) == model.score(users[0])
+
+
+def test_a_checkpoint_from_before_the_prior_and_calibration_split_still_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = ChurnModel()
+    for i in range(300):
+        model.learn({"recency_days": float(i % 40), "active_days_30d": float(i % 7)}, i % 3 == 0)
+    # Pickled as the build before the split did: the calibrator under the model module.
+    monkeypatch.setattr(BinCalibrator, "__module__", "services.scorer.core.model")
+    old = model.to_bytes()
+    monkeypatch.undo()
+    restored = ChurnModel.from_bytes(old)
+    assert isinstance(restored.calibrator, BinCalibrator)
+    x = {"recency_days": 20.0, "active_days_30d": 2.0}
+    assert restored.score(x) == model.score(x)
 
 
 def test_checkpoint_refuses_unknown_formats() -> None:

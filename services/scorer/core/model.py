@@ -18,17 +18,17 @@ Pure logic, no I/O. A feature vector is the ``dict[str, float]`` of
 - Scoring never updates the model (not even the scaler): only ``learn`` does,
   with a resolved label. ``score_and_explain`` is the cheap hot path.
 
-The prior and the calibrator live here too, to keep the model in one place;
-they are separable (``prior.py``, ``calibration.py``) if this module grows.
+The prior's rules are in :mod:`~services.scorer.core.prior`, the calibrator in
+:mod:`~services.scorer.core.calibration`; both names stay importable from here,
+and ``BinCalibrator`` must: checkpoints written before the split pickled it as
+``services.scorer.core.model.BinCalibrator``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import operator
 import pickle
-from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -42,14 +42,28 @@ from river import compose, forest, linear_model, optim, preprocessing
 
 from services.common import ranking
 from services.common.errors import ChurnwatchError, ConfigError
+from services.scorer.core.calibration import BinCalibrator
+from services.scorer.core.prior import (
+    PRIOR_BASE,
+    PRIOR_RULES,
+    TIE_BREAK,
+    prior_contributions,
+    prior_from,
+    prior_risk,
+)
 
 __all__ = [
     "LABELS",
+    "PRIOR_BASE",
+    "PRIOR_RULES",
+    "TIE_BREAK",
+    "BinCalibrator",
     "CheckpointError",
     "ChurnModel",
     "ModelSettings",
     "Reason",
     "Score",
+    "prior_contributions",
     "prior_risk",
 ]
 
@@ -98,7 +112,6 @@ NOT_LEARNED = frozenset({"tenure_days"})
 FEATURES: tuple[str, ...] = tuple(k for k in LABELS if k not in NOT_LEARNED)
 _MAGIC = b"churnwatch-model\n"
 _FORMAT = 1
-TIE_BREAK = 1e-4
 
 
 class CheckpointError(ChurnwatchError):
@@ -166,81 +179,6 @@ class Reason(NamedTuple):
     value: float
 
 
-# The prior: log-odds points per rule, summed on ``PRIOR_BASE``; rules on one
-# feature add up. ``trend_7d_vs_30d`` is read as a ratio, 1.0 = the usual pace.
-PRIOR_BASE = -2.5  # nothing wrong: about 8 %
-PRIOR_RULES: tuple[tuple[str, str, float, float], ...] = (
-    ("recency_days", ">", 7.0, 1.0),  # a week away: 18 %
-    ("recency_days", ">", 14.0, 2.25),  # two weeks away: 68 %, high on its own
-    ("recency_days", ">", 30.0, 1.0),  # a month away: 85 %, critical
-    ("trend_7d_vs_30d", "<", 0.5, 1.0),  # this week under half the usual pace
-    ("active_days_30d", "<", 3.0, 0.75),  # rarely here
-    ("active_days_30d", ">=", 15.0, -1.0),  # a habit protects
-    ("payment_failures_30d", ">", 0.0, 1.0),
-    ("complaints_30d", ">", 0.0, 0.5),
-    ("support_tickets_30d", ">=", 3.0, 0.5),
-    ("downgrades_90d", ">", 0.0, 0.75),
-    ("uninstalled", ">", 0.0, 2.5),
-)
-_OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt}
-_RULES = tuple((f, _OPS[op], t, pts) for f, op, t, pts in PRIOR_RULES)
-
-
-def prior_contributions(x: dict[str, float]) -> dict[str, float]:
-    """Log-odds points of the rules that fire, summed per feature.
-
-    >>> prior_contributions({"recency_days": 20.0, "active_days_30d": 1.0})
-    {'recency_days': 3.25, 'trend_7d_vs_30d': 1.0, 'active_days_30d': 0.75}
-    """
-    points: dict[str, float] = {}
-    for feature, op, threshold, pts in _RULES:
-        if op(x.get(feature, 0.0), threshold):
-            points[feature] = points.get(feature, 0.0) + pts
-    return points
-
-
-def prior_risk(x: dict[str, float]) -> float:
-    """The transparent rule-based churn probability used before labels exist.
-
-    >>> round(prior_risk({"trend_7d_vs_30d": 1.0, "active_days_30d": 20.0}), 3)
-    0.029
-    >>> round(prior_risk({"recency_days": 15.0, "trend_7d_vs_30d": 1.0, "active_days_30d": 5}), 3)
-    0.679
-    """
-    return _prior_from(prior_contributions(x), x)
-
-
-def _prior_from(points: dict[str, float], x: dict[str, float]) -> float:
-    rules = 1.0 / (1.0 + math.exp(-(PRIOR_BASE + sum(points.values()))))
-    return (1.0 - TIE_BREAK) * rules + TIE_BREAK * prior_order(x)
-
-
-def prior_order(x: dict[str, float]) -> float:
-    """Breaks the rules' ties (every user a month away scores the same), in (0, 1).
-
-    Higher the longer the user is away, more so against its own usual gap
-    between active days (``recency_vs_gap``), lower the more days it has been
-    active: the order of a BG/NBD-like "still alive?" among equals. It moves
-    the prior's risk by at most ``TIE_BREAK``.
-
-    >>> away = {"recency_days": 60.0, "active_days_total": 1.0}
-    >>> prior_order(away) < prior_order({**away, "recency_days": 90.0})
-    True
-    >>> prior_order({**away, "active_days_total": 4.0}) < prior_order(away)
-    True
-    >>> usual = {**away, "active_days_total": 4.0, "recency_vs_gap": 1.0}
-    >>> prior_order(usual) < prior_order({**usual, "recency_vs_gap": 3.0})
-    True
-    """
-    get = x.get
-    z = (
-        math.log1p(max(get("recency_days", 0.0), 0.0))
-        + math.log1p(max(get("recency_vs_gap", 0.0), 0.0))
-        - math.log1p(max(get("active_days_total", 0.0), 0.0))
-    )
-    return 1.0 / (1.0 + math.exp(-z))
-
-
 def top_reasons(contributions: dict[str, float], x: dict[str, float], *, top: int) -> list[Reason]:
     """The ``top`` positive contributions, largest first, with plain labels.
 
@@ -253,90 +191,6 @@ def top_reasons(contributions: dict[str, float], x: dict[str, float], *, top: in
 
 def _by_value(item: tuple[str, float]) -> float:
     return item[1]
-
-
-class BinCalibrator:
-    """Online histogram binning of raw probabilities, kept monotone by pool-adjacent-violators.
-
-    Counts decay so that about ``window`` recent labels matter: the learner
-    moves, and old (raw, y) pairs describe a model that is gone. The map is
-    linear between the pooled blocks' centres and from the outer ones to
-    (0, 0) and (1, 1), so it rises strictly: the learner's order survives
-    everywhere, also past the top bin's centre, where most users of a
-    high-churn population sit (a flat end there tied them, and rounding the
-    risk to 6 decimals, as alerts and replay scores do, lost the tie-break:
-    CDNOW calibration-only check 0.724 for the raw scores, 0.713 for the risks).
-
-    >>> cal = BinCalibrator(bins=4, window=1000)
-    >>> for raw, y in [(0.1, 0), (0.1, 0), (0.9, 1), (0.6, 1), (0.6, 0), (0.6, 0)] * 20:
-    ...     cal.learn(raw, y)
-    >>> cal.ready(100), [round(cal.predict(r), 2) for r in (0.1, 0.6, 0.9)]
-    (True, [0.01, 0.32, 0.98])
-    >>> cal.predict(0.95) < cal.predict(0.99) < 1.0
-    True
-    """
-
-    def __init__(self, *, bins: int, window: int) -> None:
-        self.bins = bins
-        self.keep = 1.0 - 1.0 / window
-        self.n = [0.0] * bins
-        self.pos = [0.0] * bins
-        self.labels = 0
-        self.positives = 0
-        self._knots: tuple[list[float], list[float]] | None = None
-
-    def learn(self, raw: float, y: bool | int) -> None:
-        keep = self.keep
-        self.n = [v * keep for v in self.n]
-        self.pos = [v * keep for v in self.pos]
-        b = min(int(raw * self.bins), self.bins - 1)
-        self.n[b] += 1.0
-        self.pos[b] += float(y)
-        self.labels += 1
-        self.positives += bool(y)
-        self._knots = None
-
-    def ready(self, min_labels: int) -> bool:
-        """Enough labels, and at least 10 of each class."""
-        return self.labels >= min_labels and 10 <= self.positives <= self.labels - 10
-
-    def predict(self, raw: float) -> float:
-        xs, ys = self._knots or self._fit()
-        if not xs:
-            return raw
-        i = bisect_right(xs, raw)
-        if i == 0:
-            return ys[0]
-        if i == len(xs):
-            return ys[-1]
-        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-        return y0 + (y1 - y0) * (raw - x0) / (x1 - x0)
-
-    def _fit(self) -> tuple[list[float], list[float]]:
-        # Half a pseudo-label per class keeps sparse bins off exactly 0 and 1.
-        blocks: list[list[Any]] = []
-        for i, (n, pos) in enumerate(zip(self.n, self.pos, strict=True)):
-            if n < 1e-6:
-                continue
-            blocks.append([pos + 0.5, n + 1.0, [i]])
-            while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] > blocks[-1][0] * blocks[-2][1]:
-                p, m, idx = blocks.pop()
-                blocks[-1][0] += p
-                blocks[-1][1] += m
-                blocks[-1][2] += idx
-        # One knot per pooled block, at its count-weighted centre, and the ends pinned
-        # at (0, 0) and (1, 1): the map rises strictly everywhere, so no stretch of raw
-        # scores (a pooled block, or the saturated top bin where most users of a
-        # high-churn population sit) collapses to one risk that rounding then ties.
-        xs, ys = [0.0], [0.0]
-        for p, m, idx in blocks:
-            weight = sum(self.n[i] for i in idx)
-            xs.append(sum((i + 0.5) * self.n[i] for i in idx) / (weight * self.bins))
-            ys.append(p / m)
-        xs.append(1.0)
-        ys.append(1.0)
-        self._knots = (xs, ys) if len(xs) > 2 else ([], [])
-        return self._knots
 
 
 def prepare(x: dict[str, float]) -> dict[str, float]:
@@ -553,7 +407,7 @@ class ChurnModel:
     def _score(
         self, x: dict[str, float], scaled: dict[str, float] | None, points: dict[str, float]
     ) -> Score:
-        prior = _prior_from(points, x)
+        prior = prior_from(points, x)
         raw = self._raw(x, scaled)
         w = self.weight_prior
         if w >= 1.0:
