@@ -267,21 +267,18 @@ class BatchScorer:
             writes += ahead.writes
             out.add(ahead.out)
             rest = {u: items for u, items in by_user.items() if u not in ahead.users}
-        if rest:
-            rows = await self.store.load(list(rest))
-            out.redis_s["load"] = time.perf_counter() - started
-            writes += self._score(rest, rows, self.clock.now(), out)
-        else:
-            out.redis_s["load"] = time.perf_counter() - started
+        rows = await self.store.load(list(rest)) if rest else {}
+        out.redis_s["load"] = time.perf_counter() - started
+        writes += self._score(rest, rows, self.clock.now(), out)
         out.users = len(writes)
         nxt, self._next = self._next, None
         try:
             if writes:
                 started = time.perf_counter()
                 saved = asyncio.ensure_future(self.store.save(writes))
+                await asyncio.sleep(0)  # the write's first step: out on the socket
                 if nxt is not None:
-                    await asyncio.sleep(0)  # the write's first step: out on the socket
-                    nxt.go.set()
+                    nxt.go.set()  # the next batch's users are scored while it is in flight
                 await saved
                 out.redis_s["save"] = time.perf_counter() - started
         finally:

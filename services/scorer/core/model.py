@@ -3,7 +3,8 @@
 Pure logic, no I/O. A feature vector is the ``dict[str, float]`` of
 ``features.to_vector`` (keys in docs/CONTRACTS.md); missing keys count as 0.
 
-- ``prior_risk`` scores users before any label exists (see ``PRIOR_RULES``).
+- ``prior_risk`` scores users before any label exists (``PRIOR_RULES`` in
+  :mod:`~services.scorer.core.prior`).
   Its weight follows measured quality, not the label count alone: every
   resolved label judges the prior and the learner on the same example, before
   the learner learns it (progressive validation), and weight moves to the
@@ -19,8 +20,8 @@ Pure logic, no I/O. A feature vector is the ``dict[str, float]`` of
   with a resolved label. ``score_and_explain`` is the cheap hot path.
 
 The prior's rules are in :mod:`~services.scorer.core.prior`, the calibrator in
-:mod:`~services.scorer.core.calibration`; both names stay importable from here,
-and ``BinCalibrator`` must: checkpoints written before the split pickled it as
+:mod:`~services.scorer.core.calibration`. ``BinCalibrator`` stays importable from
+here: checkpoints written before the split pickled it as
 ``services.scorer.core.model.BinCalibrator``.
 """
 
@@ -43,27 +44,16 @@ from river import compose, forest, linear_model, optim, preprocessing
 from services.common import ranking
 from services.common.errors import ChurnwatchError, ConfigError
 from services.scorer.core.calibration import BinCalibrator
-from services.scorer.core.prior import (
-    PRIOR_BASE,
-    PRIOR_RULES,
-    TIE_BREAK,
-    prior_contributions,
-    prior_from,
-    prior_risk,
-)
+from services.scorer.core.prior import TIE_BREAK, prior_contributions, prior_from, prior_risk
 
 __all__ = [
     "LABELS",
-    "PRIOR_BASE",
-    "PRIOR_RULES",
-    "TIE_BREAK",
     "BinCalibrator",
     "CheckpointError",
     "ChurnModel",
     "ModelSettings",
     "Reason",
     "Score",
-    "prior_contributions",
     "prior_risk",
 ]
 
