@@ -21,8 +21,11 @@ first event (by then it holds most users' state; a snapshot of a user without
 state is dropped unlearned, as for an expired one), so a faster worker learns
 as many of them as a slower one. The learned labels are printed with the rate.
 
-Both rates run from the first event processed to the last, so neither start-up
-(group join, topic metadata) counts. The last line is the result JSON.
+Both rates run from the first event processed, so neither start-up (group
+join, topic metadata) counts; the baseline's to the last event, the worker's to
+the last event or the last of its labels learned, whichever comes later (a
+worker that learns in a child process may still be learning when the events are
+done: that time counts). The last line is the result JSON.
 """
 
 from __future__ import annotations
@@ -192,16 +195,33 @@ def measure_scorer(
                 on_first_event()
             if count >= total and first is not None:
                 print(batch_summary(url))
-                learned = sum(
-                    counter(url, f'churnwatch_scorer_labels_total{{label="{y}"}}') or 0.0
-                    for y in ("0", "1")
-                )
-                print(f"labels learned meanwhile: {learned:,.0f}")
-                return (total - first[1]) / (now - first[0]) if now > first[0] else float("nan")
+                learned, end = labels_settled(url, since=now)
+                late = end - now
+                print(f"labels learned: {learned:,.0f}, the last {late:.1f} s after the last event")
+                end = max(end, now)
+                return (total - first[1]) / (end - first[0]) if end > first[0] else float("nan")
             time.sleep(0.2)  # scraping /metrics costs the worker CPU: not too often
         raise RuntimeError(f"the scorer did not process {total} events in time; see {logs}")
     finally:
         services.stop()
+
+
+def labels_settled(url: str, *, since: float, quiet_s: float = 3.0) -> tuple[float, float]:
+    """The worker's learned labels once no more come for ``quiet_s`` (three of its
+    sweeps), and the ``perf_counter`` time the count last grew (``since`` at the latest)."""
+    learned, changed = labels_learned(url), since
+    while time.perf_counter() - changed < quiet_s:
+        time.sleep(0.2)
+        now_learned = labels_learned(url)
+        if now_learned != learned:
+            learned, changed = now_learned, time.perf_counter()
+    return learned, changed
+
+
+def labels_learned(url: str) -> float:
+    return sum(
+        counter(url, f'churnwatch_scorer_labels_total{{label="{y}"}}') or 0.0 for y in ("0", "1")
+    )
 
 
 def batch_summary(url: str) -> str:

@@ -163,6 +163,8 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
             await runtime.checkpoint()
         except StoreUnavailable as exc:
             log.error("final checkpoint failed", extra={"error": str(exc)})
+        finally:
+            runtime.close()
 
     return app
 

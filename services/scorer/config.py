@@ -75,6 +75,12 @@ class ScorerSettings(CommonSettings):
         60.0, gt=0, description="how often silent users are re-scored and labels resolved"
     )
     scorer_model: Literal["logreg", "forest"] = "logreg"
+    scorer_learner: Literal["process", "inline"] = Field(
+        "process",
+        description="where a live worker learns its labels: process = in a child process "
+        "while the worker goes on scoring (the same model, a fifth of its CPU freed); inline "
+        "= on the worker's own loop (a replay always learns inline)",
+    )
     scorer_checkpoint_every: int = Field(1000, ge=1, description="checkpoint every N learns")
     scorer_checkpoint_interval_s: float = Field(60.0, gt=0, description="... or every T seconds")
     scorer_horizon_days: int = Field(14, ge=1, description="predict churn within H days")

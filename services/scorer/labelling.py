@@ -23,6 +23,7 @@ from services.scorer.core.model import ChurnModel
 from services.scorer.core.quality import QualityTracker
 from services.scorer.core.records import decode_snapshot
 from services.scorer.core.state_codec import state_times
+from services.scorer.learner import InlineLearner, Learner
 
 DAY = 86_400.0
 
@@ -118,39 +119,62 @@ async def resolve_labels(
     now: float,
     settings: LabelSettings,
     limit: int = 10_000,
+    learner: Learner | None = None,
 ) -> Learned:
+    """Resolve up to ``limit`` users' due labels at ``now`` and learn them (``learner``:
+    where; default on this thread), each user's in snapshot order.
+
+    The snapshots are read 500 users at a time and learned together: a learning
+    process takes them in one round trip. Only then are they dropped, so a sweep
+    interrupted before (a stop, a failed learn, Redis gone) resolves them again
+    at the next one and nothing is learned or counted twice.
+    """
     learned = Learned()
     users = await store.users_with_labels_due(now, limit=limit)
+    labels: list[tuple[Snapshot, int]] = []
+    keep: list[dict[str, tuple[int, float | None]]] = []
     for start in range(0, len(users), 500):
         chunk = users[start : start + 500]
         rows = await store.load_snapshots(chunk)
-        remaining: dict[str, tuple[int, float | None]] = {}
-        for uid in chunk:
-            features, raw_snaps = rows[uid]
-            snaps = [decode_snapshot(s, uid) for s in raw_snaps]
-            if not features:  # the user's state expired: nothing to learn against
-                remaining[uid] = (len(snaps), None)
-                continue
-            last_seen, active_at, churn_at = state_times(features)
-            last_active = float(active_at or last_seen)
-            resolved, pending = label_user(
-                snaps,
-                churn_at=float(churn_at),
-                last_active=last_active,
-                now=now,
-                settings=settings,
-            )
-            for snap, y in sorted(resolved, key=lambda pair: pair[0].taken_at):
-                quality.update(snap.risk, y)
-                model.learn(snap.features, y)
-                if y:
-                    learned.positives += 1
-                else:
-                    learned.negatives += 1
-            # Resolved snapshots are always the oldest ones: drop that many from the
-            # head of the list (LTRIM), so a snapshot appended meanwhile survives.
-            dropped = len(snaps) - len(pending)
-            assert pending == snaps[dropped:], "labels resolve oldest first"
-            remaining[uid] = (dropped, next_due(pending, now, settings, last_active=last_active))
+        keep.append(label_chunk(rows, now=now, settings=settings, labels=labels))
+    await (learner or InlineLearner()).learn(model, [(s.features, y) for s, y in labels])
+    for snap, y in labels:
+        quality.update(snap.risk, y)
+    learned.positives = sum(y for _, y in labels)
+    learned.negatives = len(labels) - learned.positives
+    for remaining in keep:
         await store.keep_snapshots(remaining)
     return learned
+
+
+def label_chunk(
+    rows: dict[str, tuple[bytes | None, list[bytes]]],
+    *,
+    now: float,
+    settings: LabelSettings,
+    labels: list[tuple[Snapshot, int]],
+) -> dict[str, tuple[int, float | None]]:
+    """Append the labels these users' snapshots get at ``now`` to ``labels``; return, by
+    user, how many of its oldest snapshots they were and when the rest are next due."""
+    remaining: dict[str, tuple[int, float | None]] = {}
+    for uid, (features, raw_snaps) in rows.items():
+        snaps = [decode_snapshot(s, uid) for s in raw_snaps]
+        if not features:  # the user's state expired: nothing to learn against
+            remaining[uid] = (len(snaps), None)
+            continue
+        last_seen, active_at, churn_at = state_times(features)
+        last_active = float(active_at or last_seen)
+        resolved, pending = label_user(
+            snaps,
+            churn_at=float(churn_at),
+            last_active=last_active,
+            now=now,
+            settings=settings,
+        )
+        labels += sorted(resolved, key=lambda pair: pair[0].taken_at)
+        # Resolved snapshots are always the oldest ones: drop that many from the
+        # head of the list (LTRIM), so a snapshot appended meanwhile survives.
+        dropped = len(snaps) - len(pending)
+        assert pending == snaps[dropped:], "labels resolve oldest first"
+        remaining[uid] = (dropped, next_due(pending, now, settings, last_active=last_active))
+    return remaining

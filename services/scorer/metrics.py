@@ -37,6 +37,10 @@ EVENT_LAG = Gauge(
 )
 SCORES = Counter("churnwatch_scorer_scores_total", "Users scored, by band", ["band"])
 STORE_ERRORS = Counter("churnwatch_scorer_store_errors_total", "Redis failures (retried)")
+LEARNER_FAILURES = Counter(
+    "churnwatch_scorer_learner_failures_total",
+    "Times the learning process died (that chunk of labels is learned in the worker)",
+)
 LABELS = Counter("churnwatch_scorer_labels_total", "Resolved labels learned, by class", ["label"])
 QUALITY = Gauge("churnwatch_model_quality", "Progressive validation on resolved labels", ["metric"])
 CHECKPOINT_AGE = Gauge(

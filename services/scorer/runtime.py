@@ -28,6 +28,7 @@ from services.scorer.core.quality import QualityTracker
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings
 from services.scorer.core.state_codec import decode_state
 from services.scorer.labelling import Learned, SnapshotStore, resolve_labels
+from services.scorer.learner import InlineLearner, Learner, ProcessLearner
 from services.scorer.pipeline import BatchScorer, Outcome, UserStore
 from services.scorer.replay_mode import ReplayScorer
 from services.scorer.scoring import ScoringCore, previous_stage
@@ -113,6 +114,8 @@ class Runtime:
         self._learned_since_checkpoint = 0
         self.quality = QualityTracker(threshold=settings.scorer_band_high / 100)
         self._last_checkpoint = time.monotonic()
+        live = settings.scorer_clock == "live" and settings.scorer_learner == "process"
+        self.learner: Learner = ProcessLearner() if live else InlineLearner()
 
     def ready_scorer(self) -> BatchScorer | None:
         """The scorer once :meth:`scorer` has built it, else None (never waits)."""
@@ -149,6 +152,8 @@ class Runtime:
         quantiles = RfmQuantiles.from_dict(orjson.loads(rfm)) if rfm else None
         self.core = make_core(s, model, quantiles)
         features = FeatureSettings(lateness_s=int(s.scorer_lateness_s))
+        if isinstance(self.learner, ProcessLearner):
+            self.learner.start()
         if s.scorer_clock == "replay":
             replay = ReplayScorer(
                 store=self.store, core=self.core, clock=self.clock, features=features
@@ -203,6 +208,10 @@ class Runtime:
         metrics.CHECKPOINT_AGE.set(0)
         self._last_checkpoint = time.monotonic()
 
+    def close(self) -> None:
+        """Stop the learning process (after the last checkpoint)."""
+        self.learner.close()
+
     async def checkpoint_if_requested(self) -> None:
         """Checkpoint when ``P:control:checkpoint`` holds a request id; ack it in ``...:done``."""
         if self._scorer is None:
@@ -221,6 +230,7 @@ class Runtime:
             quality=self.quality,
             now=now,
             settings=self.core.labels,
+            learner=self.learner,
         )
         if learned.total:
             metrics.LABELS.labels("1").inc(learned.positives)

@@ -70,7 +70,9 @@ class MemoryStore:
 
 
 def make_runtime(**overrides: Any) -> tuple[Runtime, MemoryStore, ManualClock]:
-    settings = ScorerSettings(scorer_inactivity_days=30, scorer_horizon_days=14, **overrides)
+    settings = ScorerSettings(
+        scorer_inactivity_days=30, scorer_horizon_days=14, scorer_learner="inline", **overrides
+    )
     runtime, store, clock = Runtime(settings), MemoryStore(), ManualClock(T0)
     runtime.clock = clock
     runtime.store = store  # type: ignore[assignment]

@@ -379,6 +379,18 @@ class ChurnModel:
         step = orjson.dumps([x, label], option=orjson.OPT_SORT_KEYS)
         self.lineage = blake2b(self.lineage + step, digest_size=16).digest()
 
+    def adopt(self, other: ChurnModel) -> None:
+        """Become ``other`` in place (what a learning process learned): the scorers hold
+        this object, so its state is replaced rather than the object.
+
+        >>> a, b = ChurnModel(), ChurnModel()
+        >>> b.learn({"recency_days": 3.0}, 1)
+        >>> a.adopt(b)
+        >>> a.version == b.version, a.learned
+        (True, 1)
+        """
+        vars(self).update(vars(other))
+
     def _scaled(self, x: dict[str, float]) -> dict[str, float] | None:
         if self.settings.kind != "logreg":
             return None
