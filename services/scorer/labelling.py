@@ -9,7 +9,7 @@ progressive validation with the risk it had *when it was taken*, then learned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.scorer.core.labels import (
@@ -23,7 +23,6 @@ from services.scorer.core.model import ChurnModel
 from services.scorer.core.quality import QualityTracker
 from services.scorer.core.records import decode_snapshot
 from services.scorer.core.state_codec import state_times
-from services.scorer.learner import InlineLearner, Learner
 
 DAY = 86_400.0
 
@@ -111,6 +110,42 @@ def next_due(
     return confirm if confirm > now else now + DAY
 
 
+@dataclass
+class Resolved:
+    """What a sweep's labels gave: ``judged``, (risk when the snapshot was taken, y) in
+    the order learned; ``keep``, per chunk of users, how many of each user's oldest
+    snapshots resolved and when the rest are next due (``label_chunk``)."""
+
+    judged: list[tuple[float, int]] = field(default_factory=list)
+    keep: list[dict[str, tuple[int, float | None]]] = field(default_factory=list)
+
+
+SnapshotRows = dict[str, tuple[bytes | None, list[bytes]]]
+
+
+class ChunkLearner(Protocol):
+    async def resolve(
+        self, model: ChurnModel, chunks: list[SnapshotRows], *, now: float, settings: LabelSettings
+    ) -> Resolved: ...
+
+
+def learn_chunk(
+    model: ChurnModel,
+    rows: SnapshotRows,
+    *,
+    now: float,
+    settings: LabelSettings,
+    into: Resolved,
+) -> None:
+    """Label these users' snapshots at ``now`` and learn the labels, each user's oldest
+    first (pure: a learning process runs it on its copy of the model)."""
+    labels: list[tuple[Snapshot, int]] = []
+    into.keep.append(label_chunk(rows, now=now, settings=settings, labels=labels))
+    for snap, y in labels:
+        model.learn(snap.features, y)
+        into.judged.append((snap.risk, y))
+
+
 async def resolve_labels(
     store: SnapshotStore,
     *,
@@ -119,36 +154,34 @@ async def resolve_labels(
     now: float,
     settings: LabelSettings,
     limit: int = 10_000,
-    learner: Learner | None = None,
+    learner: ChunkLearner | None = None,
 ) -> Learned:
-    """Resolve up to ``limit`` users' due labels at ``now`` and learn them (``learner``:
-    where; default on this thread), each user's in snapshot order.
+    """Resolve up to ``limit`` users' due labels at ``now`` and learn them, each user's in
+    snapshot order (``learner``: where; default on this thread, in one go).
 
-    The snapshots are read 500 users at a time and learned together: a learning
-    process takes them in one round trip. Only then are they dropped, so a sweep
-    interrupted before (a stop, a failed learn, Redis gone) resolves them again
-    at the next one and nothing is learned or counted twice.
+    The snapshots are read 500 users at a time and resolved and learned together
+    (a learning process takes them in one round trip). Only then are the learned
+    ones dropped: a sweep interrupted before (a stop, a failed learn, Redis gone)
+    resolves them again at the next one, and nothing is learned or counted twice.
     """
-    learned = Learned()
     users = await store.users_with_labels_due(now, limit=limit)
-    labels: list[tuple[Snapshot, int]] = []
-    keep: list[dict[str, tuple[int, float | None]]] = []
-    for start in range(0, len(users), 500):
-        chunk = users[start : start + 500]
-        rows = await store.load_snapshots(chunk)
-        keep.append(label_chunk(rows, now=now, settings=settings, labels=labels))
-    await (learner or InlineLearner()).learn(model, [(s.features, y) for s, y in labels])
-    for snap, y in labels:
-        quality.update(snap.risk, y)
-    learned.positives = sum(y for _, y in labels)
-    learned.negatives = len(labels) - learned.positives
-    for remaining in keep:
+    chunks = [await store.load_snapshots(users[i : i + 500]) for i in range(0, len(users), 500)]
+    if learner is not None:
+        resolved = await learner.resolve(model, chunks, now=now, settings=settings)
+    else:
+        resolved = Resolved()
+        for rows in chunks:
+            learn_chunk(model, rows, now=now, settings=settings, into=resolved)
+    for risk, y in resolved.judged:
+        quality.update(risk, y)
+    positives = sum(y for _, y in resolved.judged)
+    for remaining in resolved.keep:
         await store.keep_snapshots(remaining)
-    return learned
+    return Learned(positives, len(resolved.judged) - positives)
 
 
 def label_chunk(
-    rows: dict[str, tuple[bytes | None, list[bytes]]],
+    rows: SnapshotRows,
     *,
     now: float,
     settings: LabelSettings,

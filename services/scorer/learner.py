@@ -1,22 +1,25 @@
-"""Where a live worker's model learns its resolved labels: in a child process.
+"""Where a live worker resolves and learns its labels: in a child process.
 
-Learning a label costs the worker's event loop ~50-90 µs (prepare, scale, the
-logistic step, calibration, the blend's bookkeeping): a fifth of its CPU when
-users are active daily (one label per ten events), time in which no event is
-scored. :class:`ProcessLearner` hands each chunk of labels to a child process
-that holds a copy of the model, and takes back the model it learned: the labels
-are learned in the same order, one chunk after the other, so the model is the
-one the worker would have learned itself (the same version, weights and scores),
-while the loop goes on scoring events with the model as it was before the chunk.
+Resolving a label (decoding its snapshot, deciding y) and learning it (prepare,
+scale, the logistic step, calibration, the blend's bookkeeping) cost the
+worker's event loop ~60-100 µs: a fifth of its CPU when users are active daily
+(one label per ten events), time in which no event is scored.
+:class:`ProcessLearner` hands a sweep's snapshot rows to a child process that
+holds a copy of the model, and takes back the labels' outcome and the model it
+learned. The labels are learned in the same order, one sweep after the other,
+so the model is the one the worker would have learned itself (the same
+version, weights and scores), while the loop goes on scoring events with the
+model as it was before the sweep.
 
 The child's copy is seeded with the worker's model when they differ (the
-first chunk, after a restart or a failure) and otherwise kept: a chunk ships
-only its labels (~2 ms for 500) and the learned model back (~45 kB, ~1.5 ms to
-load). If the child dies, the chunk is learned on the loop instead, and the
-next chunk starts a new child.
+first sweep, after a restart or a failure) and otherwise kept: a sweep ships
+its rows (~2 ms for 10,000 users) and the learned model back (~45 kB, ~1.5 ms
+to load). If the child dies, the sweep is learned on the loop instead, and the
+next one starts a new child.
 
-:class:`InlineLearner` learns on the loop: a replay uses it (each sweep is
-awaited inside its batch, there is nothing to overlap), and so do the fast tests.
+:class:`InlineLearner` learns on the loop, yielding between chunks of users: a
+replay uses it (each sweep is awaited inside its batch, there is nothing to
+overlap), and so does ``CHURNWATCH_SCORER_LEARNER=inline``.
 """
 
 from __future__ import annotations
@@ -30,29 +33,34 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
 from services.scorer import metrics
+from services.scorer.core.labels import LabelSettings
 from services.scorer.core.model import ChurnModel
+from services.scorer.labelling import Resolved, SnapshotRows, learn_chunk
 
 log = logging.getLogger("churnwatch.scorer")
 
-Labels = list[tuple[dict[str, float], int]]
-
 
 class Learner(Protocol):
-    async def learn(self, model: ChurnModel, labels: Labels) -> None:
-        """Learn ``labels`` (features at the snapshot, y) into ``model``, in order."""
+    async def resolve(
+        self, model: ChurnModel, chunks: list[SnapshotRows], *, now: float, settings: LabelSettings
+    ) -> Resolved:
+        """Resolve the chunks' labels at ``now`` and learn them into ``model``, in order."""
         ...
 
     def close(self) -> None: ...
 
 
 class InlineLearner:
-    """Learns on the caller's thread."""
+    """Learns on the caller's loop."""
 
-    async def learn(self, model: ChurnModel, labels: Labels) -> None:
-        for i, (x, y) in enumerate(labels, 1):
-            model.learn(x, y)
-            if i % 500 == 0:
-                await asyncio.sleep(0)  # a sweep's labels must not hold up the batches
+    async def resolve(
+        self, model: ChurnModel, chunks: list[SnapshotRows], *, now: float, settings: LabelSettings
+    ) -> Resolved:
+        resolved = Resolved()
+        for rows in chunks:
+            learn_chunk(model, rows, now=now, settings=settings, into=resolved)
+            await asyncio.sleep(0)  # a sweep's labels must not hold up the batches
+        return resolved
 
     def close(self) -> None:
         pass
@@ -76,28 +84,30 @@ class ProcessLearner:
             )
             self._pool.submit(_child_ready)
 
-    async def learn(self, model: ChurnModel, labels: Labels) -> None:
-        if not labels:
-            return
+    async def resolve(
+        self, model: ChurnModel, chunks: list[SnapshotRows], *, now: float, settings: LabelSettings
+    ) -> Resolved:
+        if not chunks:
+            return Resolved()
         self.start()
         assert self._pool is not None
         seed = None if self._lineage == model.lineage else model.to_bytes()
         self._lineage = None  # until the child's answer says what it holds
         try:
-            learned = await asyncio.get_running_loop().run_in_executor(
-                self._pool, _child_learn, seed, labels
+            learned, resolved = await asyncio.get_running_loop().run_in_executor(
+                self._pool, _child_resolve, seed, chunks, now, settings
             )
         except BrokenProcessPool as exc:
             metrics.LEARNER_FAILURES.inc()
             log.error(
-                "learning process died; learning this chunk in the worker, a new process next",
-                extra={"error": str(exc), "labels": len(labels)},
+                "learning process died; learning these labels in the worker, a new process next",
+                extra={"error": str(exc), "users": sum(map(len, chunks))},
             )
             self.close()
-            await InlineLearner().learn(model, labels)
-            return
+            return await InlineLearner().resolve(model, chunks, now=now, settings=settings)
         model.adopt(ChurnModel.from_bytes(learned))
         self._lineage = model.lineage
+        return resolved
 
     def close(self) -> None:
         pool, self._pool, self._lineage = self._pool, None, None
@@ -118,11 +128,14 @@ def _child_ready() -> None:
     """Nothing: submitted at start so that the child is spawned and has imported the model."""
 
 
-def _child_learn(seed: bytes | None, labels: Labels) -> bytes:
+def _child_resolve(
+    seed: bytes | None, chunks: list[SnapshotRows], now: float, settings: LabelSettings
+) -> tuple[bytes, Resolved]:
     global _model
     if seed is not None:
         _model = ChurnModel.from_bytes(seed)
-    assert _model is not None, "the worker seeds the child's first chunk"
-    for x, y in labels:
-        _model.learn(x, y)
-    return _model.to_bytes()
+    assert _model is not None, "the worker seeds the child's first sweep"
+    resolved = Resolved()
+    for rows in chunks:
+        learn_chunk(_model, rows, now=now, settings=settings, into=resolved)
+    return _model.to_bytes(), resolved
