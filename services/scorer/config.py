@@ -77,9 +77,10 @@ class ScorerSettings(CommonSettings):
     scorer_model: Literal["logreg", "forest"] = "logreg"
     scorer_learner: Literal["process", "inline"] = Field(
         "process",
-        description="where a live worker learns its labels: process = in a child process "
-        "while the worker goes on scoring (the same model, a fifth of its CPU freed); inline "
-        "= on the worker's own loop (a replay always learns inline)",
+        description="where a live worker resolves and learns its labels: process = in a "
+        "child process while the worker goes on scoring (the same model, a fifth of its CPU "
+        "freed; logreg only); inline = on the worker's own loop (a replay and a forest always "
+        "learn inline)",
     )
     scorer_checkpoint_every: int = Field(1000, ge=1, description="checkpoint every N learns")
     scorer_checkpoint_interval_s: float = Field(60.0, gt=0, description="... or every T seconds")

@@ -9,9 +9,13 @@ progressive validation with the risk it had *when it was taken*, then learned.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from services.common.errors import StoreUnavailable
+from services.scorer import metrics
 from services.scorer.core.labels import (
     LabelSettings,
     Snapshot,
@@ -25,6 +29,7 @@ from services.scorer.core.records import decode_snapshot
 from services.scorer.core.state_codec import state_times
 
 DAY = 86_400.0
+log = logging.getLogger("churnwatch.scorer")
 
 
 class SnapshotStore(Protocol):
@@ -162,7 +167,8 @@ async def resolve_labels(
     The snapshots are read 500 users at a time and resolved and learned together
     (a learning process takes them in one round trip). Only then are the learned
     ones dropped: a sweep interrupted before (a stop, a failed learn, Redis gone)
-    resolves them again at the next one, and nothing is learned or counted twice.
+    resolves them again at the next one, and one interrupted after waits for
+    Redis to drop them, so nothing is learned or counted twice.
     """
     users = await store.users_with_labels_due(now, limit=limit)
     chunks = [await store.load_snapshots(users[i : i + 500]) for i in range(0, len(users), 500)]
@@ -176,8 +182,28 @@ async def resolve_labels(
         quality.update(risk, y)
     positives = sum(y for _, y in resolved.judged)
     for remaining in resolved.keep:
-        await store.keep_snapshots(remaining)
+        await keep_until_stored(store, remaining)
     return Learned(positives, len(resolved.judged) - positives)
+
+
+async def keep_until_stored(
+    store: SnapshotStore, remaining: dict[str, tuple[int, float | None]]
+) -> None:
+    """Drop learned snapshots, waiting out a Redis outage here rather than failing the
+    sweep: its labels are learned, and a sweep run again would learn them twice."""
+    delay = 0.2
+    while True:
+        try:
+            await store.keep_snapshots(remaining)
+            return
+        except StoreUnavailable as exc:
+            metrics.STORE_ERRORS.inc()
+            log.warning(
+                "redis unavailable while dropping learned snapshots, retrying",
+                extra={"error": str(exc), "retry_in_s": delay},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def label_chunk(

@@ -13,9 +13,10 @@ model as it was before the sweep.
 
 The child's copy is seeded with the worker's model when they differ (the
 first sweep, after a restart or a failure) and otherwise kept: a sweep ships
-its rows (~2 ms for 10,000 users) and the learned model back (~45 kB, ~1.5 ms
-to load). If the child dies, the sweep is learned on the loop instead, and the
-next one starts a new child.
+its rows (~2 ms for 10,000 users) and the logistic model back (~45 kB, ~1.5 ms
+to load; a forest is learned inline, its pickle is tens of MB). If the child
+dies, the sweep is learned on the loop instead, and the next one starts a new
+child; if the worker dies, the kernel stops the child.
 
 :class:`InlineLearner` learns on the loop, yielding between chunks of users: a
 replay uses it (each sweep is awaited inside its batch, there is nothing to
@@ -25,13 +26,17 @@ overlap), and so does ``CHURNWATCH_SCORER_LEARNER=inline``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
+from services.common.errors import ChurnwatchError
 from services.scorer import metrics
 from services.scorer.core.labels import LabelSettings
 from services.scorer.core.model import ChurnModel
@@ -66,21 +71,34 @@ class InlineLearner:
         pass
 
 
+class LearnerClosed(ChurnwatchError):
+    """The worker is stopping: labels are left for its next start."""
+
+
 class ProcessLearner:
-    """Learns in one child process; the worker's model takes what it learned."""
+    """Learns in one child process; the worker's model takes what it learned.
+
+    For the logistic model only: a forest's pickle grows to tens of MB within
+    thousands of labels, too much to ship back every sweep.
+    """
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
         self._lineage: bytes | None = None  # of the child's model, when it is the worker's
+        self._closed = False
 
     def start(self) -> None:
-        """Start the child now rather than at the first labels (it imports River: ~1 s)."""
+        """Start the child (at the first labels; it imports River, ~1 s, while the worker's
+        loop goes on)."""
+        if self._closed:
+            raise LearnerClosed("the worker is stopping")
         if self._pool is None:
             # Spawned, not forked: the worker runs threads (Faust, the metrics server).
             self._pool = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_child_init,
+                initargs=(os.getpid(),),
             )
             self._pool.submit(_child_ready)
 
@@ -98,18 +116,28 @@ class ProcessLearner:
                 self._pool, _child_resolve, seed, chunks, now, settings
             )
         except BrokenProcessPool as exc:
+            if self._closed:
+                raise LearnerClosed("the worker is stopping") from exc
             metrics.LEARNER_FAILURES.inc()
             log.error(
                 "learning process died; learning these labels in the worker, a new process next",
                 extra={"error": str(exc), "users": sum(map(len, chunks))},
             )
-            self.close()
+            self._stop_pool()
             return await InlineLearner().resolve(model, chunks, now=now, settings=settings)
+        if self._closed:
+            # After the final checkpoint: what was learned would be trimmed but not saved.
+            raise LearnerClosed("the worker is stopping")
         model.adopt(ChurnModel.from_bytes(learned))
         self._lineage = model.lineage
         return resolved
 
     def close(self) -> None:
+        """Stop the child; a sweep still waiting on it raises :class:`LearnerClosed`."""
+        self._closed = True
+        self._stop_pool()
+
+    def _stop_pool(self) -> None:
         pool, self._pool, self._lineage = self._pool, None, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -117,11 +145,17 @@ class ProcessLearner:
 
 # The child's side. Its model lives in this module's global, for the child's lifetime.
 _model: ChurnModel | None = None
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _child_init() -> None:
+def _child_init(parent: int) -> None:
     # Ctrl-C reaches the whole process group: the worker shuts the child down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker killed outright (SIGKILL, OOM) cannot: the kernel stops the child then.
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: no such guard
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the worker died before the line above
+        os._exit(0)
 
 
 def _child_ready() -> None:

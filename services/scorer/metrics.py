@@ -39,7 +39,7 @@ SCORES = Counter("churnwatch_scorer_scores_total", "Users scored, by band", ["ba
 STORE_ERRORS = Counter("churnwatch_scorer_store_errors_total", "Redis failures (retried)")
 LEARNER_FAILURES = Counter(
     "churnwatch_scorer_learner_failures_total",
-    "Times the learning process died (that chunk of labels is learned in the worker)",
+    "Times the learning process died (that sweep's labels are learned in the worker)",
 )
 LABELS = Counter("churnwatch_scorer_labels_total", "Resolved labels learned, by class", ["label"])
 QUALITY = Gauge("churnwatch_model_quality", "Progressive validation on resolved labels", ["metric"])

@@ -28,7 +28,7 @@ from services.scorer.core.quality import QualityTracker
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings
 from services.scorer.core.state_codec import decode_state
 from services.scorer.labelling import Learned, SnapshotStore, resolve_labels
-from services.scorer.learner import InlineLearner, Learner, ProcessLearner
+from services.scorer.learner import InlineLearner, Learner, LearnerClosed, ProcessLearner
 from services.scorer.pipeline import BatchScorer, Outcome, UserStore
 from services.scorer.replay_mode import ReplayScorer
 from services.scorer.scoring import ScoringCore, previous_stage
@@ -114,8 +114,13 @@ class Runtime:
         self._learned_since_checkpoint = 0
         self.quality = QualityTracker(threshold=settings.scorer_band_high / 100)
         self._last_checkpoint = time.monotonic()
-        live = settings.scorer_clock == "live" and settings.scorer_learner == "process"
-        self.learner: Learner = ProcessLearner() if live else InlineLearner()
+        self.learner: Learner = InlineLearner()
+        if (settings.scorer_clock, settings.scorer_learner, settings.scorer_model) == (
+            "live",
+            "process",
+            "logreg",
+        ):
+            self.learner = ProcessLearner()
 
     def ready_scorer(self) -> BatchScorer | None:
         """The scorer once :meth:`scorer` has built it, else None (never waits)."""
@@ -152,8 +157,6 @@ class Runtime:
         quantiles = RfmQuantiles.from_dict(orjson.loads(rfm)) if rfm else None
         self.core = make_core(s, model, quantiles)
         features = FeatureSettings(lateness_s=int(s.scorer_lateness_s))
-        if isinstance(self.learner, ProcessLearner):
-            self.learner.start()
         if s.scorer_clock == "replay":
             replay = ReplayScorer(
                 store=self.store, core=self.core, clock=self.clock, features=features
@@ -224,14 +227,18 @@ class Runtime:
     async def learn(self, now: float) -> Learned:
         """Resolve the labels that are due and learn from them; checkpoint every N learns."""
         await self.scorer()
-        learned = await resolve_labels(
-            self.store,
-            model=self.core.model,
-            quality=self.quality,
-            now=now,
-            settings=self.core.labels,
-            learner=self.learner,
-        )
+        try:
+            learned = await resolve_labels(
+                self.store,
+                model=self.core.model,
+                quality=self.quality,
+                now=now,
+                settings=self.core.labels,
+                learner=self.learner,
+            )
+        except LearnerClosed:
+            log.info("stopping: the labels due are left for the next start")
+            return Learned()
         if learned.total:
             metrics.LABELS.labels("1").inc(learned.positives)
             metrics.LABELS.labels("0").inc(learned.negatives)

@@ -107,6 +107,7 @@ def test_labels_resolve_learn_and_survive_a_restart(isolated: Isolated) -> None:
         after = restarted.core.model.score(probe).risk
         # The value tiers' quantiles come back too, not an empty sample.
         assert restarted.core.quantiles.to_dict() == tiers and tiers["n"] > 0
+        runtime.close()  # its learning process
         return (
             sum(learned.values()),
             runtime.core.model.version,

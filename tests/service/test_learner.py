@@ -6,20 +6,27 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
+from services.common.errors import StoreUnavailable
 from services.common.events import UserEvent
 from services.scorer import metrics
+from services.scorer.config import ScorerSettings
 from services.scorer.core.features import FeatureSettings, update_features
 from services.scorer.core.labels import LabelSettings, take_snapshot
 from services.scorer.core.model import FEATURES, ChurnModel
+from services.scorer.core.quality import QualityTracker
 from services.scorer.core.records import encode_snapshot
 from services.scorer.core.state_codec import encode_state
-from services.scorer.labelling import Resolved, SnapshotRows
-from services.scorer.learner import InlineLearner, ProcessLearner
+from services.scorer.labelling import Learned, Resolved, SnapshotRows, resolve_labels
+from services.scorer.learner import InlineLearner, LearnerClosed, ProcessLearner
+from services.scorer.runtime import Runtime
 
 DAY = 86_400.0
 NOW = 1_780_000_000.0
@@ -173,3 +180,124 @@ def test_a_sweep_that_fails_in_the_process_leaves_the_worker_model_as_it_was(
         same_model(model, expected)
 
     asyncio.run(run())
+
+
+class FlakyStore:
+    """Snapshot rows in memory; the first ``keep_snapshots`` fails like a Redis outage."""
+
+    def __init__(self, rows: SnapshotRows) -> None:
+        self.rows = rows
+        self.failures = 1
+
+    async def users_with_labels_due(self, now: float, *, limit: int) -> list[str]:
+        return [uid for uid, (_, snaps) in self.rows.items() if snaps][:limit]
+
+    async def load_snapshots(self, user_ids: list[str]) -> SnapshotRows:
+        return {uid: self.rows[uid] for uid in user_ids}
+
+    async def keep_snapshots(self, remaining: dict[str, tuple[int, float | None]]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailable("Redis write failed: connection refused")
+        for uid, (dropped, _) in remaining.items():
+            features, snaps = self.rows[uid]
+            self.rows[uid] = (features, snaps[dropped:])
+
+
+def test_a_redis_outage_after_learning_waits_instead_of_learning_the_sweep_again(
+    learner: ProcessLearner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+    store = FlakyStore({**rows(300, 1), **rows(300, 2)})
+    model, quality = ChurnModel(), QualityTracker()
+
+    async def run() -> tuple[Learned, Learned]:
+        first = await resolve_labels(
+            store, model=model, quality=quality, now=NOW, settings=SETTINGS, learner=learner
+        )
+        again = await resolve_labels(
+            store, model=model, quality=quality, now=NOW, settings=SETTINGS, learner=learner
+        )
+        return first, again
+
+    first, again = asyncio.run(run())
+    assert (first.total, again.total) == (1200, 0)
+    assert model.learned == 1200 and sum(quality.counts.values()) == 1200
+    assert store.failures == 0 and not any(snaps for _, snaps in store.rows.values())
+
+
+_sleep = asyncio.sleep
+
+
+async def _no_wait(delay: float, *args: object) -> None:
+    await _sleep(0)
+
+
+def test_a_live_worker_learns_in_a_process_a_replay_and_a_forest_inline() -> None:
+    def learner(**settings: str) -> type:
+        return type(Runtime(ScorerSettings(**settings)).learner)  # type: ignore[arg-type]
+
+    assert learner() is ProcessLearner
+    assert learner(scorer_learner="inline") is InlineLearner
+    assert learner(scorer_clock="replay") is InlineLearner
+    assert learner(scorer_model="forest") is InlineLearner
+
+
+def test_a_sweep_still_learning_when_the_worker_stops_leaves_its_labels(
+    learner: ProcessLearner,
+) -> None:
+    """After the final checkpoint, what the child learned would be trimmed but never saved."""
+    model = ChurnModel()
+
+    async def run() -> None:
+        await learner.resolve(model, sweeps(50, 0), now=NOW, settings=SETTINGS)
+        before = model.version
+        sweep = asyncio.ensure_future(
+            learner.resolve(model, sweeps(1000, 1), now=NOW, settings=SETTINGS)
+        )
+        await asyncio.sleep(0.05)  # the rows are on their way to the child
+        learner.close()
+        with pytest.raises(LearnerClosed):
+            await sweep
+        assert model.version == before
+        with pytest.raises(LearnerClosed):  # and no new child
+            await learner.resolve(model, sweeps(50, 2), now=NOW, settings=SETTINGS)
+        assert learner._pool is None
+
+    asyncio.run(run())
+
+
+PARENT = """
+import asyncio, sys, time
+from tests.service.test_learner import NOW, SETTINGS, sweeps
+from services.scorer.core.model import ChurnModel
+from services.scorer.learner import ProcessLearner
+
+learner = ProcessLearner()
+asyncio.run(learner.resolve(ChurnModel(), sweeps(10, 0), now=NOW, settings=SETTINGS))
+print(*learner._pool._processes, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_worker_killed_outright_takes_its_learning_process_with_it() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"  # a zombie is dead, not yet reaped
+    except FileNotFoundError:
+        return False
