@@ -30,6 +30,7 @@ from services.scorer import metrics
 from services.scorer.config import ScorerSettings
 from services.scorer.pipeline import Decoded, Outcome, ScoreAheadStep
 from services.scorer.runtime import Runtime
+from services.scorer.store_retry import until_stored
 
 log = logging.getLogger("churnwatch.scorer")
 
@@ -67,9 +68,9 @@ def batch_handler(runtime: Runtime, publish: Publish) -> Handler:
         started = time.perf_counter()
         scorer = await runtime.scorer()
         async with runtime.state_lock:  # the sweep re-scores the same users' state
-            outcome = await _until_stored(scorer.handle, records, decoded)
+            outcome = await until_stored(scorer.handle, records, decoded)
         await publish(outcome)
-        await _until_stored(runtime.after_batch, outcome)
+        await until_stored(runtime.after_batch, outcome)
         metrics.EVENTS.inc(len(records))
         for band, n in outcome.bands.items():
             metrics.SCORES.labels(band).inc(n)
@@ -119,9 +120,9 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
         """Feeds the event topic's micro-batches to the scorer (common/batch_consumer.py)."""
 
         async def on_start(self) -> None:
-            leftover = await _until_stored(runtime.unpublished)
+            leftover = await until_stored(runtime.unpublished)
             await publish(leftover)
-            await _until_stored(runtime.after_batch, leftover)
+            await until_stored(runtime.after_batch, leftover)
             await consumer.start()
 
         async def on_stop(self) -> None:
@@ -135,9 +136,9 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
 
         @app.timer(interval=settings.scorer_sweep_interval_s)
         async def sweep_silent_users() -> None:
-            outcome = await _until_stored(runtime.sweep)
+            outcome = await until_stored(runtime.sweep)
             await publish(outcome)
-            await _until_stored(runtime.after_batch, outcome)
+            await until_stored(runtime.after_batch, outcome)
 
     # A timer that raises crashes the whole worker: a Redis outage only skips a tick.
     @app.timer(interval=settings.scorer_checkpoint_interval_s)
@@ -167,22 +168,6 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
             runtime.close()
 
     return app
-
-
-async def _until_stored(fn: Any, *args: Any) -> Outcome:
-    """Run a batch step, waiting out a Redis outage instead of losing the batch."""
-    delay = 0.2
-    while True:
-        try:
-            result: Outcome = await fn(*args)
-            return result
-        except StoreUnavailable as exc:
-            metrics.STORE_ERRORS.inc()
-            log.warning(
-                "redis unavailable, retrying", extra={"error": str(exc), "retry_in_s": delay}
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def _reason_kind(reason: str) -> str:

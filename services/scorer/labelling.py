@@ -9,13 +9,9 @@ progressive validation with the risk it had *when it was taken*, then learned.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from services.common.errors import StoreUnavailable
-from services.scorer import metrics
 from services.scorer.core.labels import (
     LabelSettings,
     Snapshot,
@@ -27,9 +23,9 @@ from services.scorer.core.model import ChurnModel
 from services.scorer.core.quality import QualityTracker
 from services.scorer.core.records import decode_snapshot
 from services.scorer.core.state_codec import state_times
+from services.scorer.store_retry import until_stored
 
 DAY = 86_400.0
-log = logging.getLogger("churnwatch.scorer")
 
 
 class SnapshotStore(Protocol):
@@ -151,6 +147,16 @@ def learn_chunk(
         into.judged.append((snap.risk, y))
 
 
+def learn_chunks(
+    model: ChurnModel, chunks: list[SnapshotRows], *, now: float, settings: LabelSettings
+) -> Resolved:
+    """:func:`learn_chunk` of every chunk, in order."""
+    resolved = Resolved()
+    for rows in chunks:
+        learn_chunk(model, rows, now=now, settings=settings, into=resolved)
+    return resolved
+
+
 async def resolve_labels(
     store: SnapshotStore,
     *,
@@ -175,35 +181,15 @@ async def resolve_labels(
     if learner is not None:
         resolved = await learner.resolve(model, chunks, now=now, settings=settings)
     else:
-        resolved = Resolved()
-        for rows in chunks:
-            learn_chunk(model, rows, now=now, settings=settings, into=resolved)
+        resolved = learn_chunks(model, chunks, now=now, settings=settings)
     for risk, y in resolved.judged:
         quality.update(risk, y)
     positives = sum(y for _, y in resolved.judged)
     for remaining in resolved.keep:
-        await keep_until_stored(store, remaining)
+        # Waited out here rather than failing the sweep: its labels are learned, and a
+        # sweep run again would learn them twice.
+        await until_stored(store.keep_snapshots, remaining)
     return Learned(positives, len(resolved.judged) - positives)
-
-
-async def keep_until_stored(
-    store: SnapshotStore, remaining: dict[str, tuple[int, float | None]]
-) -> None:
-    """Drop learned snapshots, waiting out a Redis outage here rather than failing the
-    sweep: its labels are learned, and a sweep run again would learn them twice."""
-    delay = 0.2
-    while True:
-        try:
-            await store.keep_snapshots(remaining)
-            return
-        except StoreUnavailable as exc:
-            metrics.STORE_ERRORS.inc()
-            log.warning(
-                "redis unavailable while dropping learned snapshots, retrying",
-                extra={"error": str(exc), "retry_in_s": delay},
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def label_chunk(

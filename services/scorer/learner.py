@@ -40,7 +40,7 @@ from services.common.errors import ChurnwatchError
 from services.scorer import metrics
 from services.scorer.core.labels import LabelSettings
 from services.scorer.core.model import ChurnModel
-from services.scorer.labelling import Resolved, SnapshotRows, learn_chunk
+from services.scorer.labelling import Resolved, SnapshotRows, learn_chunk, learn_chunks
 
 log = logging.getLogger("churnwatch.scorer")
 
@@ -169,7 +169,5 @@ def _child_resolve(
     if seed is not None:
         _model = ChurnModel.from_bytes(seed)
     assert _model is not None, "the worker seeds the child's first sweep"
-    resolved = Resolved()
-    for rows in chunks:
-        learn_chunk(_model, rows, now=now, settings=settings, into=resolved)
+    resolved = learn_chunks(_model, chunks, now=now, settings=settings)
     return _model.to_bytes(), resolved

@@ -255,7 +255,7 @@ def test_a_sweep_still_learning_when_the_worker_stops_leaves_its_labels(
         sweep = asyncio.ensure_future(
             learner.resolve(model, sweeps(1000, 1), now=NOW, settings=SETTINGS)
         )
-        await asyncio.sleep(0.05)  # the rows are on their way to the child
+        await asyncio.sleep(0)  # the sweep runs up to its wait on the child: rows sent
         learner.close()
         with pytest.raises(LearnerClosed):
             await sweep
