@@ -18,12 +18,12 @@ from typing import Protocol
 import orjson
 
 from services.common.clock import Clock
-from services.common.errors import InvalidEvent, LateEvent, StoreUnavailable
+from services.common.errors import InvalidEvent, StoreUnavailable
 from services.common.events import UserEvent, check_size, parse_event
 from services.common.messages import ChurnAlert, DeadLetter, Record, dead_record
 from services.common.schemas import validate
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
-from services.scorer.core.features import FeatureSettings, update_features
+from services.scorer.core.features import FeatureSettings, fold_events
 from services.scorer.core.state_codec import decode_state, encode_state
 from services.scorer.scoring import ScoringCore, needs_rescore, previous_stage, rescore_interval
 from services.scorer.user_writes import cohort_marks, user_write, utc_day, winback_outcome
@@ -299,18 +299,14 @@ class BatchScorer:
         for uid, items in by_user.items():
             row = rows[uid]
             before = decode_state(row.features) if row.features else None
-            state = before
             if len(items) > 1:
                 items.sort(key=_event_time)
-            for record, event in items:
-                try:
-                    updated = update_features(state, event, settings=self.features)
-                except LateEvent as exc:
-                    out.dead.append(self._dead(record, exc))
-                    continue
-                if updated is state:  # this event_id was applied before
-                    out.duplicates += 1
-                state = updated
+            folded = fold_events(before, [e for _, e in items], settings=self.features)
+            out.duplicates += folded.duplicates
+            if folded.late:
+                record_of = {id(e): r for r, e in items}
+                out.dead += [self._dead(record_of[id(e)], exc) for e, exc in folded.late]
+            state = folded.state
             if state is None or state is before:
                 continue
             out.newest_ts = max(out.newest_ts, float(state.last_seen))

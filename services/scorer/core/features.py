@@ -196,33 +196,113 @@ def update_features(
     ...
     services.common.errors.LateEvent: event 'b' is 96.0 h older than ... (tolerance 48 h)
     """
-    h = _hash64(event.event_id)
-    if state is not None and h in state.seen:
-        return state
-    ts = math.floor(event.ts)
-    old = state or UserState(first_seen=ts, last_seen=ts)
-    if ts < old.last_seen - settings.lateness_s:
-        raise LateEvent(
-            f"event {event.event_id!r} is {(old.last_seen - ts) / 3600:.1f} h older than the "
-            f"user's newest event (tolerance {settings.lateness_s / 3600:g} h)",
-            path="occurred_at",
-        )
+    folded = fold_events(state, (event,), settings=settings)
+    if folded.late:
+        raise folded.late[0][1]
+    assert folded.state is not None  # one event, not late: applied, or a duplicate of state's
+    return folded.state
+
+
+@dataclass(slots=True)
+class Folded:
+    """What :func:`fold_events` made of a user's events: the new state (the input
+    state itself when no event changed it), the late events with their errors, and
+    how many were duplicates."""
+
+    state: UserState | None
+    late: list[tuple[UserEvent, LateEvent]]
+    duplicates: int
+
+
+def fold_events(
+    state: UserState | None, events: Iterable[UserEvent], *, settings: FeatureSettings
+) -> Folded:
+    """Fold a user's events, in the order given, into a new state; ``state`` is never modified.
+
+    The same as :func:`update_features` event by event (a late event is set
+    aside, a duplicate skipped), but the state is copied once, at the first
+    event that changes it, and the rest are applied to that copy: a busy user's
+    remembered ids and days are not copied once per event. The scorer folds
+    each user's micro-batch in event-time order.
+
+    >>> from datetime import datetime, UTC
+    >>> a = UserEvent("a", "u", "login", datetime(2026, 1, 5, tzinfo=UTC))
+    >>> b = UserEvent("b", "u", "login", datetime(2026, 1, 1, tzinfo=UTC))
+    >>> out = fold_events(None, [a, a, b], settings=FeatureSettings())
+    >>> out.state.last_seen == int(a.ts), out.duplicates, [e.event_id for e, _ in out.late]
+    (True, 1, ['b'])
+    >>> fold_events(out.state, [a], settings=FeatureSettings()).state is out.state
+    True
+    """
+    late: list[tuple[UserEvent, LateEvent]] = []
+    duplicates = 0
+    owned: UserState | None = None  # the copy this fold made, changed in place
+    for event in events:
+        h = _hash64(event.event_id)
+        if state is not None and h in state.seen:
+            duplicates += 1
+            continue
+        ts = math.floor(event.ts)
+        if state is not None and ts < state.last_seen - settings.lateness_s:
+            late.append((event, _late(event, ts, state.last_seen, settings)))
+            continue
+        if owned is None:
+            state = owned = (
+                UserState(first_seen=ts, last_seen=ts) if state is None else _own_copy(state)
+            )
+        _apply(owned, event, h, ts, settings)
+    return Folded(state, late, duplicates)
+
+
+def _late(event: UserEvent, ts: int, last_seen: int, settings: FeatureSettings) -> LateEvent:
+    return LateEvent(
+        f"event {event.event_id!r} is {(last_seen - ts) / 3600:.1f} h older than the "
+        f"user's newest event (tolerance {settings.lateness_s / 3600:g} h)",
+        path="occurred_at",
+    )
+
+
+def _own_copy(state: UserState) -> UserState:
+    """A copy whose days and remembered ids may be changed without touching ``state``'s."""
+    return UserState(  # positional (the fields' order): once per user and batch
+        state.first_seen,
+        state.last_seen,
+        state.last_active,
+        state.engaged_at,
+        state.churn_at,
+        state.uninstall_at,
+        state.signup_ts,
+        state.plan_at,
+        state.timezone,
+        state.plan,
+        state.last_type,
+        dict(state.days),
+        dict(state.seen),
+        state.active_days_total,
+        state.purchases_total,
+        state.revenue_total_c,
+    )
+
+
+def _apply(s: UserState, event: UserEvent, h: int, ts: int, settings: FeatureSettings) -> None:
+    """Fold one event (not late, not seen before) into ``s``, a state the caller owns."""
     etype = event.type
     user = etype not in INTERNAL_TYPES
     churn = etype in CHURN_TYPES
-    newest = ts > old.last_seen or (ts == old.last_seen and etype >= old.last_type)
+    last_seen = s.last_seen
+    newest = ts > last_seen or (ts == last_seen and etype >= s.last_type)
 
     ctx_tz = event.context.get("timezone")
     tz = ctx_tz[:64] if isinstance(ctx_tz, str) and ctx_tz else None
-    state_tz = old.timezone
+    state_tz = s.timezone
     if tz is not None and (state_tz is None or newest):
         state_tz = tz
     day = day_index(ts, tz or state_tz)
 
-    days = dict(old.days)
-    newest_day = day if ts >= old.last_seen and tz in (None, state_tz) else None
+    days = s.days
+    newest_day = day if ts >= last_seen and tz in (None, state_tz) else None
     if newest_day is None:
-        newest_day = day_index(max(ts, old.last_seen), state_tz)
+        newest_day = day_index(max(ts, last_seen), state_tz)
     cutoff = newest_day - settings.history_days
     new_day = False
     if day >= cutoff:
@@ -231,48 +311,47 @@ def update_features(
         # events come: a late one (< lateness_s << history) still finds its day's bucket.
         new_day = user and (bucket is None or not bucket[0][EVENTS])
         days[day] = _bump_day(bucket, event, user=user)
-    if ts > old.last_seen and min(days, default=cutoff) < cutoff:
-        days = {d: v for d, v in days.items() if d >= cutoff}
+    if ts > last_seen and min(days, default=cutoff) < cutoff:
+        s.days = {d: v for d, v in days.items() if d >= cutoff}
 
-    plan, plan_at = old.plan, old.plan_at
-    has_plan, candidate = _plan_candidate(event, old.plan)
-    if has_plan and (ts, candidate or "") >= (plan_at, plan or ""):
-        plan, plan_at = candidate, ts
+    has_plan, candidate = _plan_candidate(event, s.plan)
+    if has_plan and (ts, candidate or "") >= (s.plan_at, s.plan or ""):
+        s.plan, s.plan_at = candidate, ts
 
-    seen = _remember(old.seen, h, ts, last_seen=max(old.last_seen, ts), settings=settings)
-    return UserState(  # positional (the fields' order): once per event on the hot path
-        min(old.first_seen, ts),
-        max(old.last_seen, ts),
-        max(old.last_active, ts) if user else old.last_active,
-        max(old.engaged_at, ts) if user and not churn else old.engaged_at,
-        max(old.churn_at, ts) if churn else old.churn_at,
-        max(old.uninstall_at, ts) if etype == "uninstall" else old.uninstall_at,
-        min(old.signup_ts or ts, ts) if etype == "signup" else old.signup_ts,
-        plan_at,
-        state_tz,
-        plan,
-        etype[:32] if newest else old.last_type,
-        days,
-        seen,
-        old.active_days_total + new_day,
-        old.purchases_total + (etype in PAYMENT_TYPES),
-        old.revenue_total_c + _revenue_cents(event),
-    )
+    s.seen = _remember(s.seen, h, ts, last_seen=max(last_seen, ts), settings=settings)
+    s.first_seen = min(s.first_seen, ts)
+    s.last_seen = max(last_seen, ts)
+    if user:
+        s.last_active = max(s.last_active, ts)
+        if not churn:
+            s.engaged_at = max(s.engaged_at, ts)
+    if churn:
+        s.churn_at = max(s.churn_at, ts)
+    if etype == "uninstall":
+        s.uninstall_at = max(s.uninstall_at, ts)
+    if etype == "signup":
+        s.signup_ts = min(s.signup_ts or ts, ts)
+    s.timezone = state_tz
+    if newest:
+        s.last_type = etype[:32]
+    s.active_days_total += new_day
+    s.purchases_total += etype in PAYMENT_TYPES
+    s.revenue_total_c += _revenue_cents(event)
 
 
 def _remember(
     seen: dict[int, int], h: int, ts: int, *, last_seen: int, settings: FeatureSettings
 ) -> dict[int, int]:
-    out = dict(seen)
-    out[h] = ts // 3600
+    """Remember ``h`` in ``seen`` (the caller's own, changed in place); the dict to keep."""
+    seen[h] = ts // 3600
     horizon = (last_seen - settings.lateness_s) // 3600
     # Ids mostly arrive in time order, so the first entry is (nearly) the oldest:
     # a cheap staleness test, and the cap drops from the front without sorting.
-    if next(iter(out.values())) < horizon:
-        out = {k: hour for k, hour in out.items() if hour >= horizon}
-    while len(out) > settings.max_remembered_ids:
-        del out[next(iter(out))]
-    return out
+    if next(iter(seen.values())) < horizon:
+        seen = {k: hour for k, hour in seen.items() if hour >= horizon}
+    while len(seen) > settings.max_remembered_ids:
+        del seen[next(iter(seen))]
+    return seen
 
 
 def apply_batch(
@@ -286,13 +365,8 @@ def apply_batch(
     >>> to_vector(state, e.ts)["events_1d"], late
     (1.0, [])
     """
-    late: list[tuple[UserEvent, LateEvent]] = []
-    for event in sorted(events, key=lambda e: e.occurred_at):
-        try:
-            state = update_features(state, event, settings=settings)
-        except LateEvent as exc:
-            late.append((event, exc))
-    return state, late
+    folded = fold_events(state, sorted(events, key=lambda e: e.occurred_at), settings=settings)
+    return folded.state, folded.late
 
 
 @lru_cache(maxsize=64)
