@@ -25,13 +25,16 @@ Both rates run from the first event processed, so neither start-up (group
 join, topic metadata) counts; the baseline's to the last event, the worker's to
 the last event or the last of its labels learned, whichever comes later (a
 worker that learns in a child process may still be learning when the events are
-done: that time counts). The last line is the result JSON.
+done: that time counts). The worker's CPU time per event is printed too: the
+rate moves with what else runs on the machine (Kafka, Redis, the learning
+process, neighbours), CPU per event much less. The last line is the result JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -183,18 +186,26 @@ def measure_scorer(
     services = Services(settings, env, names=("scorer",), logs=logs)
     services.start()
     url = f"http://127.0.0.1:{port}/metrics"
+    pid = services.procs["scorer"].pid
     try:
         first: tuple[float, float] | None = None
+        cpu_first = 0.0
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             services.check()
             count = counter(url, "churnwatch_scorer_events_total") or 0.0
             now = time.perf_counter()
             if count and first is None:
-                first = (now, count)
+                first, cpu_first = (now, count), cpu_seconds(pid)
                 on_first_event()
             if count >= total and first is not None:
                 print(batch_summary(url))
+                cpu = cpu_seconds(pid) - cpu_first
+                print(
+                    f"worker CPU: {cpu * 1e6 / (count - first[1]):.1f} µs an event, "
+                    f"{cpu / (now - first[0]):.0%} of a core (all its threads; not the "
+                    "learning process)"
+                )
                 learned, end = labels_settled(url, since=now)
                 late = end - now
                 print(f"labels learned: {learned:,.0f}, the last {late:.1f} s after the last event")
@@ -204,6 +215,15 @@ def measure_scorer(
         raise RuntimeError(f"the scorer did not process {total} events in time; see {logs}")
     finally:
         services.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def labels_settled(url: str, *, since: float, quiet_s: float = 3.0) -> tuple[float, float]:

@@ -7,6 +7,8 @@ status code, a dead-letter record or an exit message.
 
 from __future__ import annotations
 
+import struct
+
 
 class ChurnwatchError(Exception):
     """Base of every error churnwatch raises on purpose."""
@@ -38,6 +40,17 @@ class BrokerUnavailable(ChurnwatchError):
 
 class StoreUnavailable(ChurnwatchError):
     """Redis cannot be reached."""
+
+
+class UnreadableStored(ChurnwatchError, ValueError):
+    """A value churnwatch stored cannot be read back: corrupt, or written in a format
+    of a newer version (a rollback). Its owner is set aside, never the whole worker."""
+
+
+# What the decoders of stored values raise on bytes that are not what they expect
+# (msgpack's and orjson's errors are ValueErrors): each decoder turns these into
+# UnreadableStored, so that callers catch one error and bugs elsewhere still surface.
+BROKEN_VALUE = (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error)
 
 
 class DeliveryFailed(ChurnwatchError):

@@ -172,7 +172,7 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
 
 def _reason_kind(reason: str) -> str:
     """A bounded label for the metric from a free-text reason."""
-    for kind in ("late", "JSON", "schema_version", "empty", "required"):
+    for kind in ("unreadable", "late", "JSON", "schema_version", "empty", "required"):
         if kind.lower() in reason.lower():
             return kind.lower()
     return "invalid"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from services.common.errors import UnreadableStored
 from services.scorer.core.labels import (
     LabelSettings,
     Snapshot,
@@ -42,6 +43,8 @@ class SnapshotStore(Protocol):
 class Learned:
     positives: int = 0
     negatives: int = 0
+    # Users whose snapshots (or state) could not be read, with the error: left in place.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -115,10 +118,12 @@ def next_due(
 class Resolved:
     """What a sweep's labels gave: ``judged``, (risk when the snapshot was taken, y) in
     the order learned; ``keep``, per chunk of users, how many of each user's oldest
-    snapshots resolved and when the rest are next due (``label_chunk``)."""
+    snapshots resolved and when the rest are next due (``label_chunk``);
+    ``unreadable``, the users whose snapshots or state could not be read, and why."""
 
     judged: list[tuple[float, int]] = field(default_factory=list)
     keep: list[dict[str, tuple[int, float | None]]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
 SnapshotRows = dict[str, tuple[bytes | None, list[bytes]]]
@@ -141,7 +146,9 @@ def learn_chunk(
     """Label these users' snapshots at ``now`` and learn the labels, each user's oldest
     first (pure: a learning process runs it on its copy of the model)."""
     labels: list[tuple[Snapshot, int]] = []
-    into.keep.append(label_chunk(rows, now=now, settings=settings, labels=labels))
+    into.keep.append(
+        label_chunk(rows, now=now, settings=settings, labels=labels, unreadable=into.unreadable)
+    )
     for snap, y in labels:
         model.learn(snap.features, y)
         into.judged.append((snap.risk, y))
@@ -189,7 +196,7 @@ async def resolve_labels(
         # Waited out here rather than failing the sweep: its labels are learned, and a
         # sweep run again would learn them twice.
         await until_stored(store.keep_snapshots, remaining)
-    return Learned(positives, len(resolved.judged) - positives)
+    return Learned(positives, len(resolved.judged) - positives, resolved.unreadable)
 
 
 def label_chunk(
@@ -198,16 +205,28 @@ def label_chunk(
     now: float,
     settings: LabelSettings,
     labels: list[tuple[Snapshot, int]],
+    unreadable: list[tuple[str, str]],
 ) -> dict[str, tuple[int, float | None]]:
     """Append the labels these users' snapshots get at ``now`` to ``labels``; return, by
-    user, how many of its oldest snapshots they were and when the rest are next due."""
+    user, how many of its oldest snapshots they were and when the rest are next due.
+
+    A user whose snapshots or state cannot be read (corrupt, or a newer version's
+    format after a rollback) goes to ``unreadable`` with the error; its snapshots
+    stay, due again a day later (a roll forward reads them), and the rest learn.
+    """
     remaining: dict[str, tuple[int, float | None]] = {}
     for uid, (features, raw_snaps) in rows.items():
-        snaps = [decode_snapshot(s, uid) for s in raw_snaps]
-        if not features:  # the user's state expired: nothing to learn against
+        try:
+            snaps = [decode_snapshot(s, uid) for s in raw_snaps]
+            times = state_times(features) if features else None
+        except UnreadableStored as exc:
+            unreadable.append((uid, str(exc)))
+            remaining[uid] = (0, now + DAY)
+            continue
+        if times is None:  # the user's state expired: nothing to learn against
             remaining[uid] = (len(snaps), None)
             continue
-        last_seen, active_at, churn_at = state_times(features)
+        last_seen, active_at, churn_at = times
         last_active = float(active_at or last_seen)
         resolved, pending = label_user(
             snaps,

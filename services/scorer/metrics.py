@@ -41,6 +41,13 @@ LEARNER_FAILURES = Counter(
     "churnwatch_scorer_learner_failures_total",
     "Times the learning process died (that sweep's labels are learned in the worker)",
 )
+UNREADABLE = Counter(
+    "churnwatch_scorer_unreadable_total",
+    "Stored values the worker could not read (corrupt, or a newer version's format), by "
+    "kind: state (in a batch its user's events are dead-lettered, in the sweep the user "
+    "is skipped) or snapshots (left in place, tried again a day later)",
+    ["kind"],
+)
 LABELS = Counter("churnwatch_scorer_labels_total", "Resolved labels learned, by class", ["label"])
 QUALITY = Gauge("churnwatch_model_quality", "Progressive validation on resolved labels", ["metric"])
 CHECKPOINT_AGE = Gauge(

@@ -15,6 +15,7 @@ from typing import Protocol
 import orjson
 
 from services.common.clock import Clock, EventTimeClock, WallClock
+from services.common.errors import UnreadableStored
 from services.common.messages import ChurnAlert
 from services.common.redis_client import async_redis
 from services.scorer import metrics
@@ -239,6 +240,13 @@ class Runtime:
         except LearnerClosed:
             log.info("stopping: the labels due are left for the next start")
             return Learned()
+        if learned.unreadable:
+            metrics.UNREADABLE.labels("snapshots").inc(len(learned.unreadable))
+            uid, error = learned.unreadable[0]
+            log.warning(
+                "label snapshots unreadable, left in place and tried again in a day",
+                extra={"users": len(learned.unreadable), "user_id": uid, "error": error},
+            )
         if learned.total:
             metrics.LABELS.labels("1").inc(learned.positives)
             metrics.LABELS.labels("0").inc(learned.negatives)
@@ -299,7 +307,12 @@ class Runtime:
                 row = rows[uid]
                 if row.features is None:
                     continue
-                state = decode_state(row.features)
+                try:
+                    state = decode_state(row.features)
+                except UnreadableStored as exc:
+                    metrics.UNREADABLE.labels("state").inc()
+                    log.warning("silent user skipped", extra={"user_id": uid, "error": str(exc)})
+                    continue
                 result = self.core.score_user(uid, state, row, now=now, silent=True)
                 writes.append(user_write(uid, state, result, previous=previous_stage(row.record)))
                 if result.alert is not None:

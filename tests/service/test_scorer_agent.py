@@ -21,6 +21,7 @@ import pytest
 from services.common.batch_consumer import BatchConsumer
 from services.common.clock import ManualClock
 from services.common.errors import StoreUnavailable
+from services.scorer import pipeline
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.app import batch_handler, make_publisher
 from services.scorer.config import ScorerSettings
@@ -353,6 +354,31 @@ def test_events_later_than_the_tolerance_are_dead_lettered_and_others_applied() 
     assert to_vector(state, clock.now())["events_30d"] == 2.0
 
 
+def test_a_user_whose_stored_state_is_unreadable_has_its_events_dead_lettered() -> None:
+    """A state in a newer version's format (a rollback) or corrupt: that user's events
+    go to the dead-letter topic, the state stays as it is, the other users go on."""
+    store, clock = FakeStore(), ManualClock(T0 + 1 * DAY)
+    scorer = make_scorer(store, clock)
+    broken, fine = USERS[0], USERS[1]
+    future = b"\x95\x05\x01\x02\x03\x04"  # MessagePack of [5, 1, 2, 3, 4]: format 5
+    store.rows[broken.user_id] = StoredUser(future, None, None, None)
+
+    out = handle(
+        scorer,
+        [
+            event(broken, "login", T0, 1),
+            event(fine, "login", T0, 2),
+            event(broken, "session_start", T0 + 60, 3),
+        ],
+        start=20,
+    )
+
+    assert [d.source.offset for d in out.dead] == [20, 22]
+    assert all("stored feature state unreadable: unknown format 5" in d.reason for d in out.dead)
+    assert store.rows[broken.user_id].features == future
+    assert [w.user_id for w in store.saves[-1]] == [fine.user_id]
+
+
 async def until_logged(events: list[str], entry: str) -> None:
     """Let the consumer run until ``entry`` is in ``events`` (or about 2 s went by)."""
     for _ in range(200):
@@ -536,7 +562,7 @@ def test_a_batch_retried_after_a_failed_write_reads_and_scores_its_users_again()
     batch = records([event(USERS[0], "login", T0, 1)])
 
     async def scenario() -> Outcome:
-        decoded = ScoreAheadStep(lambda: scorer)(batch)
+        decoded = await ScoreAheadStep(lambda: scorer)(batch)
         with pytest.raises(StoreUnavailable):
             await scorer.handle(batch, decoded)
         return await scorer.handle(batch, decoded)  # as the handler's retry does
@@ -553,13 +579,66 @@ def test_a_batch_prepared_and_never_handled_lets_its_scoring_end() -> None:
 
     async def scenario() -> frozenset[str]:
         step = ScoreAheadStep(lambda: scorer)
-        dropped = step(records([event(a, "login", T0, 1)]))  # revoked before its turn
-        step(records([event(b, "login", T0, 1)], start=1))
+        dropped = await step(records([event(a, "login", T0, 1)]))  # revoked before its turn
+        await step(records([event(b, "login", T0, 1)], start=1))
         assert dropped.ahead is not None
         scored = await asyncio.wait_for(dropped.ahead.scored, 2)  # not left pending
         return scored.users
 
     assert asyncio.run(scenario()) == {a.user_id}
+
+
+def test_the_rows_of_a_batch_are_asked_for_by_key_before_it_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis answers while the batch is decoded; users keyed otherwise are read after."""
+    log: list[str] = []
+
+    class LoggedStore(FakeStore):
+        async def load(self, user_ids: list[str]) -> dict[str, StoredUser]:
+            log.append(f"load {user_ids}")
+            return await super().load(user_ids)
+
+    decode = pipeline.decode_batch
+
+    def logged_decode(batch: list[Record]) -> Any:
+        log.append("decode")
+        return decode(batch)
+
+    monkeypatch.setattr(pipeline, "decode_batch", logged_decode)
+    scorer = make_scorer(LoggedStore(), ManualClock(T0 + 3600))
+    a, b, _ = USERS
+    batch = records([event(a, "login", T0, 1), event(b, "login", T0, 1)])
+    batch[1] = Record(None, batch[1].value, "user-events", 0, 1)  # not keyed by its user
+
+    async def scenario() -> Outcome:
+        decoded = await ScoreAheadStep(lambda: scorer)(batch)
+        return await scorer.handle(batch, decoded)
+
+    out = asyncio.run(scenario())
+    assert log == [f"load ['{a.user_id}']", "decode", f"load ['{b.user_id}']"]
+    assert out.users == 2
+
+
+def test_a_batch_prepared_after_the_one_in_hand_wrote_is_scored_at_once() -> None:
+    """Light load: nothing holds the CPU, so its users are scored without waiting for
+    their turn; the batch prepared after it waits for its write, as under load."""
+    scorer = make_scorer(FakeStore(), ManualClock(T0 + 3600))
+    step = ScoreAheadStep(lambda: scorer)
+    a, b, c = USERS
+
+    async def scenario() -> bool:
+        first = records([event(a, "login", T0, 1)])
+        await scorer.handle(first, await step(first))  # done: nothing in hand
+        second = await step(records([event(b, "login", T0, 1)], start=1))
+        assert second.ahead is not None
+        await asyncio.wait_for(asyncio.shield(second.ahead.scored), 2)  # before its turn
+        third = await step(records([event(c, "login", T0, 1)], start=2))
+        assert third.ahead is not None
+        await asyncio.sleep(0.05)
+        return third.ahead.scored.done()
+
+    assert asyncio.run(scenario()) is False  # waits for the second one's write
 
 
 def spaced_commits(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import struct
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from services.scorer.core.features import (
     FeatureSettings,
     UserState,
     apply_batch,
+    fold_events,
     to_vector,
     update_features,
 )
@@ -350,6 +352,73 @@ def test_a_format_3_state_decodes_with_the_kept_days_revenue() -> None:
     # Format 3 had no lifetime revenue: the kept days' is a lower bound.
     assert (state.revenue_total_c, old.revenue_total_c) == (1000, 500)
     assert old.days == state.days and old.purchases_total == state.purchases_total == 2
+
+
+_ANY_TYPES = [
+    *_TYPES,
+    "signup",
+    "session_end",
+    "subscription_started",
+    "subscription_cancelled",
+    "uninstall",
+    "plan_downgraded",
+    "winback_sent",
+    "notification_opened",
+]
+
+
+@st.composite
+def _messy_events(draw: st.DrawFn) -> list[UserEvent]:
+    """Out of order, late past the tolerance, repeated, across zones, plans and months."""
+    n = draw(st.integers(min_value=1, max_value=25))
+    out: list[UserEvent] = []
+    for i in range(n):
+        if out and draw(st.integers(min_value=0, max_value=5)) == 0:
+            out.append(draw(st.sampled_from(out)))  # a duplicate
+            continue
+        hours = draw(st.integers(min_value=-100, max_value=24 * 120))
+        kind = draw(st.sampled_from(_ANY_TYPES))
+        props: dict[str, Any] = {}
+        if draw(st.booleans()):
+            props["plan"] = draw(st.sampled_from(["free", "pro", "team"]))
+        if kind in ("subscription_started", "session_end"):
+            props["amount" if kind != "session_end" else "duration_s"] = 30
+        if kind == "notification_opened":
+            props["action_id"] = "a1"
+        tz = draw(st.sampled_from([None, "Asia/Shanghai", "America/New_York"]))
+        out.append(ev(T0 + timedelta(hours=hours), kind, id=f"m{i}", tz=tz, **props))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(_messy_events(), st.integers(min_value=0, max_value=24), st.sampled_from([3, 512]))
+def test_folding_a_batch_is_updating_event_by_event(
+    events: list[UserEvent], split: int, remembered: int
+) -> None:
+    """The batch fold (one copy of the state, changed in place) gives what one update per
+    event gives, late ones set aside and repeats counted, and never changes its input."""
+    s = FeatureSettings(max_remembered_ids=remembered)
+    start: UserState | None = None
+    for e in events[:split]:  # a state that already holds some of them
+        with contextlib.suppress(LateEvent):
+            start = update_features(start, e, settings=s)
+    kept = copy.deepcopy(start)
+    state, late, duplicates = start, [], 0
+    for e in events[split:]:
+        try:
+            updated = update_features(state, e, settings=s)
+        except LateEvent:
+            late.append(e.event_id)
+            continue
+        duplicates += updated is state
+        state = updated
+    folded = fold_events(start, events[split:], settings=s)
+    assert folded.state == state
+    assert [e.event_id for e, _ in folded.late] == late
+    assert folded.duplicates == duplicates
+    assert start == kept
+    if state is start:
+        assert folded.state is start  # nothing changed: the same object, nothing to write
 
 
 def test_remembered_ids_stay_within_the_lateness_window_and_the_cap() -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.common.errors import UnreadableStored
 from services.common.events import UserEvent
 from services.scorer.core.features import FeatureSettings, to_vector, update_features
 from services.scorer.core.labels import take_snapshot
@@ -25,6 +27,7 @@ from services.scorer.core.records import (
     record_stage,
 )
 from services.scorer.core.segments import STAGES, TIERS
+from services.scorer.core.state_codec import decode_state, encode_state, state_times
 
 
 def test_the_newest_layout_is_the_feature_vector_of_today() -> None:
@@ -135,3 +138,38 @@ def test_old_json_policy_state_decodes() -> None:
     old = b'["low",true,null,8,1792505599.0,8,1792419199.0]'
     assert decode_policy(old) == AlertState("low", True, None, 8, 1792505599.0, 8, 1792419199.0)
     assert decode_policy(None) is None
+
+
+def _stored_user() -> tuple[bytes, bytes]:
+    """A real user's feature state and label snapshot, as the scorer stores them."""
+    e = UserEvent("a", "u", "purchase", datetime(2026, 1, 5, tzinfo=UTC), properties={"amount": 5})
+    state = update_features(None, e, settings=FeatureSettings())
+    snap = take_snapshot("u", to_vector(state, e.ts), taken_at=e.ts, raw=0.3, risk=0.2)
+    return encode_state(state), encode_snapshot(snap)
+
+
+def _damaged(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
+    out = bytearray(data[: max(1, cut % (len(data) + 1))])
+    for at, value in flips:
+        out[at % len(out)] = value
+    return bytes(out)
+
+
+_DAMAGE = (st.integers(0, 10_000), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255))))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.tuples(*_DAMAGE)))
+def test_stored_bytes_either_decode_or_raise_unreadable_stored(data: object) -> None:
+    """Whatever is in Redis (random, cut short, bytes flipped): the decoders return a value
+    or raise UnreadableStored, which their callers set aside; never another error,
+    which would stop the worker."""
+    state_bytes, snap_bytes = _stored_user()
+    for decode, good in (
+        (decode_state, state_bytes),
+        (state_times, state_bytes),
+        (lambda b: decode_snapshot(b, "u"), snap_bytes),
+    ):
+        raw = data if isinstance(data, bytes) else _damaged(good, *data)  # type: ignore[misc]
+        with contextlib.suppress(UnreadableStored):
+            decode(raw)

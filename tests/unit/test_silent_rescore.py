@@ -7,11 +7,13 @@ activity, the user rows, the label snapshots), driven day by day.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import orjson
 
 from services.common.clock import ManualClock
+from services.scorer import metrics
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.app import batch_handler
 from services.scorer.config import ScorerSettings
@@ -217,3 +219,38 @@ def test_users_scored_ahead_of_a_silent_rescore_are_scored_again() -> None:
     assert asyncio.run(scenario()) == 0
     state = decode_state(store.rows["gone-1"].features or b"")
     assert state.last_active == int(T0 + DAY + 10)  # the login is in the stored state
+
+
+def test_a_silent_user_whose_state_is_unreadable_is_skipped_and_counted() -> None:
+    """The sweep goes on past a corrupt state (or a newer version's) instead of stopping
+    the worker; its labels wait where they are, and both are counted."""
+    runtime, store, clock = make_runtime()
+    users = [SimUser(f"quiet-{i}", "fading", "UTC", "basic", 1.0) for i in range(2)]
+    batch = [
+        Record(u.user_id.encode(), orjson.dumps(event(u, "login", T0 - 3600, i)), "e", 0, i)
+        for i, u in enumerate(users)
+    ]
+    state_errors = metrics.UNREADABLE.labels("state")
+    snapshot_errors = metrics.UNREADABLE.labels("snapshots")
+    before = (state_errors._value.get(), snapshot_errors._value.get())
+
+    async def scenario() -> None:
+        scorer = await runtime.scorer()
+        await scorer.handle(batch)
+        await runtime.sweep_at(T0)
+        row = store.rows[users[0].user_id]
+        store.rows[users[0].user_id] = dataclasses.replace(
+            row, features=b"\x95\x05\x01\x02\x03\x04"
+        )
+        for day in (1, 15):  # re-scored at day 1; the snapshots' horizon ends by day 15
+            clock.set(T0 + day * DAY)
+            store.now = clock.now()
+            await runtime.sweep_at(clock.now())
+
+    asyncio.run(scenario())
+    assert [uid for ts, uid in store.rescored if ts > T0] == [users[1].user_id] * 2
+    assert state_errors._value.get() == before[0] + 2
+    assert snapshot_errors._value.get() == before[1] + 1
+    assert len(store.snaps[users[0].user_id]) == 1  # still there, due a day later
+    assert store.due[users[0].user_id] == T0 + 16 * DAY
+    assert store.due[users[1].user_id] > T0 + 16 * DAY  # read: waits for its inactivity

@@ -46,6 +46,7 @@ from typing import Any
 
 import orjson
 
+from services.common.errors import BROKEN_VALUE, UnreadableStored
 from services.scorer.core.labels import Snapshot, day_of
 from services.scorer.core.policy import BANDS, AlertState
 from services.scorer.core.segments import STAGES, TIERS
@@ -259,7 +260,22 @@ def encode_snapshot(snap: Snapshot) -> bytes:
 
 
 def decode_snapshot(data: bytes, user_id: str) -> Snapshot:
-    """A stored snapshot, binary or JSON (raw and risk come back as float32 values)."""
+    """A stored snapshot, binary or JSON (raw and risk come back as float32 values).
+
+    Raises :class:`UnreadableStored` on bytes that are no snapshot.
+
+    >>> decode_snapshot(b"\\x02\\x07", "u1")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    services.common.errors.UnreadableStored: stored label snapshot of 'u1' unreadable: ...
+    """
+    try:
+        return _decode_snapshot(data, user_id)
+    except BROKEN_VALUE as exc:
+        raise UnreadableStored(f"stored label snapshot of {user_id!r} unreadable: {exc}") from None
+
+
+def _decode_snapshot(data: bytes, user_id: str) -> Snapshot:
     if data[:1] != b"\x02":
         return Snapshot.from_dict(orjson.loads(data))
     _, layout, taken_at, raw, risk = _SNAP_HEAD.unpack_from(data)

@@ -24,6 +24,7 @@ import struct
 import msgpack
 import orjson
 
+from services.common.errors import BROKEN_VALUE, UnreadableStored
 from services.scorer.core.features import (
     _COMMON,
     _ZEROS,
@@ -133,19 +134,31 @@ _pack_state = msgpack.Packer().pack
 def decode_state(data: bytes | str) -> UserState:
     """Inverse of :func:`encode_state` (bytes, or text from a decoding Redis client).
 
-    Raises ``ValueError`` on an unknown format version. Formats 1 and 2 (JSON)
-    and 3 still decode; format 1 (before the lifetime counters): its active days
-    are those in the kept history, its purchases the kept ones (lower bounds);
-    formats 1-3 (before the lifetime revenue): the kept days' revenue, likewise.
+    Raises :class:`UnreadableStored` (a ``ValueError``) on an unknown format
+    version or bytes that are no state. Formats 1 and 2 (JSON) and 3 still
+    decode; format 1 (before the lifetime counters): its active days are those
+    in the kept history, its purchases the kept ones (lower bounds); formats
+    1-3 (before the lifetime revenue): the kept days' revenue, likewise.
 
     >>> decode_state(b'[2,100,0,0,0,-1,-1,-1,-1,"","","login",0,[[0,1]],"",1,0]').last_seen
     100
+    >>> decode_state(b'[9]')
+    Traceback (most recent call last):
+    ...
+    services.common.errors.UnreadableStored: stored feature state unreadable: unknown format 9
     """
+    try:
+        return _decode_state(data)
+    except BROKEN_VALUE as exc:
+        raise UnreadableStored(f"stored feature state unreadable: {exc}") from None
+
+
+def _decode_state(data: bytes | str) -> UserState:
     json = data[:1] in (b"[", "[")
     packed = orjson.loads(data) if json else msgpack.unpackb(data, use_list=False)
     version = packed[0] if isinstance(packed, list | tuple) and packed else None
     if version not in (1, 2, 3, FORMAT_VERSION):
-        raise ValueError(f"unknown feature state format {version!r}")
+        raise ValueError(f"unknown format {version!r}")
     _, ls, first, active, engaged, churn, uninstall, signup, plan_at = packed[:9]
     tz, plan, last_type, day, rows, seen_text = packed[9:15]
     days: dict[int, Day] = {}
@@ -212,10 +225,13 @@ def state_times(data: bytes | str) -> tuple[int, int, int]:
     >>> state_times(encode_state(s)) == (s.last_seen, s.last_active, s.churn_at)
     True
     """
-    json = data[:1] in (b"[", "[")
-    packed = orjson.loads(data) if json else msgpack.unpackb(data, use_list=False)
-    version = packed[0] if isinstance(packed, list | tuple) and packed else None
-    if version not in (1, 2, 3, FORMAT_VERSION):
-        raise ValueError(f"unknown feature state format {version!r}")
-    ls, active, churn = packed[1], packed[3], packed[5]
+    try:
+        json = data[:1] in (b"[", "[")
+        packed = orjson.loads(data) if json else msgpack.unpackb(data, use_list=False)
+        version = packed[0] if isinstance(packed, list | tuple) and packed else None
+        if version not in (1, 2, 3, FORMAT_VERSION):
+            raise ValueError(f"unknown format {version!r}")
+        ls, active, churn = int(packed[1]), int(packed[3]), int(packed[5])
+    except BROKEN_VALUE as exc:
+        raise UnreadableStored(f"stored feature state unreadable: {exc}") from None
     return ls, ls - active if active >= 0 else 0, ls - churn if churn >= 0 else 0
