@@ -231,7 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks on the real local stack")
     bench.add_argument(
         "name",
-        choices=["ingest", "scorer", "memory", "sweep", "e2e-latency", "cdnow", "soak", "all"],
+        choices=[
+            "ingest",
+            "scorer",
+            "memory",
+            "sweep",
+            "e2e-latency",
+            "cdnow",
+            "soak",
+            "fold",
+            "all",
+        ],
         help="all runs every benchmark in turn",
     )
     bench.add_argument(

@@ -115,6 +115,12 @@ class ProcessLearner:
             learned, resolved = await asyncio.get_running_loop().run_in_executor(
                 self._pool, _child_resolve, seed, chunks, now, settings
             )
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and not (task is not None and task.cancelling()):
+                # close() cancelled the sweep while it still queued for the child.
+                raise LearnerClosed("the worker is stopping") from None
+            raise
         except BrokenProcessPool as exc:
             if self._closed:
                 raise LearnerClosed("the worker is stopping") from exc
