@@ -46,7 +46,6 @@ waits to fill a batch unless ``fill_within_s`` asks for it.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -64,7 +63,6 @@ log = logging.getLogger("churnwatch.consumer")
 
 # A batch's records, and what ``prepare`` made of them (None without a prepare step).
 Handler = Callable[[list[Record], Any], Awaitable[None]]
-# What to make of a batch before its turn: a value, or an awaitable of it.
 Prepare = Callable[[list[Record]], Any]
 
 
@@ -159,8 +157,6 @@ class BatchConsumer:
                 records = await self.fetch()
                 generation = self.generation  # fetch dropped what a rebalance inside it revoked
                 prepared = self.prepare(records) if records and self.prepare else None
-                if inspect.isawaitable(prepared):
-                    prepared = await prepared  # the batch before is handled meanwhile
                 if handling is not None:
                     await handling  # the batch before, whose error stops us here
                     handling = None

@@ -13,7 +13,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 
@@ -101,14 +101,6 @@ class Scored:
 
 
 @dataclass(slots=True)
-class RowsRead:
-    """Rows read for a batch before it was decoded, and the scorer's ``epoch`` then."""
-
-    rows: asyncio.Future[dict[str, StoredUser]]
-    epoch: int
-
-
-@dataclass(slots=True)
 class Ahead:
     """Users scored before their batch's turn, and the scorer's ``epoch`` when their rows
     were read; ``go``: set when the CPU is theirs (the batch in hand waits on its write)."""
@@ -148,48 +140,19 @@ class ScoreAheadStep:
     hand), so its users are left to be read and scored at their turn. ``scorer``
     gives the worker's scorer, or None before it is ready (then the batch is only
     decoded).
-
-    The users' rows are asked for before the batch is decoded, by the records'
-    keys (ingest keys every event by its user id): Redis answers while the
-    batch is decoded, ~5 µs an event, instead of after. A key that is not its
-    event's user costs a read for nothing; a user whose events are keyed
-    otherwise is read once the batch is decoded.
     """
 
     def __init__(self, scorer: Callable[[], BatchScorer | None]) -> None:
         self.scorer = scorer
         self._in_hand: set[str] = set()
 
-    async def __call__(self, records: list[Record]) -> Decoded:
-        scorer = self.scorer()
-        read = None
-        if scorer is not None:
-            read = scorer.read_ahead(keyed_users(records, skip=self._in_hand))
-            await asyncio.sleep(0)  # the read goes out before the decoding holds the loop
+    def __call__(self, records: list[Record]) -> Decoded:
         decoded = decode_batch(records)
+        scorer = self.scorer()
         if scorer is not None:
-            scorer.score_ahead(decoded, skip=self._in_hand, read=read)
+            scorer.score_ahead(decoded, skip=self._in_hand)
         self._in_hand = set(decoded.by_user)
         return decoded
-
-
-def keyed_users(records: list[Record], *, skip: set[str]) -> list[str]:
-    """The user ids that ``records`` are keyed by, each once, but those in ``skip``.
-
-    >>> keyed_users([Record(b"u1", b"", "t", 0, 0), Record(None, b"", "t", 0, 1),
-    ...              Record(b"u2", b"", "t", 0, 2), Record(b"u1", b"", "t", 0, 3)], skip={"u2"})
-    ['u1']
-    """
-    keys = dict.fromkeys(r.key for r in records if r.key)
-    users = []
-    for key in keys:
-        try:
-            uid = key.decode() if isinstance(key, bytes) else str(key)
-        except UnicodeDecodeError:
-            continue
-        if uid not in skip:
-            users.append(uid)
-    return users
 
 
 class BatchScorer:
@@ -219,19 +182,8 @@ class BatchScorer:
         # scored at once (it takes this; a later one waits for that one's write).
         self._free = True
 
-    def read_ahead(self, users: list[str]) -> RowsRead | None:
-        """Start reading these users' rows (for :meth:`score_ahead`'s ``read``)."""
-        if not users:
-            return None
-        rows = asyncio.ensure_future(self.store.load(users))
-        rows.add_done_callback(_quiet)  # a batch dropped by a rebalance never awaits it
-        return RowsRead(rows, self.epoch)
-
-    def score_ahead(
-        self, decoded: Decoded, *, skip: set[str], read: RowsRead | None = None
-    ) -> None:
-        """Start reading the rows of ``decoded``'s users, but those in ``skip``, and scoring them
-        (``read``: some of their rows, asked for already by :meth:`read_ahead`).
+    def score_ahead(self, decoded: Decoded, *, skip: set[str]) -> None:
+        """Start reading the rows of ``decoded``'s users, but those in ``skip``, and scoring them.
 
         The consumer decodes the next batch while the one in hand is handled,
         which spends a third of its time waiting on Redis (its read, and its
@@ -267,22 +219,17 @@ class BatchScorer:
             if self._free:
                 self._free = False
                 go.set()
-            scored = asyncio.ensure_future(self._score_read(decoded.by_user, users, go, read))
+            scored = asyncio.ensure_future(self._score_read(decoded.by_user, users, go))
             scored.add_done_callback(_quiet)  # a batch dropped by a rebalance never awaits it
-            epoch = read.epoch if read is not None else self.epoch
-            decoded.ahead = self._next = Ahead(scored, epoch, go)
+            decoded.ahead = self._next = Ahead(scored, self.epoch, go)
 
     async def _score_read(
         self,
         by_user: dict[str, list[tuple[Record, UserEvent]]],
         users: list[str],
         go: asyncio.Event,
-        read: RowsRead | None,
     ) -> Scored:
-        rows = await read.rows if read is not None else {}
-        missing = [u for u in users if u not in rows]
-        if missing:
-            rows = {**rows, **await self.store.load(missing)}
+        rows = await self.store.load(users)
         await go.wait()
         out = Outcome()
         writes = self._score({u: by_user[u] for u in users}, rows, self.clock.now(), out)
@@ -425,7 +372,7 @@ class BatchScorer:
         return writes
 
 
-def _quiet(future: asyncio.Future[Any]) -> None:
+def _quiet(future: asyncio.Future[Scored]) -> None:
     """Retrieve a score-ahead's error, so that one nobody awaits is not logged as lost."""
     if not future.cancelled():
         future.exception()

@@ -21,7 +21,6 @@ import pytest
 from services.common.batch_consumer import BatchConsumer
 from services.common.clock import ManualClock
 from services.common.errors import StoreUnavailable
-from services.scorer import pipeline
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.app import batch_handler, make_publisher
 from services.scorer.config import ScorerSettings
@@ -562,7 +561,7 @@ def test_a_batch_retried_after_a_failed_write_reads_and_scores_its_users_again()
     batch = records([event(USERS[0], "login", T0, 1)])
 
     async def scenario() -> Outcome:
-        decoded = await ScoreAheadStep(lambda: scorer)(batch)
+        decoded = ScoreAheadStep(lambda: scorer)(batch)
         with pytest.raises(StoreUnavailable):
             await scorer.handle(batch, decoded)
         return await scorer.handle(batch, decoded)  # as the handler's retry does
@@ -579,45 +578,13 @@ def test_a_batch_prepared_and_never_handled_lets_its_scoring_end() -> None:
 
     async def scenario() -> frozenset[str]:
         step = ScoreAheadStep(lambda: scorer)
-        dropped = await step(records([event(a, "login", T0, 1)]))  # revoked before its turn
-        await step(records([event(b, "login", T0, 1)], start=1))
+        dropped = step(records([event(a, "login", T0, 1)]))  # revoked before its turn
+        step(records([event(b, "login", T0, 1)], start=1))
         assert dropped.ahead is not None
         scored = await asyncio.wait_for(dropped.ahead.scored, 2)  # not left pending
         return scored.users
 
     assert asyncio.run(scenario()) == {a.user_id}
-
-
-def test_the_rows_of_a_batch_are_asked_for_by_key_before_it_is_decoded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Redis answers while the batch is decoded; users keyed otherwise are read after."""
-    log: list[str] = []
-
-    class LoggedStore(FakeStore):
-        async def load(self, user_ids: list[str]) -> dict[str, StoredUser]:
-            log.append(f"load {user_ids}")
-            return await super().load(user_ids)
-
-    decode = pipeline.decode_batch
-
-    def logged_decode(batch: list[Record]) -> Any:
-        log.append("decode")
-        return decode(batch)
-
-    monkeypatch.setattr(pipeline, "decode_batch", logged_decode)
-    scorer = make_scorer(LoggedStore(), ManualClock(T0 + 3600))
-    a, b, _ = USERS
-    batch = records([event(a, "login", T0, 1), event(b, "login", T0, 1)])
-    batch[1] = Record(None, batch[1].value, "user-events", 0, 1)  # not keyed by its user
-
-    async def scenario() -> Outcome:
-        decoded = await ScoreAheadStep(lambda: scorer)(batch)
-        return await scorer.handle(batch, decoded)
-
-    out = asyncio.run(scenario())
-    assert log == [f"load ['{a.user_id}']", "decode", f"load ['{b.user_id}']"]
-    assert out.users == 2
 
 
 def test_a_batch_prepared_after_the_one_in_hand_wrote_is_scored_at_once() -> None:
@@ -629,11 +596,11 @@ def test_a_batch_prepared_after_the_one_in_hand_wrote_is_scored_at_once() -> Non
 
     async def scenario() -> bool:
         first = records([event(a, "login", T0, 1)])
-        await scorer.handle(first, await step(first))  # done: nothing in hand
-        second = await step(records([event(b, "login", T0, 1)], start=1))
+        await scorer.handle(first, step(first))  # done: nothing in hand
+        second = step(records([event(b, "login", T0, 1)], start=1))
         assert second.ahead is not None
         await asyncio.wait_for(asyncio.shield(second.ahead.scored), 2)  # before its turn
-        third = await step(records([event(c, "login", T0, 1)], start=2))
+        third = step(records([event(c, "login", T0, 1)], start=2))
         assert third.ahead is not None
         await asyncio.sleep(0.05)
         return third.ahead.scored.done()
