@@ -82,6 +82,12 @@ def batch_handler(runtime: Runtime, publish: Publish) -> Handler:
         if outcome.newest_ts:
             metrics.EVENT_LAG.set(max(0.0, time.time() - outcome.newest_ts))
         metrics.DUPLICATES.inc(outcome.duplicates)
+        if outcome.unreadable:
+            metrics.UNREADABLE.labels("state").inc(outcome.unreadable)
+            log.warning(
+                "stored feature state unreadable: those users' events dead-lettered",
+                extra={"users": outcome.unreadable},
+            )
         metrics.BATCH_SIZE.observe(len(records))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 

@@ -48,12 +48,14 @@ class Outcome:
     bands: Counter[str] = field(default_factory=Counter)
     redis_s: dict[str, float] = field(default_factory=dict)  # round-trip time by operation
     winbacks: Counter[str] = field(default_factory=Counter)  # "<playbook>:<group>" won back
+    unreadable: int = 0  # users whose stored state could not be read (events dead-lettered)
 
     def add(self, part: Outcome) -> None:
         """Fold in what some of the batch's users gave (their events are counted already)."""
         self.alerts += part.alerts
         self.dead += part.dead
         self.duplicates += part.duplicates
+        self.unreadable += part.unreadable
         self.newest_ts = max(self.newest_ts, part.newest_ts)
         self.bands.update(part.bands)
         self.winbacks.update(part.winbacks)
@@ -322,6 +324,7 @@ class BatchScorer:
                 # Corrupt, or a newer version's format: this user's events wait in the
                 # dead-letter topic, the state stays as it is, the other users go on.
                 out.dead += [self._dead(record, exc) for record, _ in items]
+                out.unreadable += 1
                 continue
             if len(items) > 1:
                 items.sort(key=_event_time)

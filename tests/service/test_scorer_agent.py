@@ -376,6 +376,7 @@ def test_a_user_whose_stored_state_is_unreadable_has_its_events_dead_lettered() 
     assert all("stored feature state unreadable: unknown format 5" in d.reason for d in out.dead)
     assert store.rows[broken.user_id].features == future
     assert [w.user_id for w in store.saves[-1]] == [fine.user_id]
+    assert out.unreadable == 1  # the handler counts it: churnwatch_scorer_unreadable_total
 
 
 async def until_logged(events: list[str], entry: str) -> None:
