@@ -60,9 +60,7 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"a busy user: {len(state.seen)} remembered ids, {len(state.days)} days of counters")
 
     def one_by_one() -> None:
-        s = state
-        for event in batch:
-            s = update_features(s, event, settings=SETTINGS)
+        _chain(state, batch)
 
     def folded() -> None:
         fold_events(state, batch, settings=SETTINGS)

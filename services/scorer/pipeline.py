@@ -287,7 +287,8 @@ class BatchScorer:
                 started = time.perf_counter()
                 saved = asyncio.ensure_future(self.store.save(writes))
                 await asyncio.sleep(0)  # the write's first step: out on the socket
-                released = self._release(own)  # the next users are scored meanwhile
+                self._release(own)  # the next batch's users are scored meanwhile
+                released = True
                 await saved
                 out.redis_s["save"] = time.perf_counter() - started
         finally:
@@ -295,7 +296,7 @@ class BatchScorer:
                 self._release(own)
         return out
 
-    def _release(self, own: Ahead | None) -> bool:
+    def _release(self, own: Ahead | None) -> None:
         """The batch in hand (``own``: what of it was scored ahead) needs the CPU no more:
         the batch prepared after it is scored now, or, if none is yet, the next one
         prepared is scored at once."""
@@ -304,7 +305,6 @@ class BatchScorer:
             nxt.go.set()
         else:
             self._free = True
-        return True
 
     def _score(
         self,

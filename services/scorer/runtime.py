@@ -115,13 +115,10 @@ class Runtime:
         self._learned_since_checkpoint = 0
         self.quality = QualityTracker(threshold=settings.scorer_band_high / 100)
         self._last_checkpoint = time.monotonic()
-        self.learner: Learner = InlineLearner()
-        if (settings.scorer_clock, settings.scorer_learner, settings.scorer_model) == (
-            "live",
-            "process",
-            "logreg",
-        ):
-            self.learner = ProcessLearner()
+        # A replay learns inside its batches, and a forest's pickle is too big to ship.
+        in_child = settings.scorer_learner == "process" and settings.scorer_model == "logreg"
+        live = settings.scorer_clock == "live"
+        self.learner: Learner = ProcessLearner() if live and in_child else InlineLearner()
 
     def ready_scorer(self) -> BatchScorer | None:
         """The scorer once :meth:`scorer` has built it, else None (never waits)."""

@@ -20,6 +20,7 @@ import base64
 import itertools
 import operator
 import struct
+from typing import Any
 
 import msgpack
 import orjson
@@ -153,12 +154,20 @@ def decode_state(data: bytes | str) -> UserState:
         raise UnreadableStored(f"stored feature state unreadable: {exc}") from None
 
 
-def _decode_state(data: bytes | str) -> UserState:
+def _unpack(data: bytes | str) -> tuple[bool, list[Any] | tuple[Any, ...]]:
+    """Whether ``data`` is a JSON state (formats 1, 2), and its packed list; ValueError
+    for an unknown format."""
     json = data[:1] in (b"[", "[")
     packed = orjson.loads(data) if json else msgpack.unpackb(data, use_list=False)
     version = packed[0] if isinstance(packed, list | tuple) and packed else None
     if version not in (1, 2, 3, FORMAT_VERSION):
         raise ValueError(f"unknown format {version!r}")
+    return json, packed
+
+
+def _decode_state(data: bytes | str) -> UserState:
+    json, packed = _unpack(data)
+    version = packed[0]
     _, ls, first, active, engaged, churn, uninstall, signup, plan_at = packed[:9]
     tz, plan, last_type, day, rows, seen_text = packed[9:15]
     days: dict[int, Day] = {}
@@ -226,11 +235,7 @@ def state_times(data: bytes | str) -> tuple[int, int, int]:
     True
     """
     try:
-        json = data[:1] in (b"[", "[")
-        packed = orjson.loads(data) if json else msgpack.unpackb(data, use_list=False)
-        version = packed[0] if isinstance(packed, list | tuple) and packed else None
-        if version not in (1, 2, 3, FORMAT_VERSION):
-            raise ValueError(f"unknown format {version!r}")
+        _, packed = _unpack(data)
         ls, active, churn = int(packed[1]), int(packed[3]), int(packed[5])
     except BROKEN_VALUE as exc:
         raise UnreadableStored(f"stored feature state unreadable: {exc}") from None
