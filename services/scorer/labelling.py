@@ -39,12 +39,18 @@ class SnapshotStore(Protocol):
     async def keep_snapshots(self, remaining: dict[str, tuple[int, float | None]]) -> None: ...
 
 
+# Users whose due labels one learning round resolves: their snapshots are read 500 users
+# a time and shipped to the learning process together (~2 ms for 10,000 users).
+ROUND_USERS = 10_000
+
+
 @dataclass
 class Learned:
     positives: int = 0
     negatives: int = 0
     # Users whose snapshots (or state) could not be read, with the error: left in place.
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    more: bool = False  # the sweep took as many users as its limit: more may be due
 
     @property
     def total(self) -> int:
@@ -171,7 +177,7 @@ async def resolve_labels(
     quality: QualityTracker,
     now: float,
     settings: LabelSettings,
-    limit: int = 10_000,
+    limit: int = ROUND_USERS,
     learner: ChunkLearner | None = None,
 ) -> Learned:
     """Resolve up to ``limit`` users' due labels at ``now`` and learn them, each user's in
@@ -196,7 +202,9 @@ async def resolve_labels(
         # Waited out here rather than failing the sweep: its labels are learned, and a
         # sweep run again would learn them twice.
         await until_stored(store.keep_snapshots, remaining)
-    return Learned(positives, len(resolved.judged) - positives, resolved.unreadable)
+    return Learned(
+        positives, len(resolved.judged) - positives, resolved.unreadable, len(users) >= limit
+    )
 
 
 def label_chunk(

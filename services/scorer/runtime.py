@@ -28,7 +28,7 @@ from services.scorer.core.policy import PolicySettings, Thresholds
 from services.scorer.core.quality import QualityTracker
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings
 from services.scorer.core.state_codec import decode_state
-from services.scorer.labelling import Learned, SnapshotStore, resolve_labels
+from services.scorer.labelling import ROUND_USERS, Learned, SnapshotStore, resolve_labels
 from services.scorer.learner import InlineLearner, Learner, LearnerClosed, ProcessLearner
 from services.scorer.pipeline import BatchScorer, Outcome, UserStore
 from services.scorer.replay_mode import ReplayScorer
@@ -119,6 +119,7 @@ class Runtime:
         in_child = settings.scorer_learner == "process" and settings.scorer_model == "logreg"
         live = settings.scorer_clock == "live"
         self.learner: Learner = ProcessLearner() if live and in_child else InlineLearner()
+        self.label_users = ROUND_USERS  # users a learning round takes (see learn)
 
     def ready_scorer(self) -> BatchScorer | None:
         """The scorer once :meth:`scorer` has built it, else None (never waits)."""
@@ -223,20 +224,42 @@ class Runtime:
             await self.store.checkpoint_done(request)
 
     async def learn(self, now: float) -> Learned:
-        """Resolve the labels that are due and learn from them; checkpoint every N learns."""
+        """Resolve the labels that are due and learn from them; checkpoint every N learns.
+
+        One round takes at most ``label_users`` users (their snapshots are read
+        and shipped to the learning process together); while a round finds
+        that many due, the next starts at once, so a backlog (a restart, a wave
+        of survivals, one label per ten events at full load) drains now rather
+        than ``label_users`` users per sweep interval. Every round moves its
+        users' due time past ``now``, so the rounds end.
+        """
         await self.scorer()
-        try:
-            learned = await resolve_labels(
-                self.store,
-                model=self.core.model,
-                quality=self.quality,
-                now=now,
-                settings=self.core.labels,
-                learner=self.learner,
-            )
-        except LearnerClosed:
-            log.info("stopping: the labels due are left for the next start")
-            return Learned()
+        done = Learned()
+        more = True
+        while more:
+            try:
+                learned = await resolve_labels(
+                    self.store,
+                    model=self.core.model,
+                    quality=self.quality,
+                    now=now,
+                    settings=self.core.labels,
+                    limit=self.label_users,
+                    learner=self.learner,
+                )
+            except LearnerClosed:
+                log.info("stopping: the labels due are left for the next start")
+                break
+            await self._learned(learned)
+            done.positives += learned.positives
+            done.negatives += learned.negatives
+            done.unreadable += learned.unreadable
+            more = learned.more
+        metrics.CHECKPOINT_AGE.set(time.monotonic() - self._last_checkpoint)
+        return done
+
+    async def _learned(self, learned: Learned) -> None:
+        """Count one round's labels, log what was unreadable, checkpoint every N learns."""
         if learned.unreadable:
             metrics.UNREADABLE.labels("snapshots").inc(len(learned.unreadable))
             uid, error = learned.unreadable[0]
@@ -254,8 +277,6 @@ class Runtime:
             self._learned_since_checkpoint += learned.total
             if self._learned_since_checkpoint >= self.settings.scorer_checkpoint_every:
                 await self.checkpoint()
-        metrics.CHECKPOINT_AGE.set(time.monotonic() - self._last_checkpoint)
-        return learned
 
     async def sweep(self) -> Outcome:
         """The live timer: sweep at the clock's now, the re-scoring under ``state_lock``.

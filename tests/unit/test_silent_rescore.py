@@ -254,3 +254,40 @@ def test_a_silent_user_whose_state_is_unreadable_is_skipped_and_counted() -> Non
     assert len(store.snaps[users[0].user_id]) == 1  # still there, due a day later
     assert store.due[users[0].user_id] == T0 + 16 * DAY
     assert store.due[users[1].user_id] > T0 + 16 * DAY  # read: waits for its inactivity
+
+
+def test_a_backlog_of_due_labels_is_learned_in_one_sweep_a_round_at_a_time() -> None:
+    """More users due than a round takes: the rounds follow each other until none is due,
+    not one round per sweep interval (at full load, one label per ten events)."""
+    runtime, store, clock = make_runtime()
+    runtime.label_users = 3
+    users = [SimUser(f"gone-{i}", "fading", "UTC", "basic", 1.0) for i in range(8)]
+
+    def batch(kind: str, at: float, start: int) -> list[Record]:
+        return [
+            Record(u.user_id.encode(), orjson.dumps(event(u, kind, at, start + i)), "e", 0, i)
+            for i, u in enumerate(users)
+        ]
+
+    rounds: list[int] = []
+    due = store.users_with_labels_due
+
+    async def counted(now: float, *, limit: int) -> list[str]:
+        found = await due(now, limit=limit)
+        rounds.append(len(found))
+        return found
+
+    store.users_with_labels_due = counted  # type: ignore[method-assign]
+
+    async def scenario() -> Any:
+        scorer = await runtime.scorer()
+        await scorer.handle(batch("login", T0 - 3600, 0))  # a snapshot each
+        clock.set(T0 + DAY)
+        # A cancellation after the snapshot: every user's label is due at once.
+        await scorer.handle(batch("subscription_cancelled", T0 + DAY - 3600, 10))
+        return await runtime.learn(T0 + DAY + 60)
+
+    learned = asyncio.run(scenario())
+    assert (learned.positives, learned.negatives) == (8, 0)
+    assert rounds == [3, 3, 2]
+    assert all(due > T0 + DAY + 60 for due in store.due.values())
