@@ -82,16 +82,21 @@ def batch_handler(runtime: Runtime, publish: Publish) -> Handler:
         if outcome.newest_ts:
             metrics.EVENT_LAG.set(max(0.0, time.time() - outcome.newest_ts))
         metrics.DUPLICATES.inc(outcome.duplicates)
-        if outcome.unreadable:
-            metrics.UNREADABLE.labels("state").inc(outcome.unreadable)
-            log.warning(
-                "stored feature state unreadable: those users' events dead-lettered",
-                extra={"users": outcome.unreadable},
-            )
+        count_unreadable(outcome)
         metrics.BATCH_SIZE.observe(len(records))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     return handle
+
+
+def count_unreadable(outcome: Outcome) -> None:
+    """Count and log the stored values a batch or a sweep could not read, by kind."""
+    for kind, n in outcome.unreadable.items():
+        metrics.UNREADABLE.labels(kind).inc(n)
+    if outcome.unreadable:
+        # state: the users' events dead-lettered; policy, record: dropped, the users
+        # scored without them (docs/operations.md, failure table).
+        log.warning("stored values unreadable", extra={"by_kind": dict(outcome.unreadable)})
 
 
 def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
@@ -143,6 +148,7 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
         @app.timer(interval=settings.scorer_sweep_interval_s)
         async def sweep_silent_users() -> None:
             outcome = await until_stored(runtime.sweep)
+            count_unreadable(outcome)
             await publish(outcome)
             await until_stored(runtime.after_batch, outcome)
 

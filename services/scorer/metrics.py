@@ -45,7 +45,8 @@ UNREADABLE = Counter(
     "churnwatch_scorer_unreadable_total",
     "Stored values the worker could not read (corrupt, or a newer version's format), by "
     "kind: state (in a batch its user's events are dead-lettered, in the sweep the user "
-    "is skipped) or snapshots (left in place, tried again a day later)",
+    "is skipped), snapshots (left in place, tried again a day later), policy or record "
+    "(the alert state or score record: dropped, the user scored without it, then rewritten)",
     ["kind"],
 )
 LABELS = Counter("churnwatch_scorer_labels_total", "Resolved labels learned, by class", ["label"])

@@ -25,7 +25,13 @@ from services.common.schemas import validate
 from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.core.features import FeatureSettings, fold_events
 from services.scorer.core.state_codec import decode_state, encode_state
-from services.scorer.scoring import ScoringCore, needs_rescore, previous_stage, rescore_interval
+from services.scorer.scoring import (
+    ScoringCore,
+    needs_rescore,
+    previous_stage,
+    readable,
+    rescore_interval,
+)
 from services.scorer.user_writes import cohort_marks, user_write, utc_day, winback_outcome
 
 log = logging.getLogger("churnwatch.scorer")
@@ -48,14 +54,16 @@ class Outcome:
     bands: Counter[str] = field(default_factory=Counter)
     redis_s: dict[str, float] = field(default_factory=dict)  # round-trip time by operation
     winbacks: Counter[str] = field(default_factory=Counter)  # "<playbook>:<group>" won back
-    unreadable: int = 0  # users whose stored state could not be read (events dead-lettered)
+    # Stored values that could not be read, by kind: "state" (that user's events were
+    # dead-lettered), "policy" or "record" (dropped: see scoring.readable).
+    unreadable: Counter[str] = field(default_factory=Counter)
 
     def add(self, part: Outcome) -> None:
         """Fold in what some of the batch's users gave (their events are counted already)."""
         self.alerts += part.alerts
         self.dead += part.dead
         self.duplicates += part.duplicates
-        self.unreadable += part.unreadable
+        self.unreadable.update(part.unreadable)
         self.newest_ts = max(self.newest_ts, part.newest_ts)
         self.bands.update(part.bands)
         self.winbacks.update(part.winbacks)
@@ -317,14 +325,16 @@ class BatchScorer:
         the writes, with late events, duplicates, bands, alerts and win-backs in ``out``."""
         writes: list[UserWrite] = []
         for uid, items in by_user.items():
-            row = rows[uid]
+            row, dropped = readable(rows[uid])
+            if dropped:
+                out.unreadable.update(dropped)
             try:
                 before = decode_state(row.features) if row.features else None
             except UnreadableStored as exc:
                 # Corrupt, or a newer version's format: this user's events wait in the
                 # dead-letter topic, the state stays as it is, the other users go on.
                 out.dead += [self._dead(record, exc) for record, _ in items]
-                out.unreadable += 1
+                out.unreadable["state"] += 1
                 continue
             if len(items) > 1:
                 items.sort(key=_event_time)

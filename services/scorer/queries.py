@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,7 @@ from typing import Any, Literal
 import orjson
 from redis.exceptions import RedisError
 
-from services.common.errors import StoreUnavailable
+from services.common.errors import StoreUnavailable, UnreadableStored
 from services.common.redis_client import AsyncRedis, is_cluster
 from services.scorer.adapters.redis_layout import shard_key
 from services.scorer.adapters.redis_scripts import INDEX_READ
@@ -44,6 +45,8 @@ from services.scorer.core.features import to_vector
 from services.scorer.core.records import decode_record
 from services.scorer.core.segments import STAGES
 from services.scorer.core.state_codec import decode_state
+
+log = logging.getLogger("churnwatch.api")
 
 MAX_EXAMINED = 5000  # at-risk entries looked at per request, whatever the filters
 
@@ -292,7 +295,15 @@ class RiskQueries:
                 last = (risk, member)
                 if not record:
                     continue  # the user's record expired; its index entry outlived it
-                rec = decode_record(record)
+                try:
+                    rec = decode_record(record)
+                except UnreadableStored as exc:
+                    # One corrupt record must not take the list down; the scorer replaces
+                    # it at the user's next score (counted there when it reads it).
+                    log.warning(
+                        "risk list: user skipped", extra={"user_id": member, "error": str(exc)}
+                    )
+                    continue
                 if all(v is None or rec.get(k) == v for k, v in wanted.items()):
                     items.append(_row(member, risk, rec))
                     if len(items) == limit:

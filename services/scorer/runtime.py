@@ -32,7 +32,7 @@ from services.scorer.labelling import ROUND_USERS, Learned, SnapshotStore, resol
 from services.scorer.learner import InlineLearner, Learner, LearnerClosed, ProcessLearner
 from services.scorer.pipeline import BatchScorer, Outcome, UserStore
 from services.scorer.replay_mode import ReplayScorer
-from services.scorer.scoring import ScoringCore, previous_stage
+from services.scorer.scoring import ScoringCore, previous_stage, readable
 from services.scorer.user_writes import user_write
 
 log = logging.getLogger("churnwatch.scorer")
@@ -322,7 +322,8 @@ class Runtime:
             rows = await self.store.load(chunk)
             writes = []
             for uid in chunk:
-                row = rows[uid]
+                row, dropped = readable(rows[uid])
+                out.unreadable.update(dropped)
                 if row.features is None:
                     continue
                 try:

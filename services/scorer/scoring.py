@@ -7,9 +7,10 @@ the RFM quantiles are the worker's own state, checkpointed together.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from services.common.errors import UnreadableStored
 from services.common.messages import ChurnAlert, Reason, Segment
 from services.scorer.adapters.redis_store import StoredUser
 from services.scorer.core.features import UserState, to_vector
@@ -103,6 +104,40 @@ def rescore_interval(user_id: str, every_s: float, spread: float) -> float:
 
 def previous_stage(record: bytes | None) -> str | None:
     return record_stage(record)
+
+
+def readable(row: StoredUser) -> tuple[StoredUser, list[str]]:
+    """``row`` without its alert state or score record if either cannot be read, and
+    which were dropped (``"policy"``, ``"record"``).
+
+    Both are this scorer's own writes: unreadable means corrupt, or written in a
+    newer version's format and read after a rollback. The user is then scored as
+    the policy and the segments would score a user first seen by them: the
+    hysteresis and cooldown start over (at most one alert more, which the
+    notifier's consent and frequency limits still bound) and there is no previous
+    stage. The write that follows replaces what could not be read.
+
+    >>> row = StoredUser(b"state", b"[1]", b'{"stage": "new"}', None)
+    >>> fixed, dropped = readable(row)
+    >>> fixed.policy, fixed.record, dropped
+    (None, b'{"stage": "new"}', ['policy'])
+    """
+    dropped = []
+    try:
+        decode_policy(row.policy)
+    except UnreadableStored:
+        dropped.append("policy")
+    try:
+        record_stage(row.record)
+    except UnreadableStored:
+        dropped.append("record")
+    if not dropped:
+        return row, dropped
+    return replace(
+        row,
+        policy=None if "policy" in dropped else row.policy,
+        record=None if "record" in dropped else row.record,
+    ), dropped
 
 
 class ScoringCore:

@@ -276,6 +276,39 @@ def test_at_risk_highest_first_with_filters_and_cursor(api: Seeded) -> None:
     assert wrong.status_code == 422 and "query.stage" in wrong.json()["error"]
 
 
+def test_an_unreadable_score_record_is_named_and_leaves_the_list_whole(api: Seeded) -> None:
+    """A corrupt record (or a newer version's, after a rollback) of one user: that user's
+    risk says what is wrong, the at-risk list goes on without it."""
+
+    async def corrupt() -> None:
+        client = aioredis.Redis.from_url(api.redis_url)
+        store = RedisUserStore(client, prefix=api.prefix, user_ttl_s=3600, snapshot_ttl_s=3600)
+        events = [UserEvent("u7-e0", "u7", "login", datetime.fromtimestamp(NOW, UTC))]
+        state, _ = apply_batch(None, events, settings=FeatureSettings())
+        assert state is not None
+        await store.save(
+            [
+                UserWrite(
+                    user_id="u7",
+                    features=encode_state(state),
+                    policy=b"[]",
+                    record=b"\x01\x02",  # the binary format's mark, then nothing
+                    last_active=float(state.last_active),
+                    risk=0.99,
+                    stage="at-risk",
+                )
+            ]
+        )
+        await client.aclose()
+
+    asyncio.run(corrupt())
+    page = api.client.get("/v1/at-risk", headers=api.h()).json()
+    assert [row["user_id"] for row in page["items"]] == ["u1", "u2", "u6b", "u6a", "u3", "u4", "u5"]
+    one = api.client.get("/v1/users/u7", headers=api.h())
+    assert one.status_code == 500
+    assert "stored score record unreadable" in one.json()["error"]
+
+
 def test_stats_counts_active_users_and_winback(api: Seeded) -> None:
     body = api.client.get("/v1/stats", headers=api.h()).json()
     assert body["active_users"] == {"dau": 3, "wau": 3, "mau": 3}

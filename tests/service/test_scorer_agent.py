@@ -25,7 +25,7 @@ from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.app import batch_handler, make_publisher
 from services.scorer.config import ScorerSettings
 from services.scorer.core.features import FeatureSettings, to_vector
-from services.scorer.core.records import decode_record
+from services.scorer.core.records import decode_policy, decode_record
 from services.scorer.core.state_codec import decode_state
 from services.scorer.pipeline import BatchScorer, Outcome, Record, ScoreAheadStep
 from services.scorer.runtime import make_core
@@ -376,7 +376,30 @@ def test_a_user_whose_stored_state_is_unreadable_has_its_events_dead_lettered() 
     assert all("stored feature state unreadable: unknown format 5" in d.reason for d in out.dead)
     assert store.rows[broken.user_id].features == future
     assert [w.user_id for w in store.saves[-1]] == [fine.user_id]
-    assert out.unreadable == 1  # the handler counts it: churnwatch_scorer_unreadable_total
+    assert out.unreadable == {
+        "state": 1
+    }  # the handler counts it: churnwatch_scorer_unreadable_total
+
+
+def test_a_user_whose_alert_state_and_record_are_unreadable_is_scored_without_them() -> None:
+    """Both are the scorer's own writes (corrupt, or a newer version's after a rollback):
+    the user is scored as if the policy and the segments saw it first, the unreadable
+    values are replaced and counted, and its events are not set aside."""
+    store, clock = FakeStore(), ManualClock(T0 + 1 * DAY)
+    scorer = make_scorer(store, clock)
+    user = USERS[0]
+    handle(scorer, [event(user, "login", T0, 1)])
+    row = store.rows[user.user_id]
+    store.rows[user.user_id] = StoredUser(row.features, b"\x03\x01", b"[1, 2]", None)
+
+    out = handle(scorer, [event(user, "payment_failed", T0 + 60, 2)], start=1)
+
+    assert out.dead == []
+    assert out.unreadable == {"policy": 1, "record": 1}
+    stored = store.rows[user.user_id]
+    assert decode_state(stored.features).last_seen == int(T0 + 60)
+    assert decode_record(stored.record)["band"] in ("low", "medium", "high", "critical")
+    assert decode_policy(stored.policy) is not None
 
 
 async def until_logged(events: list[str], entry: str) -> None:

@@ -140,12 +140,26 @@ def test_old_json_policy_state_decodes() -> None:
     assert decode_policy(None) is None
 
 
-def _stored_user() -> tuple[bytes, bytes]:
-    """A real user's feature state and label snapshot, as the scorer stores them."""
+def _stored_user() -> tuple[bytes, bytes, bytes, bytes]:
+    """A real user's feature state, label snapshot, score record and alert state, as the
+    scorer stores them."""
     e = UserEvent("a", "u", "purchase", datetime(2026, 1, 5, tzinfo=UTC), properties={"amount": 5})
     state = update_features(None, e, settings=FeatureSettings())
     snap = take_snapshot("u", to_vector(state, e.ts), taken_at=e.ts, raw=0.3, risk=0.2)
-    return encode_state(state), encode_snapshot(snap)
+    record = encode_record(
+        {
+            "risk": 0.71,
+            "score": 71,
+            "band": "high",
+            "stage": "at_risk",
+            "tier": "high",
+            "reasons": [["recency_days", 0.4, 12.0]],
+            "model_version": "m-1",
+            "updated_at": e.ts,
+        }
+    )
+    policy = encode_policy(AlertState("high", False, e.ts, 71, e.ts, 40, e.ts - 3600))
+    return encode_state(state), encode_snapshot(snap), record, policy
 
 
 def _damaged(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
@@ -164,11 +178,14 @@ def test_stored_bytes_either_decode_or_raise_unreadable_stored(data: object) -> 
     """Whatever is in Redis (random, cut short, bytes flipped): the decoders return a value
     or raise UnreadableStored, which their callers set aside; never another error,
     which would stop the worker."""
-    state_bytes, snap_bytes = _stored_user()
+    state_bytes, snap_bytes, record_bytes, policy_bytes = _stored_user()
     for decode, good in (
         (decode_state, state_bytes),
         (state_times, state_bytes),
         (lambda b: decode_snapshot(b, "u"), snap_bytes),
+        (decode_record, record_bytes),
+        (record_stage, record_bytes),
+        (decode_policy, policy_bytes),
     ):
         raw = data if isinstance(data, bytes) else _damaged(good, *data)  # type: ignore[misc]
         with contextlib.suppress(UnreadableStored):

@@ -291,3 +291,21 @@ def test_a_backlog_of_due_labels_is_learned_in_one_sweep_a_round_at_a_time() -> 
     assert (learned.positives, learned.negatives) == (8, 0)
     assert rounds == [3, 3, 2]
     assert all(due > T0 + DAY + 60 for due in store.due.values())
+
+
+def test_a_silent_user_whose_alert_state_is_unreadable_is_rescored_without_it() -> None:
+    runtime, store, clock = make_runtime()
+    user = SimUser("quiet-p", "fading", "UTC", "basic", 1.0)
+    raw = orjson.dumps(event(user, "login", T0 - 3600, 0))
+
+    async def scenario() -> Any:
+        scorer = await runtime.scorer()
+        await scorer.handle([Record(b"quiet-p", raw, "e", 0, 0)])
+        await runtime.sweep_at(T0)
+        store.rows["quiet-p"] = dataclasses.replace(store.rows["quiet-p"], policy=b"\x03")
+        clock.set(T0 + DAY)
+        return await runtime.rescore_silent(T0 + DAY)
+
+    out = asyncio.run(scenario())
+    assert out.users == 1 and out.unreadable == {"policy": 1}
+    assert store.rows["quiet-p"].policy != b"\x03"

@@ -14,7 +14,7 @@ from prometheus_client import Histogram, make_asgi_app
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.auth import ApiKeys, docs_routes, install_auth, keys_from_settings
-from services.common.errors import StoreUnavailable
+from services.common.errors import StoreUnavailable, UnreadableStored
 from services.common.redis_client import AsyncRedis, async_redis
 from services.scorer.api import ops, users
 from services.scorer.api.commands import AdminCommands
@@ -141,6 +141,15 @@ def _install_errors(app: FastAPI) -> None:
             {"error": "Redis is unavailable"}, status_code=503, headers={"Retry-After": "5"}
         )
 
+    async def unreadable(request: Request, exc: Exception) -> JSONResponse:
+        # A corrupt stored value, or a newer version's format after a rollback: say
+        # which, rather than a bare 500; the scorer rewrites it at the user's next score.
+        return JSONResponse(
+            {"error": f"{exc}; the scorer replaces it at this user's next score"},
+            status_code=500,
+        )
+
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(StoreUnavailable, unavailable)
+    app.add_exception_handler(UnreadableStored, unreadable)

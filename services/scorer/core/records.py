@@ -175,9 +175,26 @@ _RECORD_KEYS = frozenset(
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
-    """A stored score record, binary or JSON, as a dict (reasons as [feature, c, v])."""
+    """A stored score record, binary or JSON, as a dict (reasons as [feature, c, v]).
+
+    Raises :class:`UnreadableStored` (a ``ValueError``) on bytes that are no record.
+
+    >>> decode_record(b"[1, 2]")
+    Traceback (most recent call last):
+    ...
+    services.common.errors.UnreadableStored: stored score record unreadable: ...
+    """
+    try:
+        return _decode_record(data)
+    except BROKEN_VALUE as exc:
+        raise UnreadableStored(f"stored score record unreadable: {exc}") from None
+
+
+def _decode_record(data: bytes) -> dict[str, Any]:
     if data[:1] != b"\x01":
-        out: dict[str, Any] = orjson.loads(data)
+        out = orjson.loads(data)
+        if not isinstance(out, dict):
+            raise TypeError(f"a JSON {type(out).__name__}, not an object")
         return out
     _, risk, score, band, stage, tier, updated = _HEAD.unpack_from(data)
     pos = _HEAD.size
@@ -213,14 +230,21 @@ def record_stage(data: bytes | None) -> str | None:
 
     >>> record_stage(b'{"stage": "new"}'), record_stage(None)
     ('new', None)
+
+    Raises :class:`UnreadableStored` as :func:`decode_record` does.
     """
     if not data:
         return None
-    if data[:1] == b"\x01":
-        stage = data[7]
-        return STAGES[stage] if stage != _NONE else ""
-    stage_of: str | None = orjson.loads(data).get("stage")
-    return stage_of
+    try:
+        if data[:1] == b"\x01":
+            stage = data[7]
+            return STAGES[stage] if stage != _NONE else ""
+        stage_of = orjson.loads(data).get("stage")
+        if stage_of is not None and not isinstance(stage_of, str):
+            raise TypeError(f"stage {stage_of!r} is no name")
+        return stage_of
+    except BROKEN_VALUE as exc:
+        raise UnreadableStored(f"stored score record unreadable: {exc}") from None
 
 
 def encode_snapshot(snap: Snapshot) -> bytes:
@@ -350,11 +374,36 @@ def encode_policy(state: AlertState) -> bytes:
 
 
 def decode_policy(data: bytes | None) -> AlertState | None:
-    """A stored alert-policy state, binary or JSON; None without one."""
+    """A stored alert-policy state, binary or JSON; None without one.
+
+    Raises :class:`UnreadableStored` (a ``ValueError``) on bytes that are no such state.
+
+    >>> decode_policy(b"[1]")
+    Traceback (most recent call last):
+    ...
+    services.common.errors.UnreadableStored: stored alert state unreadable: ...
+    """
     if not data:
         return None
+    try:
+        return _decode_policy(data)
+    except BROKEN_VALUE as exc:
+        raise UnreadableStored(f"stored alert state unreadable: {exc}") from None
+
+
+def _decode_policy(data: bytes) -> AlertState:
     if data[:1] != b"\x03":
-        return AlertState(*orjson.loads(data))
+        state = AlertState(*orjson.loads(data))
+        numbers = (state.last_score, state.last_score_ts)
+        maybe = (state.last_alert_ts, state.base_score, state.base_ts)
+        if (
+            state.band not in BANDS
+            or not isinstance(state.armed, bool)
+            or not all(isinstance(x, int | float) for x in numbers)
+            or not all(x is None or isinstance(x, int | float) for x in maybe)
+        ):
+            raise ValueError(f"not an alert state: {data[:80]!r}")
+        return state
     _, band, flags, last_score, last_ts = _POLICY_HEAD.unpack_from(data)
     pos = _POLICY_HEAD.size
     alert_ts = base_score = base_ts = None
