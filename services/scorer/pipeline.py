@@ -357,7 +357,8 @@ class BatchScorer:
                 if outcome == "won":
                     out.winbacks[counter] += 1
             every_s = rescore_interval(uid, self.rescore_every_s, self.rescore_spread)
-            if not needs_rescore(row.policy, types, now, every_s=every_s):
+            # A dropped record or policy is replaced now, not at the next re-score.
+            if not dropped and not needs_rescore(row.policy, types, now, every_s=every_s):
                 writes.append(
                     UserWrite(
                         uid,

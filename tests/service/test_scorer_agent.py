@@ -387,6 +387,7 @@ def test_a_user_whose_alert_state_and_record_are_unreadable_is_scored_without_th
     values are replaced and counted, and its events are not set aside."""
     store, clock = FakeStore(), ManualClock(T0 + 1 * DAY)
     scorer = make_scorer(store, clock)
+    scorer.rescore_every_s = 3600.0  # ordinary activity alone is not re-scored for an hour
     user = USERS[0]
     handle(scorer, [event(user, "login", T0, 1)])
     row = store.rows[user.user_id]
@@ -400,6 +401,13 @@ def test_a_user_whose_alert_state_and_record_are_unreadable_is_scored_without_th
     assert decode_state(stored.features).last_seen == int(T0 + 60)
     assert decode_record(stored.record)["band"] in ("low", "medium", "high", "critical")
     assert decode_policy(stored.policy) is not None
+    # A record alone, and ordinary activity within the re-score interval: scored anyway,
+    # so that the record is replaced now.
+    policy = store.rows[user.user_id].policy
+    store.rows[user.user_id] = StoredUser(store.rows[user.user_id].features, policy, b"[]", None)
+    out = handle(scorer, [event(user, "login", T0 + 90, 3)], start=2)
+    assert out.unreadable == {"record": 1} and out.users == 1
+    assert decode_record(store.rows[user.user_id].record)["stage"]
 
 
 async def until_logged(events: list[str], entry: str) -> None:
