@@ -22,9 +22,9 @@ from services.common.errors import InvalidEvent, StoreUnavailable, UnreadableSto
 from services.common.events import UserEvent, check_size, parse_event
 from services.common.messages import ChurnAlert, DeadLetter, Record, dead_record
 from services.common.schemas import validate
-from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.core.features import FeatureSettings, fold_events
 from services.scorer.core.state_codec import decode_state, encode_state
+from services.scorer.rows import StoredUser, UserWrite
 from services.scorer.scoring import (
     ScoringCore,
     needs_rescore,

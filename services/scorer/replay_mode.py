@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 
 from services.common.errors import InvalidEvent, LateEvent
 from services.common.events import UserEvent
-from services.scorer.adapters.redis_store import StoredUser, UserWrite
 from services.scorer.core.features import UserState, update_features
 from services.scorer.core.state_codec import decode_state
 from services.scorer.pipeline import (
@@ -29,6 +28,7 @@ from services.scorer.pipeline import (
     Record,
     decode_record,
 )
+from services.scorer.rows import StoredUser, UserWrite
 from services.scorer.scoring import UserScore, previous_stage
 from services.scorer.user_writes import user_write
 

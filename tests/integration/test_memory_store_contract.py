@@ -15,7 +15,8 @@ import pytest
 
 from services.common.redis_client import async_redis
 from services.scorer.adapters.memory_store import MemoryUserStore
-from services.scorer.adapters.redis_store import RedisUserStore, UserWrite
+from services.scorer.adapters.redis_store import RedisUserStore
+from services.scorer.rows import UserWrite
 from tests.conftest import Isolated
 
 pytestmark = pytest.mark.integration

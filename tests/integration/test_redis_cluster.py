@@ -26,11 +26,12 @@ from services.common.auth import RedisKeyStore, create_key
 from services.common.events import UserEvent
 from services.common.redis_client import async_redis, sync_redis
 from services.common.settings import CommonSettings
-from services.scorer.adapters.redis_store import INDEX_SHARDS, RedisUserStore, UserWrite, shard_of
+from services.scorer.adapters.redis_store import INDEX_SHARDS, RedisUserStore, shard_of
 from services.scorer.api import build_api
 from services.scorer.config import ApiSettings
 from services.scorer.core.features import FeatureSettings, apply_batch
 from services.scorer.core.state_codec import encode_state
+from services.scorer.rows import UserWrite
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,6 @@ from services.common.settings import CommonSettings
 from services.scorer.adapters.redis_store import (
     INDEX_SHARDS,
     RedisUserStore,
-    UserWrite,
     join_user,
     pack_snapshot,
     shard_of,
@@ -42,6 +41,7 @@ from services.scorer.core.records import (
 )
 from services.scorer.core.state_codec import decode_state, encode_state
 from services.scorer.queries import RiskQueries
+from services.scorer.rows import UserWrite
 from tests.unit.test_features import as_json
 
 pytestmark = pytest.mark.integration

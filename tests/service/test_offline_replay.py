@@ -13,8 +13,8 @@ from services.offline_replay import relearn, replay_in_process, replay_settings
 from services.replay import stamp
 from services.scorer.adapters.memory_store import MemoryUserStore, SortedIndex
 from services.scorer.adapters.redis_layout import shard_of
-from services.scorer.adapters.redis_store import UserWrite
 from services.scorer.core.model import ModelSettings
+from services.scorer.rows import UserWrite
 from services.sim.generator import history, make_users
 
 START = 1_780_000_000.0

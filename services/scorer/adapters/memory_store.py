@@ -41,7 +41,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from services.scorer.adapters.redis_layout import INDEX_SHARDS, merge_ranges, shard_of
-from services.scorer.adapters.redis_store import StoredUser, UserWrite
+from services.scorer.rows import StoredUser, UserWrite
 
 
 class SortedIndex:

@@ -1,6 +1,45 @@
 """Where and how the scorer's Redis adapter keeps things: key names, the user's
 string, the shards of the shared indexes, and the snapshot form of the layout
-before (see ``redis_store`` for the whole layout).
+before (``redis_store`` reads and writes them).
+
+Key layout (``P`` = ``CHURNWATCH_KEY_PREFIX``, default ``cw``). Per-user keys
+carry the user id as a hash tag ``{uid}``, so Redis Cluster keeps all of one
+user's keys in one slot:
+
+    P:{uid}:s          str   the scorer's whole record of the user, binary (see join_user):
+                             score record (core.records), day of the last snapshot,
+                             alert-policy state, feature state (core.features, MessagePack),
+                             then the pending label snapshots (core.records), oldest first
+    P:{uid}:u          hash  wb/wbid = the notifier's latest win-back decision (resolved here);
+                             only users with one have it. Before the compact layout it also
+                             held f/p/r/sd (features, policy, JSON record, snapshot day)
+    P:{uid}:snap       list  before the compact layout: pending snapshots (deflated JSON);
+                             still read and trimmed until empty
+    P:{uid}:alerts     list  newest-first alert history (capped)
+    P:lastseen:<n>     zset  user -> last activity, shard n of ``index_shards`` (the silent-
+                             user sweep's index); P:lastseen, the one unsharded set of
+                             before, is still read, and emptied as users are written
+    P:snapdue:<n>      zset  user -> earliest time one of its snapshots may get its label
+                             (sharded the same way; P:snapdue still read)
+    P:atrisk:<stage>:<n> zset  user -> current risk within one lifecycle stage, sharded
+                             the same way (the API's at-risk listing merges them all;
+                             per-stage percentiles; P:atrisk:<stage> still read)
+    P:{hll}:d:YYYYMMDD HLL   users active that day (DAU/WAU/MAU by PFCOUNT over several
+                             days: one hash tag for all of them, so that works on a cluster)
+    P:cohort:YYYYMMDD:d<k>  HLL  users who signed up that day and were active k days
+                              later, k in 0 (the cohort), 1, 7, 30: day-k retention
+    P:outbox:<worker>  hash  alert_id -> alert, until Kafka acknowledged it
+    P:model:<worker>   str   model checkpoint of one worker (+ ":quality", its metrics, and
+                             ":rfm", the RFM quantiles' sample that the value tiers use)
+
+Why this shape (BENCHMARKS.md, "memory"): Redis keeps a hash with a value over
+64 bytes as a hash table and a sorted set of over 128 members as a skiplist,
+~100 bytes per field or member in overhead; one string per user and indexes
+sharded into sets of <= 128 members (listpacks, ~20 bytes a member) cost a
+fraction of that. A user's shard is ``shard_of`` (the first 24 bits of the
+SHA-1 of the id, modulo ``index_shards``), computed alike here and in the
+scripts (``redis.sha1hex``). ``index_shards`` (``CHURNWATCH_REDIS_INDEX_SHARDS``)
+should be >= users / 100; changing it needs a re-index (docs/operations.md).
 """
 
 from __future__ import annotations

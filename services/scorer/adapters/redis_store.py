@@ -1,43 +1,6 @@
 """The scorer's Redis adapter: one pipelined read and one transactional write per batch.
 
-Key layout (``P`` = ``CHURNWATCH_KEY_PREFIX``, default ``cw``). Per-user keys
-carry the user id as a hash tag ``{uid}``, so Redis Cluster keeps all of one
-user's keys in one slot:
-
-    P:{uid}:s          str   the scorer's whole record of the user, binary (see join_user):
-                             score record (core.records), day of the last snapshot,
-                             alert-policy state, feature state (core.features, MessagePack),
-                             then the pending label snapshots (core.records), oldest first
-    P:{uid}:u          hash  wb/wbid = the notifier's latest win-back decision (resolved here);
-                             only users with one have it. Before the compact layout it also
-                             held f/p/r/sd (features, policy, JSON record, snapshot day)
-    P:{uid}:snap       list  before the compact layout: pending snapshots (deflated JSON);
-                             still read and trimmed until empty
-    P:{uid}:alerts     list  newest-first alert history (capped)
-    P:lastseen:<n>     zset  user -> last activity, shard n of ``index_shards`` (the silent-
-                             user sweep's index); P:lastseen, the one unsharded set of
-                             before, is still read, and emptied as users are written
-    P:snapdue:<n>      zset  user -> earliest time one of its snapshots may get its label
-                             (sharded the same way; P:snapdue still read)
-    P:atrisk:<stage>:<n> zset  user -> current risk within one lifecycle stage, sharded
-                             the same way (the API's at-risk listing merges them all;
-                             per-stage percentiles; P:atrisk:<stage> still read)
-    P:{hll}:d:YYYYMMDD HLL   users active that day (DAU/WAU/MAU by PFCOUNT over several
-                             days: one hash tag for all of them, so that works on a cluster)
-    P:cohort:YYYYMMDD:d<k>  HLL  users who signed up that day and were active k days
-                              later, k in 0 (the cohort), 1, 7, 30: day-k retention
-    P:outbox:<worker>  hash  alert_id -> alert, until Kafka acknowledged it
-    P:model:<worker>   str   model checkpoint of one worker (+ ":quality", its metrics, and
-                             ":rfm", the RFM quantiles' sample that the value tiers use)
-
-Why this shape (BENCHMARKS.md, "memory"): Redis keeps a hash with a value over
-64 bytes as a hash table and a sorted set of over 128 members as a skiplist,
-~100 bytes per field or member in overhead; one string per user and indexes
-sharded into sets of <= 128 members (listpacks, ~20 bytes a member) cost a
-fraction of that. A user's shard is ``shard_of`` (the first 24 bits of the
-SHA-1 of the id, modulo ``index_shards``), computed alike here and in the
-scripts (``redis.sha1hex``). ``index_shards`` (``CHURNWATCH_REDIS_INDEX_SHARDS``)
-should be >= users / 100; changing it needs a re-index (docs/operations.md).
+The key layout, and why it has this shape, is in :mod:`~services.scorer.adapters.redis_layout`.
 
 Every per-user key gets a TTL of ``user_ttl_days`` on each write, so a user
 gone for good stops costing memory. Snapshots live in the user's string until
@@ -106,13 +69,12 @@ from services.scorer.adapters.redis_layout import (
     user_key,
 )
 from services.scorer.adapters.redis_scripts import APPLY, LOAD, LOAD_SNAPSHOTS, SCAN_SHARDS
+from services.scorer.rows import StoredUser, UserWrite
 
 __all__ = [
     "INDEX_SHARDS",
     "RedisUserStore",
-    "StoredUser",
     "UserString",
-    "UserWrite",
     "day_key",
     "join_user",
     "pack_snapshot",
@@ -132,42 +94,6 @@ _CHUNK = 1000
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
     return (items[i : i + size] for i in range(0, len(items), size))
-
-
-# Not frozen: a frozen dataclass is built field by field through object.__setattr__
-# (~100 ns a field), and this one is made for every user read on the scorer's hot path. Treat
-# it as immutable all the same.
-@dataclass(slots=True)
-class StoredUser:
-    features: bytes | None
-    policy: bytes | None
-    record: bytes | None
-    snapshot_day: int | None
-    winback: bytes | None = None  # the latest win-back decision, written by the notifier
-
-
-# Not frozen: a frozen dataclass is built field by field through object.__setattr__
-# (~100 ns a field), and this one is made for every user written on the scorer's hot path. Treat
-# it as immutable all the same.
-@dataclass(slots=True)
-class UserWrite:
-    user_id: str
-    features: bytes
-    policy: bytes | None  # None: unchanged (the user was not re-scored)
-    record: bytes | None
-    last_active: float
-    risk: float | None
-    snapshot: bytes | None = None
-    snapshot_day: int | None = None
-    alert: bytes | None = None
-    active_days: tuple[str, ...] = ()
-    label_due: float | None = None
-    alert_id: str = ""
-    stage: str = ""  # the stage's own risk index (per-stage percentiles)
-    cohort_marks: tuple[str, ...] = ()  # "<signup YYYYMMDD>:d<k>": active k days after signup
-    previous_stage: str | None = None
-    winback: str | None = None  # "won" or "expired": resolve the pending win-back decision
-    winback_counter: str = ""  # "<playbook>:<group>" of P:winback:<playbook>:<group>:won
 
 
 class RedisUserStore:

@@ -1,0 +1,47 @@
+"""What the scorer reads and writes for each user, whatever the store: the rows of the
+``UserStore`` port (``pipeline.UserStore``), built by the pure scoring code and
+kept by an adapter (``adapters.redis_store`` on Redis, ``adapters.memory_store``
+in memory). No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["StoredUser", "UserWrite"]
+
+
+# Not frozen: a frozen dataclass is built field by field through object.__setattr__
+# (~100 ns a field), and this one is made for every user read on the scorer's hot path. Treat
+# it as immutable all the same.
+@dataclass(slots=True)
+class StoredUser:
+    features: bytes | None
+    policy: bytes | None
+    record: bytes | None
+    snapshot_day: int | None
+    winback: bytes | None = None  # the latest win-back decision, written by the notifier
+
+
+# Not frozen: a frozen dataclass is built field by field through object.__setattr__
+# (~100 ns a field), and this one is made for every user written on the scorer's hot path. Treat
+# it as immutable all the same.
+@dataclass(slots=True)
+class UserWrite:
+    user_id: str
+    features: bytes
+    policy: bytes | None  # None: unchanged (the user was not re-scored)
+    record: bytes | None
+    last_active: float
+    risk: float | None
+    snapshot: bytes | None = None
+    snapshot_day: int | None = None
+    alert: bytes | None = None
+    active_days: tuple[str, ...] = ()
+    label_due: float | None = None
+    alert_id: str = ""
+    stage: str = ""  # the stage's own risk index (per-stage percentiles)
+    cohort_marks: tuple[str, ...] = ()  # "<signup YYYYMMDD>:d<k>": active k days after signup
+    previous_stage: str | None = None
+    winback: str | None = None  # "won" or "expired": resolve the pending win-back decision
+    winback_counter: str = ""  # "<playbook>:<group>" of P:winback:<playbook>:<group>:won
