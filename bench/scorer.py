@@ -271,9 +271,10 @@ def seed_snapshots(settings: CommonSettings, events: list[dict[str, Any]], now: 
     from services.common.events import parse_event
     from services.scorer.adapters.redis_store import join_user, user_key
     from services.scorer.config import ScorerSettings
-    from services.scorer.core.features import FeatureSettings, apply_batch, to_vector
+    from services.scorer.core.features import FeatureSettings, apply_batch
     from services.scorer.core.labels import take_snapshot
     from services.scorer.core.records import encode_snapshot
+    from services.scorer.core.vector import to_vector
 
     horizon = load_settings(ScorerSettings).scorer_horizon_days
     # Before the users' nine days of history: their first event already tells that

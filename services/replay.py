@@ -32,12 +32,12 @@ from services.common.redis_client import sync_redis
 from services.common.settings import CommonSettings, env_for, load_settings, scratch_settings
 from services.demo import Services
 from services.scorer.adapters.redis_store import user_fields, user_key
-from services.scorer.core.features import to_vector
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.policy import PolicySettings, band_for
 from services.scorer.core.records import decode_record
 from services.scorer.core.segments import SegmentSettings, lifecycle_stage
 from services.scorer.core.state_codec import decode_state
+from services.scorer.core.vector import to_vector
 
 SCORE_COLUMNS = ("user_id", "as_of", "risk", "score", "band", "stage", "tier")
 

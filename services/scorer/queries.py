@@ -41,10 +41,10 @@ from services.scorer.adapters.redis_store import (
     user_fields,
     user_key,
 )
-from services.scorer.core.features import to_vector
 from services.scorer.core.records import decode_record
 from services.scorer.core.segments import STAGES
 from services.scorer.core.state_codec import decode_state
+from services.scorer.core.vector import to_vector
 
 log = logging.getLogger("churnwatch.api")
 

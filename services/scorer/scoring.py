@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from services.common.errors import UnreadableStored
 from services.common.messages import ChurnAlert, Reason, Segment
-from services.scorer.core.features import UserState, to_vector
+from services.scorer.core.features import UserState
 from services.scorer.core.labels import LabelSettings, should_snapshot, take_snapshot
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.policy import (
@@ -29,6 +29,7 @@ from services.scorer.core.records import (
     record_stage,
 )
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings, lifecycle_stage, value_tier
+from services.scorer.core.vector import to_vector
 from services.scorer.rows import StoredUser
 
 

@@ -348,8 +348,8 @@ def compare_features(
     import redis
 
     from services.scorer.adapters.redis_store import split_user, user_key
-    from services.scorer.core.features import to_vector
     from services.scorer.core.state_codec import decode_state
+    from services.scorer.core.vector import to_vector
 
     r = redis.Redis.from_url(settings.redis_url)
     uids = sorted(by_user)

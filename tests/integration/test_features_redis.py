@@ -29,8 +29,8 @@ from kafka import KafkaConsumer, KafkaProducer
 from services.common.redis_client import sync_redis
 from services.demo import Services
 from services.scorer.adapters.redis_store import split_user, user_key
-from services.scorer.core.features import to_vector
 from services.scorer.core.state_codec import decode_state
+from services.scorer.core.vector import to_vector
 from services.sim.generator import ZONES
 from tests.conftest import Isolated
 

@@ -29,8 +29,9 @@ from services.notifier.adapters.redis_directory import RedisDirectory
 from services.scorer.adapters.redis_store import INDEX_SHARDS, RedisUserStore, shard_of
 from services.scorer.api import build_api
 from services.scorer.config import ApiSettings
-from services.scorer.core.features import FeatureSettings, apply_batch, to_vector
+from services.scorer.core.features import FeatureSettings, apply_batch
 from services.scorer.core.state_codec import encode_state
+from services.scorer.core.vector import to_vector
 from services.scorer.rows import UserWrite
 
 pytestmark = pytest.mark.integration  # needs the real Redis of the local stack

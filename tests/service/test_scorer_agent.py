@@ -23,9 +23,10 @@ from services.common.clock import ManualClock
 from services.common.errors import StoreUnavailable
 from services.scorer.app import batch_handler, make_publisher
 from services.scorer.config import ScorerSettings
-from services.scorer.core.features import FeatureSettings, to_vector
+from services.scorer.core.features import FeatureSettings
 from services.scorer.core.records import decode_policy, decode_record
 from services.scorer.core.state_codec import decode_state
+from services.scorer.core.vector import to_vector
 from services.scorer.pipeline import BatchScorer, Outcome, Record, ScoreAheadStep
 from services.scorer.rows import StoredUser, UserWrite
 from services.scorer.runtime import make_core

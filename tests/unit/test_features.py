@@ -24,10 +24,10 @@ from services.scorer.core.features import (
     UserState,
     apply_batch,
     fold_events,
-    to_vector,
     update_features,
 )
 from services.scorer.core.state_codec import decode_state, encode_state
+from services.scorer.core.vector import to_vector
 
 S = FeatureSettings()
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

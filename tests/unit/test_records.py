@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from services.common.errors import UnreadableStored
 from services.common.events import UserEvent
-from services.scorer.core.features import FeatureSettings, to_vector, update_features
+from services.scorer.core.features import FeatureSettings, update_features
 from services.scorer.core.labels import take_snapshot
 from services.scorer.core.policy import BANDS, AlertState
 from services.scorer.core.records import (
@@ -28,6 +28,7 @@ from services.scorer.core.records import (
 )
 from services.scorer.core.segments import STAGES, TIERS
 from services.scorer.core.state_codec import decode_state, encode_state, state_times
+from services.scorer.core.vector import to_vector
 
 
 def test_the_newest_layout_is_the_feature_vector_of_today() -> None:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.events import UserEvent
-from services.scorer.core.features import FeatureSettings, UserState, to_vector, update_features
+from services.scorer.core.features import FeatureSettings, UserState, update_features
 from services.scorer.core.segments import (
     STAGES,
     RfmQuantiles,
@@ -18,6 +18,7 @@ from services.scorer.core.segments import (
     lifecycle_stage,
     value_tier,
 )
+from services.scorer.core.vector import to_vector
 
 FS = FeatureSettings()
 SS = SegmentSettings()

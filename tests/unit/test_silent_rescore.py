@@ -16,8 +16,9 @@ from services.common.clock import ManualClock
 from services.scorer import metrics
 from services.scorer.app import batch_handler
 from services.scorer.config import ScorerSettings
-from services.scorer.core.features import FeatureSettings, to_vector
+from services.scorer.core.features import FeatureSettings
 from services.scorer.core.state_codec import decode_state
+from services.scorer.core.vector import to_vector
 from services.scorer.pipeline import BatchScorer, Record, decode_batch
 from services.scorer.rows import StoredUser, UserWrite
 from services.scorer.runtime import Runtime, make_core, silence_marks

@@ -1,7 +1,7 @@
 """The churn model: a rule-based prior blended into a calibrated online River model.
 
 Pure logic, no I/O. A feature vector is the ``dict[str, float]`` of
-``features.to_vector`` (keys in docs/CONTRACTS.md); missing keys count as 0.
+``vector.to_vector`` (keys in docs/CONTRACTS.md); missing keys count as 0.
 
 - ``prior_risk`` scores users before any label exists (``PRIOR_RULES`` in
   :mod:`~services.scorer.core.prior`).
