@@ -117,7 +117,11 @@ def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CommonSett
     cmd = [java, "-Xms128m", "-Xmx512m", "-cp", f"{libs}/*"]
     log4j = REPO / "deploy" / "local" / "log4j2.properties"
     cmd.insert(1, f"-Dlog4j2.configurationFile={log4j}")
-    cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    # Kafka's own ids never start with "-" (Uuid.randomUuid draws again): the format
+    # tool would read such an id as an option and fail (1 run in 64 did).
+    cluster = "-"
+    while cluster.startswith("-"):
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
     subprocess.run(
         [*cmd, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)],
         check=True,
