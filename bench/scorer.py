@@ -305,7 +305,7 @@ def seed_snapshots(settings: CommonSettings, events: list[dict[str, Any]], now: 
 
 
 def due_key(settings: CommonSettings, uid: str) -> str:
-    """The shard of the label-due index that holds ``uid`` (see ``redis_store``)."""
+    """The shard of the label-due index that holds ``uid`` (see ``redis_layout``)."""
     from services.scorer.adapters.redis_layout import shard_key
 
     return shard_key(f"{settings.key_prefix}:snapdue", uid, settings.redis_index_shards)

@@ -58,6 +58,9 @@ class Learner(Protocol):
 class InlineLearner:
     """Learns on the caller's loop."""
 
+    def __init__(self) -> None:
+        self._closed = False
+
     async def resolve(
         self, model: ChurnModel, chunks: list[SnapshotRows], *, now: float, settings: LabelSettings
     ) -> Resolved:
@@ -65,10 +68,15 @@ class InlineLearner:
         for rows in chunks:
             learn_chunk(model, rows, now=now, settings=settings, into=resolved)
             await asyncio.sleep(0)  # a sweep's labels must not hold up the batches
+            if self._closed:
+                # After the final checkpoint: what was learned would be trimmed but not
+                # saved. Untrimmed, the labels are learned again at the next start.
+                raise LearnerClosed("the worker is stopping")
         return resolved
 
     def close(self) -> None:
-        pass
+        """A sweep still learning stops at its next chunk with :class:`LearnerClosed`."""
+        self._closed = True
 
 
 class LearnerClosed(ChurnwatchError):

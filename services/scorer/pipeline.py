@@ -377,7 +377,7 @@ class BatchScorer:
             result = self.core.score_user(uid, state, row, now=now)
             out.bands[result.band] += 1
             write = user_write(
-                uid, state, result, active_days=days, previous=previous_stage(row.record)
+                uid, state, result, active_days=days, previous=previous_stage(row.record, dropped)
             )
             write.winback, write.winback_counter = outcome, counter
             writes.append(write)

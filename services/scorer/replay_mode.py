@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from services.common.errors import InvalidEvent, LateEvent
+from services.common.errors import InvalidEvent, LateEvent, UnreadableStored
 from services.common.events import UserEvent
 from services.scorer.core.features import UserState, update_features
 from services.scorer.core.state_codec import decode_state
@@ -29,7 +29,7 @@ from services.scorer.pipeline import (
     decode_record,
 )
 from services.scorer.rows import StoredUser, UserWrite
-from services.scorer.scoring import UserScore, previous_stage
+from services.scorer.scoring import UserScore, previous_stage, readable
 from services.scorer.user_writes import user_write
 
 Sweep = Callable[[float], Awaitable[Outcome]]
@@ -69,6 +69,7 @@ class ReplayScorer(BatchScorer):
                 if self.sweep is not None:
                     swept = await self.sweep(self.tick)
                     out.alerts += swept.alerts
+                    out.unreadable.update(swept.unreadable)
                 self.tick += self.interval
             segment.append((record, event))
         await self._flush(segment, out)
@@ -82,13 +83,24 @@ class ReplayScorer(BatchScorer):
             return
         users = list(dict.fromkeys(e.user_id for _, e in segment))
         stored = await self.store.load(users)
-        states: dict[str, UserState | None] = {
-            uid: decode_state(row.features) if row.features else None for uid, row in stored.items()
-        }
-        rows: dict[str, StoredUser] = dict(stored)
+        rows: dict[str, StoredUser] = {}
+        dropped: dict[str, list[str]] = {}
+        states: dict[str, UserState | None] = {}
+        unreadable: dict[str, UnreadableStored] = {}
+        for uid, row in stored.items():
+            rows[uid], dropped[uid] = readable(row)
+            out.unreadable.update(dropped[uid])
+            try:
+                states[uid] = decode_state(row.features) if row.features else None
+            except UnreadableStored as exc:  # as live: its events wait in the dead letters
+                unreadable[uid] = exc
+                out.unreadable["state"] += 1
         last: dict[str, tuple[UserState, UserScore, set[str]]] = {}
         for record, event in segment:
             uid = event.user_id
+            if uid in unreadable:
+                out.dead.append(self._dead(record, unreadable[uid]))
+                continue
             before = states[uid]
             try:
                 state = update_features(before, event, settings=self.features)
@@ -115,7 +127,7 @@ class ReplayScorer(BatchScorer):
                 state,
                 result,
                 active_days=tuple(sorted(days)),
-                previous=previous_stage(stored[uid].record),
+                previous=previous_stage(stored[uid].record, dropped[uid]),
             )
             for uid, (state, result, days) in last.items()
         ]

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["StoredUser", "UserWrite"]
+__all__ = ["ANY_STAGE", "StoredUser", "UserWrite"]
+
+# UserWrite.previous_stage when the stage the user was in is unknown (its score record
+# could not be read): the user's entry is removed from every other stage's risk index.
+ANY_STAGE = "*"
 
 
 # Not frozen: a frozen dataclass is built field by field through object.__setattr__

@@ -15,7 +15,7 @@ from typing import Protocol
 import orjson
 
 from services.common.clock import Clock, EventTimeClock, WallClock
-from services.common.errors import UnreadableStored
+from services.common.errors import StoreUnavailable, UnreadableStored
 from services.common.messages import ChurnAlert
 from services.common.redis_client import async_redis
 from services.scorer import metrics
@@ -287,7 +287,15 @@ class Runtime:
         now = self.clock.now()
         async with self.state_lock:
             out = await self.rescore_silent(now)
-        await self.learn(now)
+        try:
+            await self.learn(now)
+        except StoreUnavailable as exc:
+            # The re-scores are stored and their alerts go out with ``out``; the labels
+            # stay due (nothing is trimmed before it is learned): the next sweep goes on.
+            metrics.STORE_ERRORS.inc()
+            log.warning(
+                "labels left for the next sweep: redis unavailable", extra={"error": str(exc)}
+            )
         return out
 
     async def sweep_at(self, now: float) -> Outcome:
@@ -305,9 +313,10 @@ class Runtime:
         range query per k on the last-activity index (pipelined), never a scan.
         """
         scorer = await self.scorer()
-        prev, self._last_sweep = self._last_sweep, now
+        prev = self._last_sweep
         out = Outcome()
         if prev is None or now <= prev:
+            self._last_sweep = now
             return out
         s = self.settings
         marks = silence_marks(
@@ -333,7 +342,8 @@ class Runtime:
                     log.warning("silent user skipped", extra={"user_id": uid, "error": str(exc)})
                     continue
                 result = self.core.score_user(uid, state, row, now=now, silent=True)
-                writes.append(user_write(uid, state, result, previous=previous_stage(row.record)))
+                previous = previous_stage(row.record, dropped)
+                writes.append(user_write(uid, state, result, previous=previous))
                 if result.alert is not None:
                     out.alerts.append(result.alert)
             if writes:
@@ -342,6 +352,9 @@ class Runtime:
                 finally:
                     scorer.epoch += 1  # users scored ahead from rows read before are scored again
             out.users += len(writes)
+        # Only now: a sweep that failed part-way (Redis) is run again over the same span,
+        # rather than skipping its users until their next mark (a day later at best).
+        self._last_sweep = now
         return out
 
 

@@ -30,7 +30,7 @@ from services.scorer.core.records import (
 )
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings, lifecycle_stage, value_tier
 from services.scorer.core.vector import to_vector
-from services.scorer.rows import StoredUser
+from services.scorer.rows import ANY_STAGE, StoredUser
 
 
 # Not frozen: a frozen dataclass is built field by field through object.__setattr__
@@ -103,8 +103,9 @@ def rescore_interval(user_id: str, every_s: float, spread: float) -> float:
     return every_s * (1.0 + spread * zlib.crc32(user_id.encode()) / 2**32)
 
 
-def previous_stage(record: bytes | None) -> str | None:
-    return record_stage(record)
+def previous_stage(record: bytes | None, dropped: list[str] | None = None) -> str | None:
+    """The stage the stored record names; :data:`ANY_STAGE` if :func:`readable` dropped it."""
+    return ANY_STAGE if dropped and "record" in dropped else record_stage(record)
 
 
 def readable(row: StoredUser) -> tuple[StoredUser, list[str]]:
@@ -117,6 +118,11 @@ def readable(row: StoredUser) -> tuple[StoredUser, list[str]]:
     hysteresis and cooldown start over (at most one alert more, which the
     notifier's consent and frequency limits still bound) and there is no previous
     stage. The write that follows replaces what could not be read.
+
+    The record is checked as far as its stage (this runs for every user of every
+    batch): a newer version's format or a damaged head is caught here; a binary
+    record damaged past its head is refused by the API's full decode (a 500 for
+    that user, left out of lists) and replaced at the user's next score.
 
     >>> row = StoredUser(b"state", b"[1]", b'{"stage": "new"}', None)
     >>> fixed, dropped = readable(row)

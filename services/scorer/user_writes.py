@@ -2,7 +2,7 @@
 
 Pure functions of a user's state and score: the micro-batch pipeline
 (:mod:`services.scorer.pipeline`), the sweep and the replay scorer build their
-:class:`~services.scorer.adapters.redis_store.UserWrite` here.
+:class:`~services.scorer.rows.UserWrite` here.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from services.scorer.config import ApiSettings
 from services.scorer.core.features import FeatureSettings, apply_batch
 from services.scorer.core.state_codec import encode_state
 from services.scorer.core.vector import to_vector
-from services.scorer.rows import UserWrite
+from services.scorer.rows import ANY_STAGE, UserWrite
 
 pytestmark = pytest.mark.integration  # needs the real Redis of the local stack
 
@@ -309,6 +309,31 @@ def test_an_unreadable_score_record_is_named_and_leaves_the_list_whole(api: Seed
     one = api.client.get("/v1/users/u7", headers=api.h())
     assert one.status_code == 500
     assert "stored score record unreadable" in one.json()["error"]
+
+    async def rescored() -> None:
+        # The scorer's next write: the stage the record named is unknown, so the user's
+        # entry leaves every other stage's index (else it is listed twice).
+        client = aioredis.Redis.from_url(api.redis_url)
+        store = RedisUserStore(client, prefix=api.prefix, user_ttl_s=3600, snapshot_ttl_s=3600)
+        await store.save(
+            [
+                UserWrite(
+                    user_id="u7",
+                    features=b"",
+                    policy=b"[]",
+                    record=record(0.3, "low", "active", "low", NOW),
+                    last_active=NOW,
+                    risk=0.3,
+                    stage="active",
+                    previous_stage=ANY_STAGE,
+                )
+            ]
+        )
+        await client.aclose()
+
+    asyncio.run(rescored())
+    page = api.client.get("/v1/at-risk", headers=api.h()).json()
+    assert [row["user_id"] for row in page["items"]].count("u7") == 1
 
 
 def test_stats_counts_active_users_and_winback(api: Seeded) -> None:

@@ -28,7 +28,8 @@ from services.scorer.core.records import decode_policy, decode_record
 from services.scorer.core.state_codec import decode_state
 from services.scorer.core.vector import to_vector
 from services.scorer.pipeline import BatchScorer, Outcome, Record, ScoreAheadStep
-from services.scorer.rows import StoredUser, UserWrite
+from services.scorer.replay_mode import ReplayScorer
+from services.scorer.rows import ANY_STAGE, StoredUser, UserWrite
 from services.scorer.runtime import make_core
 from services.sim.generator import DAY, SimUser, event
 
@@ -398,6 +399,7 @@ def test_a_user_whose_alert_state_and_record_are_unreadable_is_scored_without_th
 
     assert out.dead == []
     assert out.unreadable == {"policy": 1, "record": 1}
+    assert store.saves[-1][0].previous_stage == ANY_STAGE  # out of every other stage's index
     stored = store.rows[user.user_id]
     assert decode_state(stored.features).last_seen == int(T0 + 60)
     assert decode_record(stored.record)["band"] in ("low", "medium", "high", "critical")
@@ -409,6 +411,26 @@ def test_a_user_whose_alert_state_and_record_are_unreadable_is_scored_without_th
     out = handle(scorer, [event(user, "login", T0 + 90, 3)], start=2)
     assert out.unreadable == {"record": 1} and out.users == 1
     assert decode_record(store.rows[user.user_id].record)["stage"]
+
+
+def test_replay_mode_sets_aside_unreadable_stored_values_as_the_live_scorer_does() -> None:
+    store, clock = FakeStore(), ManualClock(T0 + 1 * DAY)
+    replay = ReplayScorer(
+        store=store, core=make_core(ScorerSettings()), clock=clock, features=FeatureSettings()
+    )
+    broken, fine = USERS[0], USERS[1]
+    handle(replay, [event(broken, "login", T0, 1), event(fine, "login", T0, 2)])
+    store.rows[broken.user_id] = StoredUser(b"\x95\x05\x01\x02\x03\x04", None, None, None)
+    row = store.rows[fine.user_id]
+    store.rows[fine.user_id] = StoredUser(row.features, b"\x03", row.record, row.snapshot_day)
+
+    out = handle(
+        replay, [event(broken, "login", T0 + 60, 3), event(fine, "login", T0 + 60, 4)], start=2
+    )
+
+    assert [d.source.offset for d in out.dead] == [2]
+    assert out.unreadable == {"state": 1, "policy": 1}
+    assert decode_policy(store.rows[fine.user_id].policy) is not None
 
 
 async def until_logged(events: list[str], entry: str) -> None:

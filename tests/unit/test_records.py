@@ -29,6 +29,7 @@ from services.scorer.core.records import (
 from services.scorer.core.segments import STAGES, TIERS
 from services.scorer.core.state_codec import decode_state, encode_state, state_times
 from services.scorer.core.vector import to_vector
+from services.scorer.queries import _row, public_record
 
 
 def test_the_newest_layout_is_the_feature_vector_of_today() -> None:
@@ -191,3 +192,36 @@ def test_stored_bytes_either_decode_or_raise_unreadable_stored(data: object) -> 
         raw = data if isinstance(data, bytes) else _damaged(good, *data)  # type: ignore[misc]
         with contextlib.suppress(UnreadableStored):
             decode(raw)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=120),
+        st.tuples(*_DAMAGE),
+        st.dictionaries(
+            st.sampled_from(["risk", "score", "band", "stage", "reasons", "updated_at", "tier"]),
+            st.one_of(
+                st.none(),
+                st.floats(),
+                st.integers(-(2**53), 2**53),
+                st.text(max_size=3),
+                st.lists(st.lists(st.one_of(st.text(max_size=3), st.floats()), max_size=3)),
+            ),
+        ),
+    )
+)
+def test_a_record_that_decodes_can_be_shown(data: object) -> None:
+    """What the risk API does with a stored record (its list row, its user view) never fails
+    on one that decoded: a damaged record is refused by the decoder, not by the page."""
+    good = _stored_user()[2]
+    if isinstance(data, dict):
+        raw = orjson.dumps(data)
+    else:
+        raw = data if isinstance(data, bytes) else _damaged(good, *data)  # type: ignore[misc]
+    try:
+        record = decode_record(raw)
+    except UnreadableStored:
+        return
+    _row("u", 0.5, record)
+    public_record(raw)

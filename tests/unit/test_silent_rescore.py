@@ -11,8 +11,10 @@ import dataclasses
 from typing import Any
 
 import orjson
+import pytest
 
 from services.common.clock import ManualClock
+from services.common.errors import StoreUnavailable
 from services.scorer import metrics
 from services.scorer.app import batch_handler
 from services.scorer.config import ScorerSettings
@@ -310,3 +312,86 @@ def test_a_silent_user_whose_alert_state_is_unreadable_is_rescored_without_it() 
     out = asyncio.run(scenario())
     assert out.users == 1 and out.unreadable == {"policy": 1}
     assert store.rows["quiet-p"].policy != b"\x03"
+
+
+def test_a_sweep_that_redis_failed_part_way_is_run_again_over_the_same_span() -> None:
+    """Before, the sweep moved its mark first: a failure skipped its silent users until
+    their next mark (a day later at the earliest)."""
+    runtime, store, clock = make_runtime()
+    user = SimUser("quiet-r", "fading", "UTC", "basic", 1.0)
+    raw = orjson.dumps(event(user, "login", T0 - 3600, 0))
+    silent_between = store.silent_between
+    failures = [StoreUnavailable("Redis read failed: connection reset")]
+
+    async def flaky(ranges: list[tuple[float, float]]) -> list[str]:
+        if failures:
+            raise failures.pop()
+        return await silent_between(ranges)
+
+    store.silent_between = flaky  # type: ignore[method-assign]
+
+    async def scenario() -> Any:
+        scorer = await runtime.scorer()
+        await scorer.handle([Record(b"quiet-r", raw, "e", 0, 0)])
+        await runtime.sweep_at(T0)
+        clock.set(T0 + DAY)
+        with pytest.raises(StoreUnavailable):
+            await runtime.rescore_silent(T0 + DAY)
+        return await runtime.rescore_silent(T0 + DAY + 60)  # the retry
+
+    out = asyncio.run(scenario())
+    assert out.users == 1
+
+
+def test_labels_that_redis_stops_are_left_due_and_the_rescores_go_out() -> None:
+    runtime, store, clock = make_runtime()
+    users = [SimUser(f"gone-s{i}", "fading", "UTC", "basic", 1.0) for i in range(2)]
+    logins = [
+        Record(u.user_id.encode(), orjson.dumps(event(u, "login", T0 - 3600, i)), "e", 0, i)
+        for i, u in enumerate(users)
+    ]
+    cancels = [
+        Record(
+            u.user_id.encode(), orjson.dumps(event(u, "subscription_cancelled", T0, i)), "e", 0, i
+        )
+        for i, u in enumerate(users, start=10)
+    ]
+    errors = metrics.STORE_ERRORS._value.get()
+
+    async def down(now: float, *, limit: int) -> list[str]:
+        raise StoreUnavailable("Redis read failed: connection refused")
+
+    async def scenario() -> Any:
+        scorer = await runtime.scorer()
+        await scorer.handle(logins)
+        clock.set(T0 + 60)
+        await scorer.handle(cancels)  # every label due now
+        store.users_with_labels_due = down  # type: ignore[method-assign]
+        clock.set(T0 + 120)
+        return await runtime.sweep()
+
+    asyncio.run(scenario())
+    assert metrics.STORE_ERRORS._value.get() == errors + 1
+    assert sorted(store.due) == [u.user_id for u in users]  # still due, nothing trimmed
+    assert all(len(store.snaps[u.user_id]) == 1 for u in users)
+
+
+def test_an_inline_sweep_stops_learning_once_the_worker_closes() -> None:
+    """After the final checkpoint, labels learned would be trimmed but never saved: the
+    sweep stops at its next chunk and leaves them due."""
+    from services.scorer.labelling import SnapshotRows
+    from services.scorer.learner import InlineLearner, LearnerClosed
+
+    learner = InlineLearner()
+    model = make_core(ScorerSettings()).model
+    chunks: list[SnapshotRows] = [{}, {}]
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(
+            learner.resolve(model, chunks, now=T0, settings=make_core(ScorerSettings()).labels)
+        )
+        learner.close()
+        with pytest.raises(LearnerClosed):
+            await task
+
+    asyncio.run(scenario())

@@ -69,7 +69,8 @@ from services.scorer.adapters.redis_layout import (
     user_key,
 )
 from services.scorer.adapters.redis_scripts import APPLY, LOAD, LOAD_SNAPSHOTS, SCAN_SHARDS
-from services.scorer.rows import StoredUser, UserWrite
+from services.scorer.core.segments import STAGES
+from services.scorer.rows import ANY_STAGE, StoredUser, UserWrite
 
 __all__ = [
     "INDEX_SHARDS",
@@ -498,7 +499,11 @@ class _Shared:
         if w.risk is not None:
             if w.stage:
                 self.by_stage.setdefault(w.stage, {})[w.user_id] = w.risk
-            if w.previous_stage and w.previous_stage != w.stage:
+            if w.previous_stage == ANY_STAGE:
+                for stage in STAGES:
+                    if stage != w.stage:
+                        self.left_stage.setdefault(stage, []).append(w.user_id)
+            elif w.previous_stage and w.previous_stage != w.stage:
                 self.left_stage.setdefault(w.previous_stage, []).append(w.user_id)
         if w.label_due is not None:
             self.due[w.user_id] = w.label_due

@@ -143,9 +143,9 @@ def _install_errors(app: FastAPI) -> None:
 
     async def unreadable(request: Request, exc: Exception) -> JSONResponse:
         # A corrupt stored value, or a newer version's format after a rollback: say
-        # which, rather than a bare 500; the scorer rewrites it at the user's next score.
+        # which, rather than a bare 500.
         return JSONResponse(
-            {"error": f"{exc}; the scorer replaces it at this user's next score"},
+            {"error": f"{exc} (docs/operations.md: unreadable stored values)"},
             status_code=500,
         )
 

@@ -40,6 +40,7 @@ layout.
 
 from __future__ import annotations
 
+import math
 import struct
 from functools import lru_cache
 from typing import Any
@@ -195,7 +196,7 @@ def _decode_record(data: bytes) -> dict[str, Any]:
         out = orjson.loads(data)
         if not isinstance(out, dict):
             raise TypeError(f"a JSON {type(out).__name__}, not an object")
-        return out
+        return _checked(out)
     _, risk, score, band, stage, tier, updated = _HEAD.unpack_from(data)
     pos = _HEAD.size
     n = data[pos]
@@ -213,16 +214,48 @@ def _decode_record(data: bytes) -> dict[str, Any]:
             value = _I32S.unpack_from(data, pos)[0] / 1e4
             pos += 4
         reasons.append([FEATURES[fid & 0x7F], c / 1e4, value])
-    return {
-        "risk": risk / 1e6,
-        "score": score,
-        "band": BANDS[band] if band != _NONE else "",
-        "stage": STAGES[stage] if stage != _NONE else "",
-        "tier": TIERS[tier] if tier != _NONE else "",
-        "reasons": reasons,
-        "model_version": version,
-        "updated_at": updated,
-    }
+    return _checked(
+        {
+            "risk": risk / 1e6,
+            "score": score,
+            "band": BANDS[band] if band != _NONE else "",
+            "stage": STAGES[stage] if stage != _NONE else "",
+            "tier": TIERS[tier] if tier != _NONE else "",
+            "reasons": reasons,
+            "model_version": version,
+            "updated_at": updated,
+        }
+    )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _checked(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` if every value its readers use has its type (the API formats the time and
+    the reasons of whatever decodes); ValueError otherwise."""
+    updated: Any = record.get("updated_at")
+    if not (_number(updated) and 0 <= updated < 1e11):
+        raise ValueError(f"updated_at {updated!r} is no time")
+    if not all(_number(record[k]) for k in ("risk", "score") if k in record):
+        raise ValueError("risk or score is no number")
+    if not all(isinstance(record[k], str) for k in _TEXT_KEYS if k in record):
+        raise ValueError("band, stage, tier or model version is no text")
+    reasons = record.get("reasons", [])
+    if not isinstance(reasons, list) or not all(
+        isinstance(r, list)
+        and len(r) == 3
+        and isinstance(r[0], str)
+        and _number(r[1])
+        and _number(r[2])
+        for r in reasons
+    ):
+        raise ValueError("reasons are not [feature, contribution, value] triples")
+    return record
+
+
+_TEXT_KEYS = ("band", "stage", "tier", "model_version")
 
 
 def record_stage(data: bytes | None) -> str | None:
@@ -405,6 +438,8 @@ def _decode_policy(data: bytes) -> AlertState:
             raise ValueError(f"not an alert state: {data[:80]!r}")
         return state
     _, band, flags, last_score, last_ts = _POLICY_HEAD.unpack_from(data)
+    if not (math.isfinite(last_score) and math.isfinite(last_ts)):
+        raise ValueError("the last score or its time is not a number")
     pos = _POLICY_HEAD.size
     alert_ts = base_score = base_ts = None
     if flags & 2:

@@ -47,7 +47,7 @@ _MASK64 = (1 << 64) - 1
 class SegmentSettings:
     """Thresholds of the lifecycle and value-tier rules (days unless noted).
 
-    ``dormant_after_days`` should match ``features.RETURN_GAP_DAYS`` (14), the
+    ``dormant_after_days`` should match ``vector.RETURN_GAP_DAYS`` (14), the
     gap after which coming back counts as a return.
     """
 
