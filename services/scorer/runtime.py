@@ -120,6 +120,10 @@ class Runtime:
         live = settings.scorer_clock == "live"
         self.learner: Learner = ProcessLearner() if live and in_child else InlineLearner()
         self.label_users = ROUND_USERS  # users a learning round takes (see learn)
+        self.sweep_chunk = 1000  # silent users re-scored and written together
+        # Alerts of silent-user re-scores already stored, kept until a sweep returns them:
+        # a sweep that fails part-way is run again, and must not drop the earlier ones.
+        self._swept_alerts: list[ChurnAlert] = []
 
     def ready_scorer(self) -> BatchScorer | None:
         """The scorer once :meth:`scorer` has built it, else None (never waits)."""
@@ -326,10 +330,10 @@ class Runtime:
         )
         ranges = [(prev - k * DAY, now - k * DAY) for k in marks]
         users = list(dict.fromkeys(await self.store.silent_between(ranges)))
-        for start in range(0, len(users), 1000):
-            chunk = users[start : start + 1000]
+        for start in range(0, len(users), self.sweep_chunk):
+            chunk = users[start : start + self.sweep_chunk]
             rows = await self.store.load(chunk)
-            writes = []
+            writes, alerts = [], []
             for uid in chunk:
                 row, dropped = readable(rows[uid])
                 out.unreadable.update(dropped)
@@ -345,16 +349,18 @@ class Runtime:
                 previous = previous_stage(row.record, dropped)
                 writes.append(user_write(uid, state, result, previous=previous))
                 if result.alert is not None:
-                    out.alerts.append(result.alert)
+                    alerts.append(result.alert)
             if writes:
                 try:
                     await scorer.store.save(writes)
                 finally:
                     scorer.epoch += 1  # users scored ahead from rows read before are scored again
+            self._swept_alerts += alerts
             out.users += len(writes)
         # Only now: a sweep that failed part-way (Redis) is run again over the same span,
         # rather than skipping its users until their next mark (a day later at best).
         self._last_sweep = now
+        out.alerts, self._swept_alerts = self._swept_alerts, []
         return out
 
 

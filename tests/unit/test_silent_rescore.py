@@ -395,3 +395,40 @@ def test_an_inline_sweep_stops_learning_once_the_worker_closes() -> None:
             await task
 
     asyncio.run(scenario())
+
+
+def test_alerts_of_a_sweep_that_failed_part_way_go_out_with_its_retry() -> None:
+    """The first chunk's re-scores were stored (their alerts in the outbox) when the second
+    chunk's write failed; the retry finds them alerted already, so it is the first try's
+    alerts that must go out, not be dropped with the failed try's outcome."""
+    runtime, store, clock = make_runtime()
+    runtime.sweep_chunk = 1
+    users = [SimUser(f"quiet-a{i}", "fading", "UTC", "basic", 1.0) for i in range(2)]
+    logins = [
+        Record(u.user_id.encode(), orjson.dumps(event(u, "login", T0 - 3600, i)), "e", 0, i)
+        for i, u in enumerate(users)
+    ]
+    save = store.save
+    calls: list[int] = []
+
+    async def second_write_fails(writes: list[UserWrite]) -> None:
+        calls.append(len(writes))
+        if len(calls) == 2:
+            raise StoreUnavailable("Redis write failed: connection reset")
+        await save(writes)
+
+    async def scenario() -> Any:
+        scorer = await runtime.scorer()
+        await scorer.handle(logins)
+        await runtime.sweep_at(T0)
+        for day in range(1, 7):  # quiet until day 7, when both cross into "medium"
+            clock.set(T0 + day * DAY)
+            assert not (await runtime.rescore_silent(clock.now())).alerts
+        store.save = second_write_fails  # type: ignore[method-assign]
+        clock.set(T0 + 7 * DAY)
+        with pytest.raises(StoreUnavailable):
+            await runtime.rescore_silent(clock.now())
+        return await runtime.rescore_silent(clock.now())  # the timer's retry
+
+    out = asyncio.run(scenario())
+    assert sorted(a.user_id for a in out.alerts) == [u.user_id for u in users]
