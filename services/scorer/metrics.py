@@ -49,6 +49,17 @@ UNREADABLE = Counter(
     "(the alert state or score record: dropped, the user scored without it, then rewritten)",
     ["kind"],
 )
+SWEEP_SECONDS = Histogram(
+    "churnwatch_scorer_sweep_seconds",
+    "Time of one timer sweep's part: rescore (silent users re-scored) or learn (label rounds "
+    "until none is due: long when a backlog drains)",
+    ["part"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600),
+)
+LABEL_ROUNDS = Counter(
+    "churnwatch_scorer_label_rounds_total",
+    "Label learning rounds (up to 10,000 users each); more than one a sweep: a backlog drained",
+)
 LABELS = Counter("churnwatch_scorer_labels_total", "Resolved labels learned, by class", ["label"])
 QUALITY = Gauge("churnwatch_model_quality", "Progressive validation on resolved labels", ["metric"])
 CHECKPOINT_AGE = Gauge(

@@ -254,6 +254,7 @@ class Runtime:
             except LearnerClosed:
                 log.info("stopping: the labels due are left for the next start")
                 break
+            metrics.LABEL_ROUNDS.inc()
             await self._learned(learned)
             done.positives += learned.positives
             done.negatives += learned.negatives
@@ -289,10 +290,14 @@ class Runtime:
         snapshots, which a concurrent write keeps in order.
         """
         now = self.clock.now()
+        started = time.perf_counter()
         async with self.state_lock:
             out = await self.rescore_silent(now)
+        learning = time.perf_counter()
+        metrics.SWEEP_SECONDS.labels("rescore").observe(learning - started)
         try:
             await self.learn(now)
+            metrics.SWEEP_SECONDS.labels("learn").observe(time.perf_counter() - learning)
         except StoreUnavailable as exc:
             # The re-scores are stored and their alerts go out with ``out``; the labels
             # stay due (nothing is trimmed before it is learned): the next sweep goes on.

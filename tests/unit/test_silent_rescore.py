@@ -290,9 +290,11 @@ def test_a_backlog_of_due_labels_is_learned_in_one_sweep_a_round_at_a_time() -> 
         await scorer.handle(batch("subscription_cancelled", T0 + DAY - 3600, 10))
         return await runtime.learn(T0 + DAY + 60)
 
+    counted_rounds = metrics.LABEL_ROUNDS._value.get()
     learned = asyncio.run(scenario())
     assert (learned.positives, learned.negatives) == (8, 0)
     assert rounds == [3, 3, 2]
+    assert metrics.LABEL_ROUNDS._value.get() == counted_rounds + 3
     assert all(due > T0 + DAY + 60 for due in store.due.values())
 
 
