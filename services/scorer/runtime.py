@@ -346,8 +346,8 @@ class Runtime:
                     continue
                 try:
                     state = decode_state(row.features)
-                except UnreadableStored as exc:
-                    metrics.UNREADABLE.labels("state").inc()
+                except UnreadableStored as exc:  # counted with the rest (app.count_unreadable)
+                    out.unreadable["state"] += 1
                     log.warning("silent user skipped", extra={"user_id": uid, "error": str(exc)})
                     continue
                 result = self.core.score_user(uid, state, row, now=now, silent=True)
