@@ -105,7 +105,7 @@ from services.evaluate.cdnow import (
     recency_baseline_auc,
 )
 from services.evaluate.metrics import roc_auc
-from services.scorer.core.model import ModelSettings
+from services.scorer.core.river_pipeline import ModelSettings
 
 # Other checks inside calibration, for the stability of a choice: calibration to
 # 1997-05-31, question "no purchase in Jun-Aug 1997"; and a longer question, closer

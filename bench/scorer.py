@@ -273,7 +273,7 @@ def seed_snapshots(settings: CommonSettings, events: list[dict[str, Any]], now: 
     from services.scorer.config import ScorerSettings
     from services.scorer.core.features import FeatureSettings, apply_batch
     from services.scorer.core.labels import take_snapshot
-    from services.scorer.core.records import encode_snapshot
+    from services.scorer.core.snapshot_codec import encode_snapshot
     from services.scorer.core.vector import to_vector
 
     horizon = load_settings(ScorerSettings).scorer_horizon_days

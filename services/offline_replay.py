@@ -39,7 +39,8 @@ from services.common.settings import load_settings
 from services.replay import REPLAY_SCORER, say, score_rows
 from services.scorer.adapters.memory_store import MemoryUserStore
 from services.scorer.config import ScorerSettings
-from services.scorer.core.model import ChurnModel, ModelSettings
+from services.scorer.core.model import ChurnModel
+from services.scorer.core.river_pipeline import ModelSettings
 from services.scorer.core.state_codec import decode_state
 from services.scorer.core.vector import to_vector
 from services.scorer.runtime import Runtime

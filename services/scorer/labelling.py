@@ -22,7 +22,7 @@ from services.scorer.core.labels import (
 )
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.quality import QualityTracker
-from services.scorer.core.records import decode_snapshot
+from services.scorer.core.snapshot_codec import decode_snapshot
 from services.scorer.core.state_codec import state_times
 from services.scorer.store_retry import until_stored
 

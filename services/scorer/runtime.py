@@ -23,9 +23,10 @@ from services.scorer.adapters.redis_store import RedisUserStore
 from services.scorer.config import ScorerSettings
 from services.scorer.core.features import FeatureSettings
 from services.scorer.core.labels import LabelSettings
-from services.scorer.core.model import ChurnModel, ModelSettings
+from services.scorer.core.model import ChurnModel
 from services.scorer.core.policy import PolicySettings, Thresholds
 from services.scorer.core.quality import QualityTracker
+from services.scorer.core.river_pipeline import ModelSettings
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings
 from services.scorer.core.state_codec import decode_state
 from services.scorer.labelling import ROUND_USERS, Learned, SnapshotStore, resolve_labels

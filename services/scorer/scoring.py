@@ -21,14 +21,10 @@ from services.scorer.core.policy import (
     decide_alert,
     make_alert_id,
 )
-from services.scorer.core.records import (
-    decode_policy,
-    encode_policy,
-    encode_record,
-    encode_snapshot,
-    record_stage,
-)
+from services.scorer.core.policy_codec import decode_policy, encode_policy
+from services.scorer.core.records import encode_record, record_stage
 from services.scorer.core.segments import RfmQuantiles, SegmentSettings, lifecycle_stage, value_tier
+from services.scorer.core.snapshot_codec import encode_snapshot
 from services.scorer.core.vector import to_vector
 from services.scorer.rows import ANY_STAGE, StoredUser
 

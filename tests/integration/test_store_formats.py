@@ -30,15 +30,11 @@ from services.scorer.adapters.redis_store import (
     split_user,
     user_key,
 )
+from services.scorer.core.feature_ids import FEATURES
 from services.scorer.core.features import FeatureSettings, apply_batch
 from services.scorer.core.labels import take_snapshot
-from services.scorer.core.records import (
-    FEATURES,
-    decode_record,
-    decode_snapshot,
-    encode_record,
-    encode_snapshot,
-)
+from services.scorer.core.records import decode_record, encode_record
+from services.scorer.core.snapshot_codec import decode_snapshot, encode_snapshot
 from services.scorer.core.state_codec import decode_state, encode_state
 from services.scorer.queries import RiskQueries
 from services.scorer.rows import UserWrite

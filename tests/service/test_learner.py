@@ -20,9 +20,10 @@ from services.scorer import metrics
 from services.scorer.config import ScorerSettings
 from services.scorer.core.features import FeatureSettings, update_features
 from services.scorer.core.labels import LabelSettings, take_snapshot
-from services.scorer.core.model import FEATURES, ChurnModel
+from services.scorer.core.model import ChurnModel
 from services.scorer.core.quality import QualityTracker
-from services.scorer.core.records import encode_snapshot
+from services.scorer.core.river_pipeline import FEATURES
+from services.scorer.core.snapshot_codec import encode_snapshot
 from services.scorer.core.state_codec import encode_state
 from services.scorer.labelling import Learned, Resolved, SnapshotRows, resolve_labels
 from services.scorer.learner import InlineLearner, LearnerClosed, ProcessLearner

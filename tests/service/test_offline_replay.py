@@ -13,7 +13,7 @@ from services.offline_replay import relearn, replay_in_process, replay_settings
 from services.replay import stamp
 from services.scorer.adapters.memory_store import MemoryUserStore, SortedIndex
 from services.scorer.adapters.redis_layout import shard_of
-from services.scorer.core.model import ModelSettings
+from services.scorer.core.river_pipeline import ModelSettings
 from services.scorer.rows import UserWrite
 from services.sim.generator import history, make_users
 

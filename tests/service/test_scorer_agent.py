@@ -24,7 +24,8 @@ from services.common.errors import StoreUnavailable
 from services.scorer.app import batch_handler, make_publisher
 from services.scorer.config import ScorerSettings
 from services.scorer.core.features import FeatureSettings
-from services.scorer.core.records import decode_policy, decode_record
+from services.scorer.core.policy_codec import decode_policy
+from services.scorer.core.records import decode_record
 from services.scorer.core.state_codec import decode_state
 from services.scorer.core.vector import to_vector
 from services.scorer.pipeline import BatchScorer, Outcome, Record, ScoreAheadStep

@@ -10,15 +10,11 @@ from hypothesis import strategies as st
 
 from services.common.errors import ConfigError
 from services.scorer.core.calibration import BinCalibrator
-from services.scorer.core.model import (
-    FEATURES,
-    LABELS,
-    CheckpointError,
-    ChurnModel,
-    ModelSettings,
-)
+from services.scorer.core.model import CheckpointError, ChurnModel
 from services.scorer.core.prior import PRIOR_BASE, TIE_BREAK, prior_contributions, prior_risk
 from services.scorer.core.quality import QualityTracker
+from services.scorer.core.reasons import LABELS
+from services.scorer.core.river_pipeline import FEATURES, ModelSettings, prepare
 
 
 def synthetic_user(rng: random.Random) -> tuple[dict[str, float], bool]:
@@ -200,20 +196,46 @@ def test_checkpoint_round_trip_gives_identical_scores(kind: str) -> None:
     assert restored.score(users[0]) == model.score(users[0])
 
 
-def test_a_checkpoint_from_before_the_prior_and_calibration_split_still_loads(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _learned_model() -> ChurnModel:
     model = ChurnModel()
     for i in range(300):
         model.learn({"recency_days": float(i % 40), "active_days_30d": float(i % 7)}, i % 3 == 0)
-    # Pickled as the build before the split did: the calibrator under the model module.
-    monkeypatch.setattr(BinCalibrator, "__module__", "services.scorer.core.model")
-    old = model.to_bytes()
-    monkeypatch.undo()
-    restored = ChurnModel.from_bytes(old)
+    return model
+
+
+def _same_model(restored: ChurnModel, model: ChurnModel) -> None:
     assert isinstance(restored.calibrator, BinCalibrator)
+    assert isinstance(restored.settings, ModelSettings) and restored.settings == model.settings
+    assert restored.pipeline["prepare"].func is prepare
     x = {"recency_days": 20.0, "active_days_30d": 2.0}
     assert restored.score(x) == model.score(x)
+    assert restored.explain(x) == model.explain(x)
+    assert restored.version == model.version
+
+
+def test_a_checkpoint_names_only_the_model_module_so_older_builds_load_it() -> None:
+    # The calibrator, the settings and the pipeline's first step moved out of the model
+    # module; builds before each move define them there, so a checkpoint must name
+    # them there for a rolled-back worker to keep its model.
+    model = _learned_model()
+    data = model.to_bytes()
+    assert b"services.scorer.core.model" in data
+    assert b"river_pipeline" not in data and b"calibration" not in data
+    _same_model(ChurnModel.from_bytes(data), model)
+
+
+def test_a_checkpoint_that_names_the_new_modules_still_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Builds between the calibrator's move and this one pickled it by its new module.
+    model = _learned_model()
+    monkeypatch.setattr(BinCalibrator, "__module__", "services.scorer.core.calibration")
+    monkeypatch.setattr(ModelSettings, "__module__", "services.scorer.core.river_pipeline")
+    monkeypatch.setattr(prepare, "__module__", "services.scorer.core.river_pipeline")
+    data = model.to_bytes()
+    monkeypatch.undo()
+    assert b"services.scorer.core.calibration" in data and b"river_pipeline" in data
+    _same_model(ChurnModel.from_bytes(data), model)
 
 
 def test_checkpoint_refuses_unknown_formats() -> None:
@@ -303,7 +325,7 @@ def test_scale_and_learn_equals_rivers_three_calls() -> None:
     # them must fail here, not drift the model silently.
     from river import preprocessing
 
-    from services.scorer.core.model import scale_and_learn
+    from services.scorer.core.river_pipeline import scale_and_learn
 
     rng = random.Random(7)
     river, fused = preprocessing.StandardScaler(), preprocessing.StandardScaler()

@@ -1,4 +1,5 @@
-"""The compact stored forms of score records, snapshots and policy state (core.records)."""
+"""The compact stored forms of score records, snapshots and policy state (core.records,
+core.snapshot_codec, core.policy_codec)."""
 
 from __future__ import annotations
 
@@ -12,24 +13,18 @@ from hypothesis import strategies as st
 
 from services.common.errors import UnreadableStored
 from services.common.events import UserEvent
+from services.scorer.core.feature_ids import FEATURES
 from services.scorer.core.features import FeatureSettings, update_features
 from services.scorer.core.labels import take_snapshot
 from services.scorer.core.policy import BANDS, AlertState
-from services.scorer.core.records import (
-    FEATURES,
-    LAYOUTS,
-    decode_policy,
-    decode_record,
-    decode_snapshot,
-    encode_policy,
-    encode_record,
-    encode_snapshot,
-    record_stage,
-)
+from services.scorer.core.policy_codec import decode_policy, encode_policy
+from services.scorer.core.records import decode_record, encode_record, record_stage
 from services.scorer.core.segments import STAGES, TIERS
+from services.scorer.core.snapshot_codec import LAYOUTS, decode_snapshot, encode_snapshot
 from services.scorer.core.state_codec import decode_state, encode_state, state_times
 from services.scorer.core.vector import to_vector
-from services.scorer.queries import _row, public_record
+from services.scorer.queries.at_risk import _row
+from services.scorer.queries.formats import public_record
 
 
 def test_the_newest_layout_is_the_feature_vector_of_today() -> None:

@@ -8,8 +8,9 @@ user's keys in one slot:
 
     P:{uid}:s          str   the scorer's whole record of the user, binary (see join_user):
                              score record (core.records), day of the last snapshot,
-                             alert-policy state, feature state (core.state_codec, MessagePack),
-                             then the pending label snapshots (core.records), oldest first
+                             alert-policy state (core.policy_codec), feature state
+                             (core.state_codec, MessagePack), then the pending label
+                             snapshots (core.snapshot_codec), oldest first
     P:{uid}:u          hash  wb/wbid = the notifier's latest win-back decision (resolved by the
                              scorer);
                              only users with one have it. Before the compact layout it also

@@ -36,6 +36,7 @@ from services.common.auth import ApiKey, ApiKeys, AuthFailed, presented_key, req
 from services.common.errors import StoreUnavailable
 from services.scorer.api.deps import READ, errors
 from services.scorer.config import ApiSettings
+from services.scorer.core.reasons import LABELS
 
 log = logging.getLogger("churnwatch.api.dashboard")
 
@@ -112,8 +113,6 @@ def build_router(settings: ApiSettings) -> APIRouter:
         },
     )
     def labels() -> dict[str, str]:
-        from services.scorer.core.model import LABELS  # river loads on first use only
-
         return LABELS
 
     @router.get(

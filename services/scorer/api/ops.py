@@ -8,7 +8,8 @@ from fastapi import APIRouter, HTTPException, Query
 
 from services.scorer.api.deps import READ, Queries, errors
 from services.scorer.api.models import AtRiskPage, Band, ModelReport, Stage, Stats, Tier
-from services.scorer.queries import MAX_EXAMINED, BadCursor
+from services.scorer.queries.at_risk import MAX_EXAMINED
+from services.scorer.queries.formats import BadCursor
 
 router = APIRouter(prefix="/v1", tags=["population"])
 

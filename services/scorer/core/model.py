@@ -20,31 +20,37 @@ Pure logic, no I/O. A feature vector is the ``dict[str, float]`` of
   with a resolved label. ``score_and_explain`` is the cheap hot path.
 
 The prior's rules are in :mod:`~services.scorer.core.prior`, the calibrator in
-:mod:`~services.scorer.core.calibration`. ``BinCalibrator`` stays importable from
-here: checkpoints written before the split pickled it as
-``services.scorer.core.model.BinCalibrator``.
+:mod:`~services.scorer.core.calibration`, the pipeline with its settings and
+inputs in :mod:`~services.scorer.core.river_pipeline`, scores, reasons and
+``LABELS`` in :mod:`~services.scorer.core.reasons`. ``BinCalibrator``,
+``ModelSettings`` and ``prepare`` (the pipeline's first step) stay importable
+from here: checkpoints name them under ``services.scorer.core.model``, their
+first home, so that every build, before the splits and after, loads them.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import pickle
 from collections import deque
-from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import orjson
 import river
 from numpy.typing import NDArray
-from river import compose, forest, linear_model, optim, preprocessing
 
 from services.common import ranking
-from services.common.errors import ChurnwatchError, ConfigError
+from services.common.errors import ChurnwatchError
 from services.scorer.core.calibration import BinCalibrator
 from services.scorer.core.prior import TIE_BREAK, prior_contributions, prior_from, prior_risk
+from services.scorer.core.reasons import LABELS, Reason, Score, top_reasons
+from services.scorer.core.river_pipeline import (
+    ModelSettings,
+    build_pipeline,
+    prepare,
+    scale_and_learn,
+)
 
 __all__ = [
     "LABELS",
@@ -54,52 +60,10 @@ __all__ = [
     "ModelSettings",
     "Reason",
     "Score",
+    "prepare",
     "prior_risk",
 ]
 
-LABELS: dict[str, str] = {
-    "recency_days": "days since last activity",
-    "tenure_days": "days since signup",
-    "events_1d": "activity in the last day",
-    "events_7d": "activity in the last 7 days",
-    "events_30d": "activity in the last 30 days",
-    "events_90d": "activity in the last 90 days",
-    "active_days_7d": "active days in the last 7 days",
-    "active_days_30d": "active days in the last 30 days",
-    "active_days_90d": "active days in the last 90 days",
-    "sessions_30d": "sessions in the last 30 days",
-    "mean_session_s": "average session length (seconds)",
-    "distinct_features_30d": "distinct features used in the last 30 days",
-    "purchases_30d": "purchases in the last 30 days",
-    "purchases_90d": "purchases in the last 90 days",
-    "revenue_30d": "revenue in the last 30 days",
-    "revenue_90d": "revenue in the last 90 days",
-    "is_paid": "on a paid plan",
-    "payment_failures_30d": "failed payments in the last 30 days",
-    "trend_7d_vs_30d": "activity trend (last 7 days vs. usual)",
-    "sessions_change": "change in sessions",
-    "support_tickets_30d": "support tickets in the last 30 days",
-    "complaints_30d": "complaints in the last 30 days",
-    "downgrades_90d": "plan downgrades in the last 90 days",
-    "uninstalled": "app uninstalled",
-    "winback_sent_90d": "win-back messages received in the last 90 days",
-    "winback_responded_90d": "win-back messages answered in the last 90 days",
-    "active_days_total": "active days since first seen",
-    "purchases_total": "purchases since first seen",
-    "active_span_days": "days from first seen to last activity",
-    "mean_gap_days": "usual days between active days",
-    "recency_vs_gap": "time away against the user's usual gap",
-    "revenue_total": "revenue since first seen",
-}
-# Read by segments and reasons, never learned: in a history where users arrived
-# together (a one-cohort replay, or the months after a first deployment) tenure
-# is the calendar, and labels reach the learner late by class (a survivor's
-# y=0 as soon as it is seen after the horizon, a churner's y=1 only once the
-# lapse is confirmed), so the newest labels are mostly survivors and the
-# learner reads "later = safer"; scoring then extrapolates it past any tenure
-# it has seen. Early life is the "new" lifecycle stage's business.
-NOT_LEARNED = frozenset({"tenure_days"})
-FEATURES: tuple[str, ...] = tuple(k for k in LABELS if k not in NOT_LEARNED)
 _MAGIC = b"churnwatch-model\n"
 _FORMAT = 1
 
@@ -108,139 +72,10 @@ class CheckpointError(ChurnwatchError):
     """A model checkpoint cannot be read by this build."""
 
 
-@dataclass(frozen=True, slots=True)
-class ModelSettings:
-    """How the model learns; validated on construction."""
-
-    kind: Literal["logreg", "forest"] = "logreg"
-    # A constant SGD step tracks the newest labels; delayed labels arrive skewed by
-    # class (survivors resolve first), so a small step that averages over more of
-    # them ranks better. L2 keeps near-duplicate features (a 90-day window and its
-    # lifetime total, equal while users are young) from splitting one signal into
-    # large weights of opposite sign, whose difference scoring then extrapolates:
-    # a full batch fit on the same labels shows it too. CDNOW calibration-only
-    # check (BENCHMARKS.md), step/L2: 0.01/1e-4 0.720, 0.01/0.01 0.745, 0.005/0.01
-    # 0.746 (0.742-0.747 on reordered label streams, where 0.01/1e-4 swings
-    # 0.720-0.745); the simulated stream's progressive AUC 0.891 -> 0.890.
-    learning_rate: float = 0.005
-    l2: float = 0.01
-    positive_weight: float = 3.0
-    prior_weight_labels: int = 500
-    calibration_bins: int = 20
-    calibration_min_labels: int = 200
-    calibration_window: int = 5000
-    blend_window: int = 2000
-    blend_margin: float = 0.02
-    blend_every: int = 100
-    blend_min_class: int = 20
-    forest_models: int = 10
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("logreg", "forest"):
-            raise ConfigError(f"model kind must be 'logreg' or 'forest', not {self.kind!r}")
-        if self.learning_rate <= 0 or self.positive_weight <= 0:
-            raise ConfigError("model learning_rate and positive_weight must be > 0")
-        if self.prior_weight_labels < 0 or self.calibration_bins < 2:
-            raise ConfigError("prior_weight_labels must be >= 0 and calibration_bins >= 2")
-        if self.calibration_window < 1 or self.forest_models < 1:
-            raise ConfigError("calibration_window and forest_models must be >= 1")
-        if self.blend_window < 2 or self.blend_every < 1 or self.blend_min_class < 1:
-            raise ConfigError("blend_window must be >= 2, blend_every and blend_min_class >= 1")
-        if self.blend_margin <= 0:
-            raise ConfigError("blend_margin must be > 0")
-
-
-class Score(NamedTuple):
-    """``risk`` is what alerts use; the parts show how it was made."""
-
-    risk: float
-    raw: float
-    prior: float
-    weight_prior: float
-
-
-class Reason(NamedTuple):
-    """One feature pushing this user's risk up, in log-odds points."""
-
-    feature: str
-    label: str
-    contribution: float
-    value: float
-
-
-def top_reasons(contributions: dict[str, float], x: dict[str, float], *, top: int) -> list[Reason]:
-    """The ``top`` positive contributions, largest first, with plain labels.
-
-    >>> [r.feature for r in top_reasons({"a": 0.2, "b": -1.0, "c": 0.5}, {}, top=3)]
-    ['c', 'a']
-    """
-    best = sorted([kc for kc in contributions.items() if kc[1] > 0], key=_by_value, reverse=True)
-    return [Reason(k, LABELS.get(k, k), c, float(x.get(k, 0.0))) for k, c in best[:top]]
-
-
-def _by_value(item: tuple[str, float]) -> float:
-    return item[1]
-
-
-def prepare(x: dict[str, float]) -> dict[str, float]:
-    """Keep the contract features, compressing heavy tails with a signed log1p.
-
-    >>> prepare({"events_7d": math.e - 1, "sessions_change": -(math.e - 1)})["sessions_change"]
-    -1.0
-    """
-    # Counts and money are heavy-tailed; the log keeps whales from owning the scale.
-    # Dense on purpose: the scaler only learns and scales the keys it is given.
-    get = x.get
-    return {k: math.copysign(math.log1p(abs(v := get(k, 0.0))), v) for k in FEATURES}
-
-
 def _aucs(judged: NDArray[np.float64]) -> tuple[float | None, float | None]:
     """ROC AUC of the prior and of the learner on (prior, raw, y) rows."""
     labels = judged[:, 2] > 0.5
     return ranking.roc_auc(labels, judged[:, 0]), ranking.roc_auc(labels, judged[:, 1])
-
-
-def scale_and_learn(
-    scaler: preprocessing.StandardScaler, x: dict[str, float]
-) -> tuple[dict[str, float], dict[str, float]]:
-    """River's ``transform_one(x)``, ``learn_one(x)``, ``transform_one(x)`` in one pass.
-
-    The same arithmetic on the scaler's own running counts, means and variances
-    (a test holds it equal to River's three calls), a third of the dict work:
-    learning a label is this, the logistic step and little else.
-
-    >>> scaler = preprocessing.StandardScaler()
-    >>> for v in (1.0, 3.0):
-    ...     _ = scale_and_learn(scaler, {"a": v})
-    >>> scale_and_learn(scaler, {"a": 5.0})
-    ({'a': 3.0}, {'a': 1.224744871391589})
-    """
-    if scaler.window_size is not None or not scaler.with_std:
-        before = scaler.transform_one(x)
-        scaler.learn_one(x)
-        return before, scaler.transform_one(x)
-    counts, means, variances = scaler.counts, scaler.means, scaler.vars
-    before, after = {}, {}
-    for i, xi in x.items():
-        mean, var = means[i], variances[i]
-        before[i] = (xi - mean) / var**0.5 if var else 0.0
-        n = counts[i] + 1
-        counts[i] = n
-        means[i] = new_mean = mean + (xi - mean) / n
-        variances[i] = var = var + ((xi - mean) * (xi - new_mean) - var) / n
-        after[i] = (xi - new_mean) / var**0.5 if var else 0.0
-    return before, after
-
-
-def _build(settings: ModelSettings) -> compose.Pipeline:
-    if settings.kind == "forest":
-        learner: Any = forest.ARFClassifier(n_models=settings.forest_models, seed=settings.seed)
-        return compose.Pipeline(compose.FuncTransformer(prepare), learner)
-    learner = linear_model.LogisticRegression(
-        optimizer=optim.SGD(settings.learning_rate), l2=settings.l2
-    )
-    return compose.FuncTransformer(prepare) | preprocessing.StandardScaler() | learner
 
 
 class ChurnModel:
@@ -259,7 +94,7 @@ class ChurnModel:
 
     def __init__(self, settings: ModelSettings | None = None) -> None:
         self.settings = settings or ModelSettings()
-        self.pipeline = _build(self.settings)
+        self.pipeline = build_pipeline(self.settings)
         self.calibrator = BinCalibrator(
             bins=self.settings.calibration_bins, window=self.settings.calibration_window
         )
