@@ -41,7 +41,7 @@ from services.scorer.core.features import FeatureSettings
 from services.scorer.core.quality import QualityTracker
 from services.scorer.labelling import resolve_labels
 from services.scorer.pipeline import BatchScorer, Record
-from services.scorer.runtime import make_core
+from services.scorer.wiring import make_core
 from services.sim.generator import DAY, FEATURES, ZONES, SimUser, event
 
 START = 1_790_000_000.0  # 2026-09-21: a fixed start so runs compare

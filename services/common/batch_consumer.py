@@ -32,7 +32,7 @@ Guarantees (DESIGN §7):
 - in order per partition, one batch at a time: the next batch is fetched and
   ``prepare``-d (the scorer decodes and validates it and starts reading and
   scoring its users that the batch in hand does not write, see
-  ``services.scorer.pipeline.ScoreAheadStep``) while the one before is handled,
+  ``services.scorer.decoding.ScoreAheadStep``) while the one before is handled,
   which spends much of its time waiting on Redis; it is handled
   only once the one before is done, and not at all if a rebalance came in
   between (its records are read again from the last commit by their owner).

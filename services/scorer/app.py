@@ -28,7 +28,8 @@ from services.common.faust_worker import make_faust_app
 from services.common.messages import Record
 from services.scorer import metrics
 from services.scorer.config import ScorerSettings
-from services.scorer.pipeline import Decoded, Outcome, ScoreAheadStep
+from services.scorer.decoding import Decoded, ScoreAheadStep
+from services.scorer.pipeline import Outcome
 from services.scorer.runtime import Runtime
 from services.scorer.store_retry import until_stored
 

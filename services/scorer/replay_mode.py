@@ -21,13 +21,8 @@ from services.common.errors import InvalidEvent, LateEvent, UnreadableStored
 from services.common.events import UserEvent
 from services.scorer.core.features import UserState, update_features
 from services.scorer.core.state_codec import decode_state
-from services.scorer.pipeline import (
-    BatchScorer,
-    Decoded,
-    Outcome,
-    Record,
-    decode_record,
-)
+from services.scorer.decoding import Decoded, decode_record
+from services.scorer.pipeline import BatchScorer, Outcome, Record
 from services.scorer.rows import StoredUser, UserWrite
 from services.scorer.scoring import UserScore, previous_stage, readable
 from services.scorer.user_writes import user_write

@@ -1,7 +1,7 @@
 """What a scored (or only updated) user writes, and the marks and outcomes it carries.
 
 Pure functions of a user's state and score: the micro-batch pipeline
-(:mod:`services.scorer.pipeline`), the sweep and the replay scorer build their
+(:mod:`services.scorer.batch_users`), the sweep and the replay scorer build their
 :class:`~services.scorer.rows.UserWrite` here.
 """
 

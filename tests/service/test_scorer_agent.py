@@ -28,10 +28,11 @@ from services.scorer.core.policy_codec import decode_policy
 from services.scorer.core.records import decode_record
 from services.scorer.core.state_codec import decode_state
 from services.scorer.core.vector import to_vector
-from services.scorer.pipeline import BatchScorer, Outcome, Record, ScoreAheadStep
+from services.scorer.decoding import ScoreAheadStep
+from services.scorer.pipeline import BatchScorer, Outcome, Record
 from services.scorer.replay_mode import ReplayScorer
 from services.scorer.rows import ANY_STAGE, StoredUser, UserWrite
-from services.scorer.runtime import make_core
+from services.scorer.wiring import make_core
 from services.sim.generator import DAY, SimUser, event
 
 T0 = 1_780_000_000.0

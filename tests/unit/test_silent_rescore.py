@@ -23,7 +23,9 @@ from services.scorer.core.state_codec import decode_state
 from services.scorer.core.vector import to_vector
 from services.scorer.pipeline import BatchScorer, Record, decode_batch
 from services.scorer.rows import StoredUser, UserWrite
-from services.scorer.runtime import Runtime, make_core, silence_marks
+from services.scorer.runtime import Runtime
+from services.scorer.sweeps import silence_marks
+from services.scorer.wiring import make_core
 from services.sim.generator import DAY, SimUser, event
 
 T0 = 1_780_000_000.0
