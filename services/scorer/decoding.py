@@ -103,7 +103,8 @@ def decode_batch(records: list[Record]) -> Decoded:
 
 class ScoreAheadStep:
     """The consumer's ``prepare`` step for a live worker: decode the next batch and start
-    scoring its users (:meth:`BatchScorer.score_ahead`) while the one before is handled.
+    scoring its users (:meth:`~services.scorer.pipeline.BatchScorer.score_ahead`) while the
+    one before is handled.
 
     The batch prepared before this one is the batch in hand (the consumer handles
     one at a time, in order, and prepares the next before it waits for the one in

@@ -1,5 +1,5 @@
 """What the scorer reads and writes for each user, whatever the store: the rows of the
-``UserStore`` port (``pipeline.UserStore``), built by the pure scoring code and
+``UserStore`` port (``outcome.UserStore``), built by the pure scoring code and
 kept by an adapter (``adapters.redis_store`` on Redis, ``adapters.memory_store``
 in memory). No I/O here.
 """

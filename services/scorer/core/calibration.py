@@ -92,7 +92,3 @@ class BinCalibrator:
         ys.append(1.0)
         self._knots = (xs, ys) if len(xs) > 2 else ([], [])
         return self._knots
-
-
-# Named by its first home in checkpoints, as river_pipeline does for ModelSettings.
-BinCalibrator.__module__ = "services.scorer.core.model"

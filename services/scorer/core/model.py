@@ -25,15 +25,20 @@ inputs in :mod:`~services.scorer.core.river_pipeline`, scores, reasons and
 ``LABELS`` in :mod:`~services.scorer.core.reasons`. ``BinCalibrator``,
 ``ModelSettings`` and ``prepare`` (the pipeline's first step) stay importable
 from here: checkpoints name them under ``services.scorer.core.model``, their
-first home, so that every build, before the splits and after, loads them.
+first home, so that every build, before the splits and after, loads them
+(``_named_by_first_home``).
 """
 
 from __future__ import annotations
 
 import itertools
 import pickle
+import threading
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from hashlib import blake2b
+from typing import Any
 
 import numpy as np
 import orjson
@@ -66,6 +71,27 @@ __all__ = [
 
 _MAGIC = b"churnwatch-model\n"
 _FORMAT = 1
+
+
+# Moved out of this module, which re-exports them. A checkpoint names them here, their
+# first home, so that the builds before each move load a checkpoint of this one (a
+# worker rolled back keeps its model); only while pickling, so that everything else
+# (type hints, doctests, inspect) sees where they are defined.
+_FIRST_HOME: tuple[Any, ...] = (BinCalibrator, ModelSettings, prepare)
+_pickling = threading.Lock()
+
+
+@contextmanager
+def _named_by_first_home() -> Iterator[None]:
+    with _pickling:
+        homes = [obj.__module__ for obj in _FIRST_HOME]
+        for obj in _FIRST_HOME:
+            obj.__module__ = __name__
+        try:
+            yield
+        finally:
+            for obj, home in zip(_FIRST_HOME, homes, strict=True):
+                obj.__module__ = home
 
 
 class CheckpointError(ChurnwatchError):
@@ -291,7 +317,8 @@ class ChurnModel:
             "prior_share": self.prior_share,
             "river": river.__version__,
         }
-        return pickle.dumps(state, protocol=5)
+        with _named_by_first_home():
+            return pickle.dumps(state, protocol=5)
 
     def to_bytes(self) -> bytes:
         """A checkpoint: a magic line, a 2-byte format number, then a pickle.

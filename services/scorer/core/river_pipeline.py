@@ -76,21 +76,13 @@ class ModelSettings:
 def prepare(x: dict[str, float]) -> dict[str, float]:
     """Keep the contract features, compressing heavy tails with a signed log1p.
 
-    >>> from math import e  # its doctest runs where checkpoints name it: the model module
-    >>> prepare({"events_7d": e - 1, "sessions_change": -(e - 1)})["sessions_change"]
+    >>> prepare({"events_7d": math.e - 1, "sessions_change": -(math.e - 1)})["sessions_change"]
     -1.0
     """
     # Counts and money are heavy-tailed; the log keeps whales from owning the scale.
     # Dense on purpose: the scaler only learns and scales the keys it is given.
     get = x.get
     return {k: math.copysign(math.log1p(abs(v := get(k, 0.0))), v) for k in FEATURES}
-
-
-# A checkpoint pickles ModelSettings and prepare by module and name. They are named
-# by their first home, the model module (which re-exports them), so that a
-# checkpoint written by this build loads in the builds before the move as well:
-# a worker rolled back keeps its model. ``tests/unit/test_model.py`` holds both ways.
-ModelSettings.__module__ = prepare.__module__ = "services.scorer.core.model"
 
 
 def scale_and_learn(
