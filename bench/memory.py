@@ -130,7 +130,7 @@ async def measure(client: aioredis.Redis, prefix: str, users: int) -> tuple[floa
 async def run(settings: CommonSettings, *, users: int) -> tuple[float, float]:
     prefix = f"m{uuid.uuid4().hex[:5]}"
     client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=30)
-    store = RedisUserStore(client, prefix=prefix, user_ttl_s=400 * 86400, snapshot_ttl_s=45 * 86400)
+    store = RedisUserStore(client, prefix=prefix, user_ttl_s=400 * 86400)
     try:
         await fill(store, users=users, seed=11)
         total, features = await measure(client, prefix, users)

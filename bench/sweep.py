@@ -72,7 +72,6 @@ async def run(settings: ScorerSettings, *, users: int) -> tuple[float, float, in
         client,
         prefix=prefix,
         user_ttl_s=86400,
-        snapshot_ttl_s=86400,
         index_shards=settings.redis_index_shards,
     )
     bare_key = f"{prefix}:bare"
@@ -81,9 +80,9 @@ async def run(settings: ScorerSettings, *, users: int) -> tuple[float, float, in
     horizon = settings.scorer_inactivity_days + settings.scorer_horizon_days
     try:
         started = time.perf_counter()
-        await fill(client, store.lastseen_key, users=users, now=now, shards=store.shards)
+        await fill(client, store.keys.lastseen, users=users, now=now, shards=store.shards)
         print(
-            f"{users:,} users in {store.shards:,} shards of {store.lastseen_key} "
+            f"{users:,} users in {store.shards:,} shards of {store.keys.lastseen} "
             f"in {time.perf_counter() - started:.1f} s"
         )
         await fill(client, bare_key, users=users, now=now)
@@ -99,7 +98,7 @@ async def run(settings: ScorerSettings, *, users: int) -> tuple[float, float, in
             print(f"warning: the sweep found {len(found):,} users, the bare query {len(bare):,}")
         return swept, baseline, len(found)
     finally:
-        shard_keys = [f"{store.lastseen_key}:{s}" for s in range(store.shards)]
+        shard_keys = [f"{store.keys.lastseen}:{s}" for s in range(store.shards)]
         for start in range(0, len(shard_keys), 1000):
             await client.unlink(*shard_keys[start : start + 1000])
         await client.unlink(bare_key)

@@ -94,7 +94,6 @@ def make_store(settings: ScorerSettings) -> RedisUserStore:
         client,
         prefix=s.key_prefix,
         user_ttl_s=s.scorer_user_ttl_days * int(DAY),
-        snapshot_ttl_s=make_core(s).labels.snapshot_ttl_s,
         worker=s.scorer_worker_name,
         index_shards=s.redis_index_shards,
     )

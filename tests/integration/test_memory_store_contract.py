@@ -81,7 +81,6 @@ def test_memory_store_answers_as_redis_does(isolated: Isolated) -> None:
             client,
             prefix=isolated.settings.key_prefix,
             user_ttl_s=3600,
-            snapshot_ttl_s=3600,
             index_shards=SHARDS,
         )
         try:

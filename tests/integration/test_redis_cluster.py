@@ -85,9 +85,7 @@ def _writes() -> list[UserWrite]:
 
 async def _seed(settings: CommonSettings, prefix: str) -> None:
     client = async_redis(settings.redis_url, cluster=True)
-    store = RedisUserStore(
-        client, prefix=prefix, user_ttl_s=3600, snapshot_ttl_s=3600, worker="cw1"
-    )
+    store = RedisUserStore(client, prefix=prefix, user_ttl_s=3600, worker="cw1")
     writes = _writes()
     await store.save(writes)
     alert = orjson.dumps({"alert_id": "a1", "user_id": "c1", "band": "critical"})

@@ -77,9 +77,7 @@ def sync(settings: CommonSettings) -> Iterator[Any]:
 def run(settings: CommonSettings, body: Any) -> Any:
     async def main() -> Any:
         client = async_redis(settings.redis_url, cluster=settings.redis_cluster)
-        store = RedisUserStore(
-            client, prefix=settings.key_prefix, user_ttl_s=3600, snapshot_ttl_s=3600
-        )
+        store = RedisUserStore(client, prefix=settings.key_prefix, user_ttl_s=3600)
         try:
             return await body(store, RiskQueries(client, prefix=settings.key_prefix))
         finally:

@@ -79,7 +79,7 @@ def record(risk: float, band: str, stage: str, tier: str, at: float) -> bytes:
 async def seed(prefix: str, redis_url: str) -> dict[str, dict[str, float]]:
     """Write USERS as the scorer and the notifier would; returns each user's vector."""
     client = aioredis.Redis.from_url(redis_url)
-    store = RedisUserStore(client, prefix=prefix, user_ttl_s=3600, snapshot_ttl_s=3600)
+    store = RedisUserStore(client, prefix=prefix, user_ttl_s=3600)
     today = datetime.fromtimestamp(NOW, UTC).strftime("%Y%m%d")
     vectors = {}
     writes = []
@@ -284,7 +284,7 @@ def test_an_unreadable_score_record_is_named_and_leaves_the_list_whole(api: Seed
 
     async def corrupt() -> None:
         client = aioredis.Redis.from_url(api.redis_url)
-        store = RedisUserStore(client, prefix=api.prefix, user_ttl_s=3600, snapshot_ttl_s=3600)
+        store = RedisUserStore(client, prefix=api.prefix, user_ttl_s=3600)
         events = [UserEvent("u7-e0", "u7", "login", datetime.fromtimestamp(NOW, UTC))]
         state, _ = apply_batch(None, events, settings=FeatureSettings())
         assert state is not None
@@ -314,7 +314,7 @@ def test_an_unreadable_score_record_is_named_and_leaves_the_list_whole(api: Seed
         # The scorer's next write: the stage the record named is unknown, so the user's
         # entry leaves every other stage's index (else it is listed twice).
         client = aioredis.Redis.from_url(api.redis_url)
-        store = RedisUserStore(client, prefix=api.prefix, user_ttl_s=3600, snapshot_ttl_s=3600)
+        store = RedisUserStore(client, prefix=api.prefix, user_ttl_s=3600)
         await store.save(
             [
                 UserWrite(

@@ -21,25 +21,23 @@ from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis
 from services.scorer.adapters.redis_commands import Command, apply_all, pack
 from services.scorer.adapters.redis_indexes import ShardedIndexes
-from services.scorer.adapters.redis_layout import split_user, unpack_snapshot, user_key
+from services.scorer.adapters.redis_layout import StoreKeys, split_user, unpack_snapshot, user_key
 from services.scorer.adapters.redis_scripts import APPLY, LOAD_SNAPSHOTS
 
 
 class LabelSnapshots:
-    """The users' pending label snapshots and the label-due index ``snapdue_key``."""
+    """The users' pending label snapshots and the label-due index ``keys.snapdue``."""
 
     def __init__(
         self,
         client: AsyncRedis,
         *,
-        prefix: str,
-        snapdue_key: str,
+        keys: StoreKeys,
         indexes: ShardedIndexes,
         cluster: bool,
     ) -> None:
         self.r = client
-        self.prefix = prefix
-        self.snapdue_key = snapdue_key
+        self.keys = keys
         self.indexes = indexes
         self._apply = None if cluster else client.register_script(APPLY)
         self._load_snapshots = None if cluster else client.register_script(LOAD_SNAPSHOTS)
@@ -52,10 +50,10 @@ class LabelSnapshots:
             if not user_ids:
                 rows = []
             elif self._load_snapshots is not None:
-                rows = await self._load_snapshots(args=[self.prefix, pack(list(user_ids))])
+                rows = await self._load_snapshots(args=[self.keys.prefix, pack(list(user_ids))])
             else:
                 kinds = ("s", "u", "snap")
-                keys = [user_key(self.prefix, uid, kind) for uid in user_ids for kind in kinds]
+                keys = [user_key(self.keys.prefix, uid, kind) for uid in user_ids for kind in kinds]
                 async with self.r.pipeline(transaction=False) as pipe:
                     for i in range(0, len(keys), 3):
                         pipe.eval(LOAD_SNAPSHOTS, 3, *keys[i : i + 3])
@@ -79,8 +77,8 @@ class LabelSnapshots:
             trims: list[Command] = [
                 (
                     "TRIMSNAP",
-                    user_key(self.prefix, uid, "s"),
-                    user_key(self.prefix, uid, "snap"),
+                    user_key(self.keys.prefix, uid, "s"),
+                    user_key(self.keys.prefix, uid, "snap"),
                     dropped,
                 )
                 for uid, (dropped, _) in remaining.items()
@@ -95,8 +93,8 @@ class LabelSnapshots:
                         gone.append(uid)
                     else:
                         due_now[uid] = due
-                commands += self.indexes.removes(self.snapdue_key, gone)
-                commands += self.indexes.adds(self.snapdue_key, due_now, "")
+                commands += self.indexes.removes(self.keys.snapdue, gone)
+                commands += self.indexes.adds(self.keys.snapdue, due_now, "")
                 await apply_all(self._apply, commands)
                 return
             # On a cluster the users' lists and the due index are in other slots
@@ -106,8 +104,8 @@ class LabelSnapshots:
                     pipe.eval(APPLY, 2, trim[1], trim[2], pack([trim]))
                 gone = [uid for uid, (_, due) in remaining.items() if due is None]
                 due_now = {uid: due for uid, (_, due) in remaining.items() if due is not None}
-                shared = self.indexes.removes(self.snapdue_key, gone)
-                for command in shared + self.indexes.adds(self.snapdue_key, due_now, ""):
+                shared = self.indexes.removes(self.keys.snapdue, gone)
+                for command in shared + self.indexes.adds(self.keys.snapdue, due_now, ""):
                     pipe.execute_command(*command)
                 await pipe.execute()
         except RedisError as exc:

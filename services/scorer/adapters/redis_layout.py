@@ -56,6 +56,31 @@ from typing import Any
 INDEX_SHARDS = 1024  # per shared index: <= 128 users each up to ~130,000 users
 
 
+@dataclass(frozen=True, slots=True)
+class StoreKeys:
+    """The scorer store's own keys for a prefix and a worker (the layout above).
+
+    >>> StoreKeys.of("P", "w1").outbox
+    'P:outbox:w1'
+    """
+
+    prefix: str
+    lastseen: str
+    atrisk: str
+    snapdue: str
+    outbox: str
+
+    @classmethod
+    def of(cls, prefix: str, worker: str) -> StoreKeys:
+        return cls(
+            prefix,
+            lastseen=f"{prefix}:lastseen",
+            atrisk=f"{prefix}:atrisk",
+            snapdue=f"{prefix}:snapdue",
+            outbox=f"{prefix}:outbox:{worker}",
+        )
+
+
 def shard_of(member: str, shards: int) -> int:
     """The shard of a sharded index that holds ``member`` (as the scripts compute it).
 

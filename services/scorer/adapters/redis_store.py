@@ -34,6 +34,7 @@ from services.scorer.adapters.redis_indexes import ShardedIndexes
 from services.scorer.adapters.redis_labels import LabelSnapshots
 from services.scorer.adapters.redis_layout import (
     INDEX_SHARDS,
+    StoreKeys,
     UserString,
     day_key,
     join_user,
@@ -73,7 +74,6 @@ class RedisUserStore:
         *,
         prefix: str,
         user_ttl_s: int,
-        snapshot_ttl_s: int,
         alert_history: int = 50,
         worker: str = "scorer",
         index_shards: int = INDEX_SHARDS,
@@ -81,38 +81,22 @@ class RedisUserStore:
         self.r = client
         self.cluster = is_cluster(client)
         self.prefix = prefix
-        self.user_ttl_s = user_ttl_s
-        # The old snapshot lists' TTL; snapshots in the user's string go when their
-        # label resolves (module doc). Kept so callers need not change.
-        self.snapshot_ttl_s = snapshot_ttl_s
-        self.alert_history = alert_history
-        self.lastseen_key = f"{prefix}:lastseen"
-        self.atrisk_key = f"{prefix}:atrisk"
-        self.snapdue_key = f"{prefix}:snapdue"
-        self.outbox_key = f"{prefix}:outbox:{worker}"
+        self.keys = keys = StoreKeys.of(prefix, worker)
         self.shards = index_shards
         self._load = None if self.cluster else client.register_script(LOAD)
         self._indexes = ShardedIndexes(client, shards=index_shards, cluster=self.cluster)
         self._writer = BatchWriter(
             client,
-            prefix=prefix,
+            keys=keys,
             user_ttl_s=user_ttl_s,
             alert_history=alert_history,
-            lastseen_key=self.lastseen_key,
-            atrisk_key=self.atrisk_key,
-            snapdue_key=self.snapdue_key,
-            outbox_key=self.outbox_key,
             indexes=self._indexes,
             cluster=self.cluster,
         )
         self._labels = LabelSnapshots(
-            client,
-            prefix=prefix,
-            snapdue_key=self.snapdue_key,
-            indexes=self._indexes,
-            cluster=self.cluster,
+            client, keys=keys, indexes=self._indexes, cluster=self.cluster
         )
-        self._worker = WorkerState(client, prefix=prefix, outbox_key=self.outbox_key)
+        self._worker = WorkerState(client, keys=keys)
 
     async def load(self, user_ids: Sequence[str]) -> dict[str, StoredUser]:
         """The batch's users as stored: one script call on one Redis, a pipeline on a cluster."""
@@ -142,11 +126,11 @@ class RedisUserStore:
         Unbounded on purpose: the sweep moves its mark forward, so a user left
         out here would not be re-scored for that day at all.
         """
-        return await self._indexes.between(self.lastseen_key, ranges)
+        return await self._indexes.between(self.keys.lastseen, ranges)
 
     async def users_with_labels_due(self, now: float, *, limit: int) -> list[str]:
         """Users with a snapshot whose label may resolve by ``now`` (a range query a shard)."""
-        return await self._indexes.up_to(self.snapdue_key, now, limit=limit)
+        return await self._indexes.up_to(self.keys.snapdue, now, limit=limit)
 
     # A learning round's snapshots: redis_labels.LabelSnapshots.
 

@@ -14,20 +14,20 @@ from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis
+from services.scorer.adapters.redis_layout import StoreKeys
 
 
 class WorkerState:
-    """This worker's outbox (``outbox_key``); checkpoint requests; workers' checkpoints."""
+    """This worker's outbox (``keys.outbox``); checkpoint requests; workers' checkpoints."""
 
-    def __init__(self, client: AsyncRedis, *, prefix: str, outbox_key: str) -> None:
+    def __init__(self, client: AsyncRedis, *, keys: StoreKeys) -> None:
         self.r = client
-        self.prefix = prefix
-        self.outbox_key = outbox_key
+        self.keys = keys
 
     async def outbox(self) -> list[bytes]:
         """Alerts stored as raised whose publication was not confirmed."""
         try:
-            found = await self.r.hvals(self.outbox_key)
+            found = await self.r.hvals(self.keys.outbox)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return [v if isinstance(v, bytes) else str(v).encode() for v in found]
@@ -37,21 +37,21 @@ class WorkerState:
         if not alert_ids:
             return
         try:
-            await self.r.hdel(self.outbox_key, *alert_ids)
+            await self.r.hdel(self.keys.outbox, *alert_ids)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
     async def checkpoint_request(self) -> bytes | str | None:
         """The id ``churnwatch replay`` (or an operator) left in ``P:control:checkpoint``."""
         try:
-            request: bytes | str | None = await self.r.get(f"{self.prefix}:control:checkpoint")
+            request: bytes | str | None = await self.r.get(f"{self.keys.prefix}:control:checkpoint")
         except RedisError as exc:
             raise StoreUnavailable(f"Redis checkpoint request failed: {exc}") from exc
         return request
 
     async def checkpoint_done(self, request: bytes | str) -> None:
         """Acknowledge a checkpoint request: its id in ``...:done``, the request gone."""
-        key = f"{self.prefix}:control:checkpoint"
+        key = f"{self.keys.prefix}:control:checkpoint"
         try:
             await self.r.set(f"{key}:done", request)
             await self.r.delete(key)
@@ -60,7 +60,7 @@ class WorkerState:
 
     async def save_quality(self, worker: str, data: bytes) -> None:
         try:
-            await self.r.set(f"{self.prefix}:model:{worker}:quality", data)
+            await self.r.set(f"{self.keys.prefix}:model:{worker}:quality", data)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
@@ -79,4 +79,4 @@ class WorkerState:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
     def _checkpoint_key(self, worker: str, part: str) -> str:
-        return f"{self.prefix}:model:{worker}" + (f":{part}" if part else "")
+        return f"{self.keys.prefix}:model:{worker}" + (f":{part}" if part else "")

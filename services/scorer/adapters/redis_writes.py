@@ -42,7 +42,7 @@ from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis
 from services.scorer.adapters.redis_commands import Command, apply_all, chunks, keys_of, pack
 from services.scorer.adapters.redis_indexes import ShardedIndexes
-from services.scorer.adapters.redis_layout import day_key, user_key
+from services.scorer.adapters.redis_layout import StoreKeys, day_key, user_key
 from services.scorer.adapters.redis_scripts import APPLY
 from services.scorer.core.segments import STAGES
 from services.scorer.rows import ANY_STAGE, UserWrite
@@ -55,24 +55,16 @@ class BatchWriter:
         self,
         client: AsyncRedis,
         *,
-        prefix: str,
+        keys: StoreKeys,
         user_ttl_s: int,
         alert_history: int,
-        lastseen_key: str,
-        atrisk_key: str,
-        snapdue_key: str,
-        outbox_key: str,
         indexes: ShardedIndexes,
         cluster: bool,
     ) -> None:
         self.r = client
-        self.prefix = prefix
+        self.keys = keys
         self.user_ttl_s = user_ttl_s
         self.alert_history = alert_history
-        self.lastseen_key = lastseen_key
-        self.atrisk_key = atrisk_key
-        self.snapdue_key = snapdue_key
-        self.outbox_key = outbox_key
         self.indexes = indexes
         self._apply = None if cluster else client.register_script(APPLY)
 
@@ -99,7 +91,7 @@ class BatchWriter:
                 users.append(self._user_commands(w))
                 shared.add(w)
             if shared.outbox:  # first: a stored "alerted" state always has its alert here
-                await self.r.hset(self.outbox_key, mapping=shared.outbox)  # type: ignore[arg-type]
+                await self.r.hset(self.keys.outbox, mapping=shared.outbox)  # type: ignore[arg-type]
             async with self.r.pipeline(transaction=False) as pipe:
                 for commands in users:
                     keys = list(dict.fromkeys(k for c in commands for k in keys_of(c)))
@@ -112,13 +104,14 @@ class BatchWriter:
 
     def _user_commands(self, w: UserWrite) -> list[Command]:
         """The commands on the user's own keys (one slot); the rest is in ``_Shared``."""
-        key = user_key(self.prefix, w.user_id)
+        prefix = self.keys.prefix
+        key = user_key(prefix, w.user_id)
         scored = w.policy is not None and w.record is not None
         snapshot = w.snapshot is not None and w.snapshot_day is not None
         out: list[Command] = [
             (
                 "PUTUSER",
-                user_key(self.prefix, w.user_id, "s"),
+                user_key(prefix, w.user_id, "s"),
                 key,
                 self.user_ttl_s,
                 w.features,
@@ -131,7 +124,7 @@ class BatchWriter:
         if w.winback is not None:
             out.append(("HDEL", key, "wb"))  # "wbid" stays: that alert never counts again
         if w.alert is not None:
-            alerts_key = user_key(self.prefix, w.user_id, "alerts")
+            alerts_key = user_key(prefix, w.user_id, "alerts")
             out.append(("LPUSH", alerts_key, w.alert))
             out.append(("LTRIM", alerts_key, 0, self.alert_history - 1))
             out.append(("EXPIRE", alerts_key, self.user_ttl_s))
@@ -139,25 +132,26 @@ class BatchWriter:
 
     def _shared_commands(self, shared: _Shared, *, outbox: bool) -> list[Command]:
         """The batch's commands on keys shared by all users (other slots than theirs)."""
+        keys = self.keys
         out: list[Command] = []
         if outbox and shared.outbox:
             # The outbox: written with the state that says "alerted", emptied once
             # Kafka acknowledged the alert, republished at start if a crash came between.
             for part in chunks(list(shared.outbox.items())):
-                out.append(("HSET", self.outbox_key, *(x for pair in part for x in pair)))
+                out.append(("HSET", keys.outbox, *(x for pair in part for x in pair)))
         for counter in shared.won:
-            out.append(("INCR", f"{self.prefix}:winback:{counter}:won"))
+            out.append(("INCR", f"{keys.prefix}:winback:{counter}:won"))
         for stage, users in shared.left_stage.items():
-            out += self.indexes.removes(f"{self.atrisk_key}:{stage}", users)
+            out += self.indexes.removes(f"{keys.atrisk}:{stage}", users)
         sharded = [
-            *((f"{self.atrisk_key}:{st}", risks, "") for st, risks in shared.by_stage.items()),
-            (self.lastseen_key, shared.lastseen, ""),
-            (self.snapdue_key, shared.due, "LT"),  # LT keeps the earliest due time
+            *((f"{keys.atrisk}:{st}", risks, "") for st, risks in shared.by_stage.items()),
+            (keys.lastseen, shared.lastseen, ""),
+            (keys.snapdue, shared.due, "LT"),  # LT keeps the earliest due time
         ]
         for key, scores, flag in sharded:
             out += self.indexes.adds(key, scores, flag)
-        hlls = [(f"{self.prefix}:cohort:{mark}", users) for mark, users in shared.cohorts.items()]
-        hlls += [(day_key(self.prefix, day), users) for day, users in shared.active.items()]
+        hlls = [(f"{keys.prefix}:cohort:{mark}", users) for mark, users in shared.cohorts.items()]
+        hlls += [(day_key(keys.prefix, day), users) for day, users in shared.active.items()]
         for hll, users in hlls:
             for part in chunks(users):
                 out.append(("PFADD", hll, *part))
