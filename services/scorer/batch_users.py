@@ -65,8 +65,14 @@ def score_users(
                 dead_record(record_of[id(e)], exc, stage="scorer") for e, exc in folded.late
             ]
         state = folded.state
-        if state is None or state is before:
+        if state is None:
             continue
+        if state is before:
+            if not dropped:
+                continue
+            # Nothing new (duplicates, late events), but what readable() dropped is
+            # replaced now: left as it is, it would be counted again at every batch.
+            items = []
         out.newest_ts = max(out.newest_ts, float(state.last_seen))
         days = tuple(sorted({utc_day(int(e.ts // 86_400)) for _, e in items}))
         types = {e.type for _, e in items}

@@ -415,6 +415,27 @@ def test_a_user_whose_alert_state_and_record_are_unreadable_is_scored_without_th
     assert decode_record(store.rows[user.user_id].record)["stage"]
 
 
+def test_an_unreadable_record_is_replaced_even_when_the_batch_brings_nothing_new() -> None:
+    """A batch of duplicates alone changes no state, but what could not be read is
+    rewritten at once: counted once, not again at every batch that brings the user."""
+    store, clock = FakeStore(), ManualClock(T0 + 1 * DAY)
+    scorer = make_scorer(store, clock)
+    user = USERS[0]
+    login = event(user, "login", T0, 1)
+    handle(scorer, [login])
+    row = store.rows[user.user_id]
+    store.rows[user.user_id] = StoredUser(row.features, row.policy, b"[]", None)
+
+    first = handle(scorer, [login], start=1)
+    again = handle(scorer, [login], start=2)
+
+    assert first.duplicates == again.duplicates == 1
+    assert first.unreadable == {"record": 1} and first.users == 1
+    assert decode_record(store.rows[user.user_id].record)["stage"]
+    assert again.unreadable == {} and again.users == 0
+    assert store.rows[user.user_id].features == row.features  # the state is unchanged
+
+
 def test_replay_mode_sets_aside_unreadable_stored_values_as_the_live_scorer_does() -> None:
     store, clock = FakeStore(), ManualClock(T0 + 1 * DAY)
     replay = ReplayScorer(
