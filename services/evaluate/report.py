@@ -1,4 +1,5 @@
-"""``DIR/report.md`` and its plots (ROC, PR, lead time, calibration) as PNGs beside it.
+"""``DIR/report.md`` and its plots (ROC, PR, lead time, calibration, alerts per day) as PNGs
+beside it.
 
 matplotlib runs with the Agg backend: no display is needed.
 """
@@ -11,7 +12,7 @@ from typing import Any
 from services.evaluate import metrics
 from services.evaluate.run import Evaluation
 
-PLOTS = ("roc.png", "pr.png", "lead_time.png", "calibration.png")
+PLOTS = ("roc.png", "pr.png", "lead_time.png", "calibration.png", "alerts_per_day.png")
 
 
 def write_report(run: Path, ev: Evaluation, *, labels: Path) -> Path:
@@ -50,6 +51,7 @@ def render_markdown(ev: Evaluation, *, labels: Path) -> str:
         "## Lead time",
         "![lead time](lead_time.png)",
         "",
+        *_alert_mix(ev),
         "## Calibration",
         "![calibration](calibration.png)",
         "",
@@ -62,6 +64,27 @@ def render_markdown(ev: Evaluation, *, labels: Path) -> str:
             f"| {_show(b.observed)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _alert_mix(ev: Evaluation) -> list[str]:
+    lines = [
+        "## Alerts by trigger and stage",
+        "![alerts per day](alerts_per_day.png)",
+        "",
+        "Which alerts carry the precision: per trigger and the user's lifecycle stage when",
+        "alerted, the users alerted, the share of them who churned, and the churners whose",
+        "first alert was of this kind. Per-stage thresholds and the sharp-rise trigger are",
+        "the policy's settings (`CHURNWATCH_SCORER_*`, README: configuration).",
+        "",
+        "| trigger | stage | alerts | users | churned | precision | first alert of churners |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g in ev.groups:
+        lines.append(
+            f"| {g.trigger} | {g.stage} | {g.alerts} | {g.users} | {g.churned_users} "
+            f"| {_show(g.precision)} | {g.first_catches} |"
+        )
+    return [*lines, ""]
 
 
 def _show(value: Any) -> str:
@@ -106,6 +129,15 @@ def _plot(run: Path, ev: Evaluation) -> None:
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
     ax.set(xlabel="mean predicted risk", ylabel="observed churn rate", title="Calibration")
     _save(fig, ax, run / "calibration.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    days = [d for d, _, _ in ev.per_day]
+    hits = [h for _, h, _ in ev.per_day]
+    ax.bar(days, hits, width=1.0, color="tab:red", label="users who churned")
+    ax.bar(days, [m for _, _, m in ev.per_day], width=1.0, bottom=hits, color="tab:grey",
+           label="users who did not")  # fmt: skip
+    ax.set(xlabel="days since the first alert", ylabel="alerts", title="Alerts per day")
+    _save(fig, ax, run / "alerts_per_day.png", legend=bool(days))
 
 
 def _save(fig: Any, ax: Any, path: Path, *, legend: bool = True) -> None:

@@ -23,6 +23,7 @@ import orjson
 from services.common.errors import ConfigError
 from services.common.events import parse_time
 from services.evaluate import metrics
+from services.evaluate.alert_mix import AlertGroup, SeenAlert, alert_groups, alerts_per_day
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Evaluation:
     risk: list[float] = field(default_factory=list)
     leads: list[float] = field(default_factory=list)
     calibration: list[metrics.CalibrationBin] = field(default_factory=list)
+    groups: list[AlertGroup] = field(default_factory=list)  # by trigger and stage
+    per_day: list[tuple[int, int, int]] = field(default_factory=list)  # see alerts_per_day
 
 
 def load_labels(path: Path) -> Labels:
@@ -57,8 +60,8 @@ def load_scores(path: Path) -> dict[str, float]:
     return {row["user_id"]: float(row["risk"]) for row in _rows(path, ("user_id", "risk"))}
 
 
-def load_alerts(path: Path, *, until: float | None = None) -> list[tuple[str, float]]:
-    """``(user_id, occurred_at)`` of every alert (up to ``until``), in file order."""
+def load_alerts(path: Path, *, until: float | None = None) -> list[SeenAlert]:
+    """Every alert (up to ``until``), in file order."""
     if not path.exists():
         return []
     out = []
@@ -67,7 +70,8 @@ def load_alerts(path: Path, *, until: float | None = None) -> list[tuple[str, fl
             alert = orjson.loads(line)
             ts = parse_time(alert["occurred_at"], path="alerts.jsonl: occurred_at").timestamp()
             if until is None or ts <= until:
-                out.append((str(alert["user_id"]), ts))
+                stage = (alert.get("segment") or {}).get("stage") or "-"
+                out.append(SeenAlert(str(alert["user_id"]), ts, alert.get("trigger") or "-", stage))
     return out
 
 
@@ -87,12 +91,10 @@ def evaluate_run(run: Path, labels_path: Path, *, as_of: str | None = None) -> E
     y = [labels.churned[u] for u in users]
     risk = [scores[u] for u in users]
     population = set(users)
-    alerts = [
-        (u, ts) for u, ts in load_alerts(run / "alerts.jsonl", until=until) if u in population
-    ]
+    alerts = [a for a in load_alerts(run / "alerts.jsonl", until=until) if a.user_id in population]
     first: dict[str, float] = {}
-    for uid, ts in alerts:
-        first[uid] = min(ts, first.get(uid, ts))
+    for a in alerts:
+        first[a.user_id] = min(a.ts, first.get(a.user_id, a.ts))
     churners = {u for u in users if labels.churned[u]}
     quality = metrics.alert_scores(alerted=set(first), churned=churners)
     at = {u: t for u, t in labels.churned_at.items() if u in population}
@@ -120,7 +122,10 @@ def evaluate_run(run: Path, labels_path: Path, *, as_of: str | None = None) -> E
         "ece": _r(metrics.expected_calibration_error(table)),
         "as_of": as_of,
     }
-    return Evaluation(figures, y, risk, leads, table)
+    groups = alert_groups(alerts, churned=churners)
+    return Evaluation(
+        figures, y, risk, leads, table, groups, alerts_per_day(alerts, churned=churners)
+    )
 
 
 def calibration_rows(ev: Evaluation) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import pytest
 from services.cli import main
 from services.common.schemas import validate
 from services.evaluate import cdnow, metrics
+from services.evaluate.alert_mix import SeenAlert, alert_groups, alerts_per_day
 
 SCORES = """user_id,as_of,risk,score,band,stage,tier
 a,2026-03-01T00:00:00Z,0.9,90,critical,at-risk,high
@@ -28,16 +29,20 @@ x,1,2026-02-01T00:00:00Z
 """
 
 
-def alert(user: str, when: str) -> str:
-    return json.dumps({"alert_id": f"{user}-{when}", "user_id": user, "occurred_at": when})
+def alert(user: str, when: str, trigger: str = "band_up", stage: str = "at-risk") -> str:
+    return json.dumps(
+        {"alert_id": f"{user}-{when}", "user_id": user, "occurred_at": when,
+         "trigger": trigger, "segment": {"stage": stage, "tier": "low"}}
+    )  # fmt: skip
 
 
 def write_run(run: Path) -> None:
     run.mkdir()
     (run / "scores.csv").write_text(SCORES)
     (run / "labels.csv").write_text(LABELS)
-    alerts = [alert("a", "2026-03-01T00:00:00Z"), alert("a", "2026-03-04T00:00:00Z"),
-              alert("b", "2026-03-02T00:00:00Z"), alert("c", "2026-03-06T00:00:00Z")]  # fmt: skip
+    alerts = [alert("a", "2026-03-01T00:00:00Z"), alert("a", "2026-03-04T00:00:00Z", "sharp_rise"),
+              alert("b", "2026-03-02T00:00:00Z", stage="active"),
+              alert("c", "2026-03-06T00:00:00Z", "sharp_rise", "active")]  # fmt: skip
     (run / "alerts.jsonl").write_text("\n".join(alerts) + "\n")
 
 
@@ -62,8 +67,33 @@ def test_evaluate_gives_the_known_figures(tmp_path: Path, capsys: pytest.Capture
     assert figures["brier"] == pytest.approx((0.01 + 0.64 + 0.49 + 0.04 + 0.01) / 5, abs=1e-4)
     report = (run / "report.md").read_text()
     assert "roc.png" in report and "| roc_auc | 0.8333 |" in report
-    for png in ("roc.png", "pr.png", "lead_time.png", "calibration.png"):
+    # By kind: a's first alert (band_up, at-risk) is the churner's first; c was caught by a
+    # sharp rise; b, who stayed, only by a band_up while active.
+    assert "| band_up | at-risk | 1 | 1 | 1 | 1 | 1 |" in report
+    assert "| sharp_rise | at-risk | 1 | 1 | 1 | 1 | 0 |" in report
+    assert "| band_up | active | 1 | 1 | 0 | 0 | 0 |" in report
+    assert "| sharp_rise | active | 1 | 1 | 1 | 1 | 1 |" in report
+    for png in ("roc.png", "pr.png", "lead_time.png", "calibration.png", "alerts_per_day.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_alerts_are_grouped_by_kind_and_counted_per_day() -> None:
+    seen = [
+        SeenAlert("a", 0.0, "band_up", "new"),
+        SeenAlert("b", 3600.0, "band_up", "new"),
+        SeenAlert("b", 2 * 86_400.0, "sharp_rise", "active"),
+        SeenAlert("c", 2.5 * 86_400.0, "band_up", "new"),
+        SeenAlert("a", 3 * 86_400.0, "band_up", "new"),
+    ]
+    groups = alert_groups(seen, churned={"a", "b"})
+    assert [(g.trigger, g.stage, g.alerts, g.users, g.churned_users) for g in groups] == [
+        ("band_up", "new", 4, 3, 2),
+        ("sharp_rise", "active", 1, 1, 1),
+    ]
+    assert groups[0].precision == pytest.approx(2 / 3)
+    assert [g.first_catches for g in groups] == [2, 0]  # a and b were first alerted as new
+    assert alerts_per_day(seen, churned={"a", "b"}) == [(0, 2, 0), (2, 1, 1), (3, 1, 0)]
+    assert alert_groups([], churned=set()) == [] and alerts_per_day([], churned=set()) == []
 
 
 def test_evaluate_as_of_reads_that_file_and_earlier_alerts(
