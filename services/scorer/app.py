@@ -109,6 +109,9 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
         datadir="faust",
         session_timeout_s=settings.scorer_session_timeout_s,
     )
+    # Read at each scrape, not set when a checkpoint or learn succeeds: during a Redis
+    # outage neither does, and the age must keep growing for ChurnwatchCheckpointStale.
+    metrics.CHECKPOINT_AGE.set_function(runtime.checkpoint_age_s)
     publish = make_publisher(
         app.topic(settings.topic_alerts, key_serializer="raw", value_serializer="raw"),
         app.topic(settings.topic_dlq, key_serializer="raw", value_serializer="raw"),

@@ -120,8 +120,11 @@ class Runtime:
             ),
         )
         self._learned_since_checkpoint = 0
-        metrics.CHECKPOINT_AGE.set(0)
         self._last_checkpoint = time.monotonic()
+
+    def checkpoint_age_s(self) -> float:
+        """Seconds since this worker last saved its model (or started)."""
+        return time.monotonic() - self._last_checkpoint
 
     def close(self) -> None:
         """Stop the learning process (after the last checkpoint)."""
@@ -152,7 +155,6 @@ class Runtime:
             limit=self.label_users,
             each=self._learned,
         )
-        metrics.CHECKPOINT_AGE.set(time.monotonic() - self._last_checkpoint)
         return done
 
     async def _learned(self, learned: Learned) -> None:

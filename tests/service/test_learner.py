@@ -353,3 +353,24 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ")[1][0] != "Z"  # a zombie is dead, not yet reaped
     except FileNotFoundError:
         return False
+
+
+def test_the_checkpoint_age_keeps_growing_while_no_checkpoint_is_saved() -> None:
+    """The gauge is read at each scrape: during a Redis outage no checkpoint and no
+    learn succeeds, and ChurnwatchCheckpointStale must still see the age grow."""
+    from prometheus_client import REGISTRY
+
+    from services.scorer.app import create_app
+
+    settings = ScorerSettings(scorer_learner="inline")
+    runtime = Runtime(settings)
+    create_app(settings, runtime)
+
+    def age() -> float:
+        value = REGISTRY.get_sample_value("churnwatch_model_checkpoint_age_seconds")
+        assert value is not None
+        return value
+
+    assert age() < 60
+    runtime._last_checkpoint -= 1000  # as if every checkpoint since had failed
+    assert age() >= 1000
