@@ -8,12 +8,13 @@ built once in the service's entry point, validated there, and passed down.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from services.common.errors import ConfigError
 
@@ -138,6 +139,8 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
                 continue
             lines.append(f"  {prefix}{name}: {err['msg']}")
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None
+    except SettingsError as exc:  # a value that is not the JSON its variable takes
+        raise ConfigError(f"invalid settings: {exc} (is it valid JSON?)") from None
 
 
 def env_for(settings: CommonSettings) -> dict[str, str]:
@@ -148,6 +151,8 @@ def env_for(settings: CommonSettings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):  # the child needs the secret, not its mask
             value = value.get_secret_value()
+        elif isinstance(value, dict | list):  # read back as JSON, as from any environment
+            value = json.dumps(value)
         env[f"CHURNWATCH_{name.upper()}"] = str(value)
     return env
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.common.settings import CommonSettings
+from services.scorer.core.segments import STAGES
+
+BAND_KEYS = ("medium", "high", "critical", "rearm_below")
 
 
 class ScorerSettings(CommonSettings):
@@ -95,7 +98,23 @@ class ScorerSettings(CommonSettings):
     scorer_band_high: int = Field(65, ge=0, le=100)
     scorer_band_critical: int = Field(85, ge=0, le=100)
     scorer_rearm_below: int = Field(50, ge=0, le=100, description="hysteresis: re-arm under this")
-    scorer_cooldown_s: float = Field(7 * 86400, ge=0, description="at most one alert per window")
+    scorer_cooldown_s: float = Field(
+        7 * 86400, ge=86400, description="at most one alert per window (alert ids are per day)"
+    )
+    scorer_sharp_rise_points: float = Field(
+        25.0,
+        ge=0,
+        le=100,
+        description="a rise of this many score points within SHARP_RISE_DAYS alerts from "
+        "medium up; 0 = off",
+    )
+    scorer_sharp_rise_days: float = Field(1.0, gt=0, description="the sharp-rise window")
+    scorer_bands_by_stage: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="per lifecycle stage, the band thresholds that differ from the ones above, "
+        'as JSON: {"new": {"high": 75, "critical": 90}} (keys: medium, high, critical, '
+        "rearm_below)",
+    )
     scorer_user_ttl_days: int = Field(
         400, ge=1, description="a user silent for this long costs no memory any more"
     )
@@ -105,6 +124,43 @@ class ScorerSettings(CommonSettings):
         description="past inactivity + horizon days of silence, re-score (and snapshot) a "
         "silent user this often until its state expires; 0 = stop re-scoring there",
     )
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> ScorerSettings:
+        """Refuse thresholds the policy cannot use at start, naming the variables."""
+        problems = []
+        default = self.band_thresholds()
+        for stage, keys in self.scorer_bands_by_stage.items():
+            if stage not in STAGES:
+                problems.append(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
+            if unknown := sorted(set(keys) - set(BAND_KEYS)):
+                problems.append(f"stage {stage!r}: unknown key(s) {', '.join(unknown)}")
+        staged = [s for s in self.scorer_bands_by_stage if s in STAGES]
+        for stage, bands in [("", default), *((s, self.band_thresholds(s)) for s in staged)]:
+            where = f" for stage {stage!r} (CHURNWATCH_SCORER_BANDS_BY_STAGE)" if stage else ""
+            if not 0 <= bands["medium"] <= bands["high"] <= bands["critical"] <= 100:
+                problems.append(
+                    "CHURNWATCH_SCORER_BAND_MEDIUM <= _HIGH <= _CRITICAL <= 100 must hold" + where
+                )
+            if bands["rearm_below"] > bands["high"]:
+                problems.append("CHURNWATCH_SCORER_REARM_BELOW must not exceed _HIGH" + where)
+        if problems:
+            raise ValueError("; ".join(dict.fromkeys(problems)))
+        return self
+
+    def band_thresholds(self, stage: str = "") -> dict[str, float]:
+        """The band floors and re-arm level of ``stage`` (the defaults for ``""``).
+
+        >>> ScorerSettings(scorer_bands_by_stage={"new": {"high": 75}}).band_thresholds("new")
+        {'medium': 40.0, 'high': 75.0, 'critical': 85.0, 'rearm_below': 50.0}
+        """
+        default = {
+            "medium": float(self.scorer_band_medium),
+            "high": float(self.scorer_band_high),
+            "critical": float(self.scorer_band_critical),
+            "rearm_below": float(self.scorer_rearm_below),
+        }
+        return default | self.scorer_bands_by_stage.get(stage, {})
 
 
 class ApiSettings(CommonSettings):

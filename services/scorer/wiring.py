@@ -60,18 +60,10 @@ def make_core(
     model: ChurnModel | None = None,
     quantiles: RfmQuantiles | None = None,
 ) -> ScoringCore:
-    thresholds = Thresholds(
-        medium=settings.scorer_band_medium,
-        high=settings.scorer_band_high,
-        critical=settings.scorer_band_critical,
-        rearm_below=settings.scorer_rearm_below,
-    )
     return ScoringCore(
         model=model or ChurnModel(ModelSettings(kind=settings.scorer_model)),
         quantiles=quantiles or RfmQuantiles(),
-        policy=PolicySettings(
-            thresholds=thresholds, cooldown_days=max(1.0, settings.scorer_cooldown_s / DAY)
-        ),
+        policy=policy_settings(settings),
         segments=SegmentSettings(),
         labels=LabelSettings(
             horizon_days=settings.scorer_horizon_days,
@@ -81,6 +73,27 @@ def make_core(
         ),
         silent_snapshot_days=settings.scorer_silent_snapshot_days,
         snapshot_every_days=settings.scorer_snapshot_every_days,
+    )
+
+
+def policy_settings(settings: ScorerSettings) -> PolicySettings:
+    """The alert policy the settings describe (checked when the settings were built).
+
+    >>> p = policy_settings(ScorerSettings(scorer_bands_by_stage={"new": {"high": 75}},
+    ...                                    scorer_sharp_rise_points=0))
+    >>> p.thresholds_for("new").high, p.thresholds_for("active").high, p.sharp_rise
+    (75.0, 65.0, False)
+    """
+    return PolicySettings(
+        thresholds=Thresholds(**settings.band_thresholds()),
+        by_stage={
+            stage: Thresholds(**settings.band_thresholds(stage))
+            for stage in settings.scorer_bands_by_stage
+        },
+        cooldown_days=settings.scorer_cooldown_s / DAY,
+        sharp_rise=settings.scorer_sharp_rise_points > 0,
+        sharp_rise_points=settings.scorer_sharp_rise_points,
+        sharp_rise_days=settings.scorer_sharp_rise_days,
     )
 
 
