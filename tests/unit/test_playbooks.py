@@ -39,7 +39,6 @@ def test_default_file_loads_with_documented_defaults() -> None:
     assert d.control_share == 0.1
     assert (d.frequency_cap.max_contacts, d.frequency_cap.window_days) == (3, 7)
     assert (d.quiet_hours.start, d.quiet_hours.end) == ("21:00", "08:00")
-    assert d.winback_window_days == 14
     assert "first" in DEFAULT_PLAYBOOKS.read_text().lower()
 
 
@@ -266,6 +265,14 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
     listy = _write(tmp_path, "- just a list\n")
     with pytest.raises(ConfigError, match="expected a mapping with 'defaults' and 'playbooks'"):
         load_playbooks(listy)
+
+
+def test_a_setting_that_moved_to_the_scorer_is_refused_with_where_it_went(
+    tmp_path: Path,
+) -> None:
+    doc = _doc() | {"defaults": {"winback_window_days": 14}}
+    with pytest.raises(ConfigError, match="set CHURNWATCH_SCORER_WINBACK_WINDOW_DAYS instead"):
+        load_playbooks(_write(tmp_path, doc))
 
 
 def test_parse_duration() -> None:

@@ -23,7 +23,15 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from services.common.errors import ConfigError
 from services.notifier.core.templates import (
@@ -170,8 +178,19 @@ class Defaults(_Frozen):
     control_salt: str = Field(default="churnwatch-control-v1", min_length=1)
     frequency_cap: FrequencyCap = FrequencyCap()
     quiet_hours: QuietHours = QuietHours()
-    winback_window_days: float = Field(default=14, gt=0)
     default_timezone: str = "UTC"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        # Read by no one here: the scorer judges win-backs, with its own setting. An
+        # old file that still sets it must say so, not be silently ignored.
+        if isinstance(data, dict) and "winback_window_days" in data:
+            raise ValueError(
+                "winback_window_days is not a playbook setting: the scorer judges win-backs; "
+                "set CHURNWATCH_SCORER_WINBACK_WINDOW_DAYS instead"
+            )
+        return data
 
     @field_validator("default_timezone")
     @classmethod
