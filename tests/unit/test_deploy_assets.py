@@ -28,6 +28,7 @@ YAML_FILES = [
     DEPLOY / "prometheus" / "prometheus.yml",
     ALERTS,
     DEPLOY / "grafana" / "dashboards.yml",
+    DEPLOY / "grafana" / "datasources" / "prometheus.yml",
     *K8S,
 ]
 
@@ -167,6 +168,24 @@ def test_dashboard_is_provisionable() -> None:
     assert (variable["type"], variable["query"]) == ("datasource", "prometheus")
     provider = yaml.safe_load((DEPLOY / "grafana" / "dashboards.yml").read_text())
     assert provider["providers"][0]["type"] == "file"
+
+
+def test_compose_wires_grafana_to_its_prometheus_and_kafka_to_host_and_containers() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    mounts = dict(v.rsplit(":", 2)[:2] for v in compose["grafana"]["volumes"])
+    assert mounts["./deploy/grafana/datasources"] == "/etc/grafana/provisioning/datasources"
+    source = yaml.safe_load((DEPLOY / "grafana" / "datasources" / "prometheus.yml").read_text())
+    (prometheus,) = source["datasources"]
+    port = compose["prometheus"]["ports"][0].split(":")[-1]
+    assert (prometheus["type"], prometheus["url"]) == ("prometheus", f"http://prometheus:{port}")
+
+    kafka = compose["kafka"]["environment"]
+    advertised = dict(x.split("://") for x in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    # The host's CLI (the local stack's default bootstrap) and the containers' bootstrap.
+    assert advertised["HOST"] == "127.0.0.1:19092"
+    assert compose["kafka"]["ports"] == ["19092:19092"]
+    bootstrap = compose["ingest"]["environment"]["CHURNWATCH_KAFKA_BOOTSTRAP"]
+    assert bootstrap in advertised.values() and bootstrap.startswith("kafka:")
 
 
 def test_every_yaml_asset_parses() -> None:
