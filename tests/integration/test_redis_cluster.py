@@ -26,12 +26,15 @@ from services.common.auth import RedisKeyStore, create_key
 from services.common.events import UserEvent
 from services.common.redis_client import async_redis, sync_redis
 from services.common.settings import CommonSettings
+from services.notifier.adapters.redis_directory import RedisDirectory
+from services.notifier.adapters.redis_queues import failed_key, failed_lease_key
 from services.scorer.adapters.redis_store import INDEX_SHARDS, RedisUserStore, shard_of
 from services.scorer.api import build_api
 from services.scorer.config import ApiSettings
 from services.scorer.core.features import FeatureSettings, apply_batch
 from services.scorer.core.state_codec import encode_state
 from services.scorer.rows import UserWrite
+from tests.service.test_risk_api import failed_delivery
 
 pytestmark = pytest.mark.integration
 
@@ -172,4 +175,27 @@ def test_erase_on_a_cluster(api: Api, redis_cluster: CommonSettings) -> None:
     assert list(r.scan_iter(match=f"{api.prefix}:{{c6}}*", count=1000)) == []
     shard = shard_of("c6", INDEX_SHARDS)
     assert r.zscore(f"{api.prefix}:lastseen:{shard}", "c6") is None
+    r.close()
+
+
+def test_erase_on_a_cluster_forgets_failed_deliveries(
+    api: Api, redis_cluster: CommonSettings
+) -> None:
+    """The failed store, its leases and the user's keys sit in different slots."""
+
+    async def fail_deliveries() -> None:
+        client = async_redis(redis_cluster.redis_url, cluster=True)
+        directory = RedisDirectory(client, prefix=api.prefix)
+        for uid, action_id in (("c5", "f1"), ("c5", "f2"), ("c4", "f3")):
+            await directory.remember_failed(failed_delivery(uid, action_id))
+        assert await directory.claim_failed("f2", lease_s=60)  # a re-drive holds one
+        await client.aclose()
+
+    asyncio.run(fail_deliveries())
+    gone = api.client.delete("/v1/users/c5", headers={"X-API-Key": api.admin})
+    assert gone.status_code == 200
+    r = sync_redis(redis_cluster.redis_url, cluster=True)
+    assert sorted(r.hkeys(failed_key(api.prefix))) == [b"f3"]
+    assert not r.exists(failed_lease_key(api.prefix, "f2"))
+    assert list(r.scan_iter(match=f"{api.prefix}:{{c5}}*", count=1000)) == []
     r.close()

@@ -26,6 +26,7 @@ from services.common.auth import RedisKeyStore, create_key
 from services.common.events import UserEvent
 from services.common.settings import CommonSettings
 from services.notifier.adapters.redis_directory import RedisDirectory
+from services.notifier.adapters.redis_queues import failed_lease_key
 from services.scorer.adapters.redis_store import INDEX_SHARDS, RedisUserStore, shard_of
 from services.scorer.api import build_api
 from services.scorer.config import ApiSettings
@@ -434,3 +435,47 @@ def test_erase_leaves_nothing_of_the_user(api: Seeded) -> None:
     ]
     again = api.client.delete("/v1/users/u1", headers=api.h("admin"))
     assert again.status_code == 404 and "u1" in again.json()["error"]
+
+
+def failed_delivery(uid: str, action_id: str) -> dict[str, Any]:
+    """A failed-delivery job as the notifier keeps it (``Notifier.carry_out``)."""
+    alert = {"alert_id": f"f-{action_id}", "user_id": uid, "risk": 0.9, "segment": "vip"}
+    return {
+        "action_id": action_id,
+        "alert_id": alert["alert_id"],
+        "user_id": uid,
+        "channel": "email",
+        "playbook": "pb-critical",
+        "alert": alert,
+        "decision": {"status": "send", "channel": "email"},
+        "error": "provider answered 500",
+        "failed_at": NOW,
+        "failures": 1,
+    }
+
+
+def test_erase_forgets_the_users_failed_deliveries(api: Seeded) -> None:
+    """Else a later ``notifier redrive`` would send to the erased user and write its keys again."""
+
+    async def fail_deliveries() -> None:
+        client = aioredis.Redis.from_url(api.redis_url)
+        directory = RedisDirectory(client, prefix=api.prefix)
+        for uid, action_id in (("u1", "f1"), ("u1", "f2"), ("u2", "f3")):
+            await directory.remember_failed(failed_delivery(uid, action_id))
+        assert await directory.claim_failed("f1", lease_s=60)  # a re-drive holds one
+        await client.aclose()
+
+    async def failed_left() -> list[dict[str, Any]]:
+        client = aioredis.Redis.from_url(api.redis_url)
+        jobs = await RedisDirectory(client, prefix=api.prefix).failed_jobs()
+        await client.aclose()
+        return jobs
+
+    asyncio.run(fail_deliveries())
+    assert api.client.delete("/v1/users/u1", headers=api.h("admin")).status_code == 200
+
+    # What a re-drive reads: only the other user's failure is left.
+    assert [(j["user_id"], j["action_id"]) for j in asyncio.run(failed_left())] == [("u2", "f3")]
+    r = redis.Redis.from_url(api.redis_url)
+    assert not r.exists(failed_lease_key(api.prefix, "f1"))
+    assert list(r.scan_iter(match=f"{api.prefix}:{{u1}}*", count=1000)) == []

@@ -30,6 +30,34 @@ return 0
 """
 
 
+# The erase (services/scorer/api/commands.py) finds a user's jobs by these names too.
+def deferred_key(prefix: str) -> str:
+    """The deferred queue.
+
+    >>> deferred_key("cw")
+    'cw:deferred'
+    """
+    return f"{prefix}:deferred"
+
+
+def failed_key(prefix: str) -> str:
+    """The failed-delivery store.
+
+    >>> failed_key("cw")
+    'cw:failed'
+    """
+    return f"{prefix}:failed"
+
+
+def failed_lease_key(prefix: str, action_id: str) -> str:
+    """A re-drive's claim on one failed delivery.
+
+    >>> failed_lease_key("cw", "x1")
+    'cw:failed:lease:x1'
+    """
+    return f"{failed_key(prefix)}:lease:{action_id}"
+
+
 class RedisJobQueues:
     """The deferred queue and the failed-delivery store (a part of ``RedisDirectory``)."""
 
@@ -39,7 +67,7 @@ class RedisJobQueues:
 
     async def defer(self, job: dict[str, Any], not_before: float) -> None:
         try:
-            await self.r.zadd(f"{self.prefix}:deferred", {orjson.dumps(job): not_before})
+            await self.r.zadd(deferred_key(self.prefix), {orjson.dumps(job): not_before})
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
@@ -51,7 +79,7 @@ class RedisJobQueues:
         published. A notifier that dies in between loses nothing: the job comes
         due again when the lease ends, and the done mark keeps it from sending twice.
         """
-        key = f"{self.prefix}:deferred"
+        key = deferred_key(self.prefix)
         try:
             found = await self.r.zrangebyscore(key, "-inf", now, start=0, num=limit)
             jobs = []
@@ -68,13 +96,13 @@ class RedisJobQueues:
     async def finish(self, job: dict[str, Any]) -> None:
         """The claimed job's action is published: take it off the queue."""
         try:
-            await self.r.zrem(f"{self.prefix}:deferred", job["_claim"])
+            await self.r.zrem(deferred_key(self.prefix), job["_claim"])
         except RedisError as exc:
             raise StoreUnavailable(f"Redis deferred queue failed: {exc}") from exc
 
     async def deferred_depth(self) -> int:
         try:
-            return int(await self.r.zcard(f"{self.prefix}:deferred"))
+            return int(await self.r.zcard(deferred_key(self.prefix)))
         except RedisError:
             return -1
 
@@ -84,7 +112,7 @@ class RedisJobQueues:
         """Keep a delivery that failed after its retries, by action id (a later failure
         of the same action replaces it), until a re-drive settles it."""
         try:
-            await self.r.hset(f"{self.prefix}:failed", job["action_id"], orjson.dumps(job))
+            await self.r.hset(failed_key(self.prefix), job["action_id"], orjson.dumps(job))
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
@@ -93,7 +121,7 @@ class RedisJobQueues:
         try:
             found = [
                 orjson.loads(raw)
-                async for _, raw in self.r.hscan_iter(f"{self.prefix}:failed", count=1000)
+                async for _, raw in self.r.hscan_iter(failed_key(self.prefix), count=1000)
             ]
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
@@ -103,11 +131,11 @@ class RedisJobQueues:
         """The failed job, claimed for one re-drive for ``lease_s``; None when another
         re-drive holds it or it is settled already. A claim that is never released
         (the re-drive died) ends with its lease."""
-        lease = f"{self.prefix}:failed:lease:{action_id}"
+        lease = failed_lease_key(self.prefix, action_id)
         try:
             if not await self.r.set(lease, 1, nx=True, px=max(1, int(lease_s * 1000))):
                 return None
-            raw = await self.r.hget(f"{self.prefix}:failed", action_id)
+            raw = await self.r.hget(failed_key(self.prefix), action_id)
             if raw is None:
                 await self.r.delete(lease)
                 return None
@@ -119,13 +147,13 @@ class RedisJobQueues:
         """End a claim; ``settled`` also forgets the failure (sent, skipped, suppressed ...)."""
         try:
             if settled:
-                await self.r.hdel(f"{self.prefix}:failed", action_id)
-            await self.r.delete(f"{self.prefix}:failed:lease:{action_id}")
+                await self.r.hdel(failed_key(self.prefix), action_id)
+            await self.r.delete(failed_lease_key(self.prefix, action_id))
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
     async def failed_depth(self) -> int:
         try:
-            return int(await self.r.hlen(f"{self.prefix}:failed"))
+            return int(await self.r.hlen(failed_key(self.prefix)))
         except RedisError:
             return -1

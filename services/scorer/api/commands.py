@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis, is_cluster
+from services.notifier.adapters.redis_queues import deferred_key, failed_key, failed_lease_key
 from services.scorer.adapters.redis_store import INDEX_SHARDS, shard_of, user_key
 from services.scorer.core.segments import STAGES
 
@@ -71,12 +72,15 @@ class AdminCommands:
         return sorted(mapping)
 
     async def erase(self, user_id: str) -> dict[str, Any]:
-        """Delete every key of the user, its index entries and its deferred win-back jobs.
+        """Delete every key of the user, its index entries, its deferred win-back jobs
+        and its failed deliveries (with any re-drive's claim on them).
 
         What stays: the daily active-user HyperLogLogs (a sketch from which no
         user can be read back or removed) and the aggregate win-back counters.
         An event of the user that arrives later creates a new record: stop
-        sending them first.
+        sending them first. A re-drive that claimed one of the user's failed
+        deliveries before the erase still carries it out and records it: erase
+        again once it is over.
 
         One transaction on one Redis. On a Redis Cluster the user's keys and the
         shared indexes are in different slots: one pipeline, which a failure can
@@ -94,6 +98,7 @@ class AdminCommands:
         ]
         try:
             jobs = await self._deferred_jobs_of(user_id)
+            failed = await self._failed_deliveries_of(user_id)
             async with self.r.pipeline(transaction=not self.cluster) as pipe:
                 for key in kinds:
                     pipe.delete(key)
@@ -101,7 +106,12 @@ class AdminCommands:
                     for key in keys:
                         pipe.zrem(key, user_id)
                 if jobs:
-                    pipe.zrem(f"{self.prefix}:deferred", *jobs)
+                    pipe.zrem(deferred_key(self.prefix), *jobs)
+                if failed:
+                    # Else `notifier redrive` sends them and records the user again.
+                    pipe.hdel(failed_key(self.prefix), *failed)
+                    for action_id in failed:  # one key each: a cluster spreads them over slots
+                        pipe.delete(failed_lease_key(self.prefix, action_id))
                 done = await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
@@ -110,11 +120,13 @@ class AdminCommands:
             if any(done[pos : pos + len(keys)]):
                 removed.append(name)
             pos += len(keys)
+        queues = iter(done[pos:])
         return {
             "user_id": user_id,
             "removed_keys": [k for k, n in zip(USER_KINDS, done, strict=False) if n],
             "removed_from_indexes": removed,
-            "removed_deferred_jobs": int(done[-1]) if jobs else 0,
+            "removed_deferred_jobs": int(next(queues)) if jobs else 0,
+            "removed_failed_deliveries": int(next(queues)) if failed else 0,
             "kept": "daily active-user and signup-cohort HyperLogLogs, win-back counters "
             "(aggregates from which no user can be read back)",
         }
@@ -122,7 +134,7 @@ class AdminCommands:
     async def _deferred_jobs_of(self, user_id: str) -> list[bytes]:
         # The deferred queue is small (jobs waiting for quiet hours to end): read it whole.
         found = []
-        async for member, _ in self.r.zscan_iter(f"{self.prefix}:deferred", count=500):
+        async for member, _ in self.r.zscan_iter(deferred_key(self.prefix), count=500):
             raw = member if isinstance(member, bytes) else str(member).encode()
             try:
                 job = orjson.loads(raw)
@@ -130,4 +142,21 @@ class AdminCommands:
                 continue
             if isinstance(job, dict) and (job.get("alert") or {}).get("user_id") == user_id:
                 found.append(raw)
+        return found
+
+    async def _failed_deliveries_of(self, user_id: str) -> list[str]:
+        # Action ids (str: they also name the leases). The store holds only deliveries
+        # still failing after their retries (a re-drive settles them): read it whole,
+        # like the deferred queue.
+        found = []
+        async for field, raw in self.r.hscan_iter(failed_key(self.prefix), count=1000):
+            try:
+                job = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(job, dict):
+                continue
+            # The re-drive reads the job's user_id, the notifier the alert's: either one.
+            if user_id in (job.get("user_id"), (job.get("alert") or {}).get("user_id")):
+                found.append(field.decode() if isinstance(field, bytes) else str(field))
         return found

@@ -274,6 +274,7 @@ class Erased(BaseModel):
             "removed_keys": ["s", "alerts", "contact", "consent", "actions"],
             "removed_from_indexes": ["lastseen", "snapdue", "atrisk:active"],
             "removed_deferred_jobs": 0,
+            "removed_failed_deliveries": 0,
             "kept": "daily active-user HyperLogLogs and win-back counters (aggregates)",
         }
     )
@@ -281,4 +282,5 @@ class Erased(BaseModel):
     removed_keys: list[str]
     removed_from_indexes: list[str]
     removed_deferred_jobs: int
+    removed_failed_deliveries: int = 0
     kept: str

@@ -136,7 +136,8 @@ async def put_contact(user_id: UserId, body: ContactIn, commands: Commands) -> d
     description=(
         "Deletes every per-user key (features and score record, label snapshots, alerts, "
         "contact, consent, sends, delivery marks, actions), the user's entries in the "
-        "last-seen, at-risk and label-due indexes, and its deferred win-back jobs; answers "
+        "last-seen, at-risk and label-due indexes, its deferred win-back jobs and its failed "
+        "deliveries (which a re-drive would otherwise send, recording the user again); answers "
         "what was removed. Kept: the daily active-user HyperLogLogs (no user can be read "
         "back from them) and aggregate win-back counters. Events of the user that arrive "
         "later create a new record. 404 when nothing of the user was stored."
@@ -149,6 +150,7 @@ async def erase_user(user_id: UserId, commands: Commands) -> dict[str, Any]:
         removed["removed_keys"]
         or removed["removed_from_indexes"]
         or removed["removed_deferred_jobs"]
+        or removed["removed_failed_deliveries"]
     ):
         raise _not_found(user_id)
     return removed
