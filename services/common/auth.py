@@ -77,20 +77,31 @@ class KeyStore(Protocol):
     def put(self, key_hash: str, key: ApiKey) -> None:
         """Store (or replace) a key under its hash."""
 
+    def ready(self) -> bool:
+        """True when the store answers (for readiness checks); never raises."""
+
 
 class MemoryKeyStore:
-    """In-memory :class:`KeyStore` for tests."""
+    """In-memory :class:`KeyStore` for tests; ``down`` makes it unavailable."""
 
     def __init__(self) -> None:
         self.keys: dict[str, ApiKey] = {}
         self.gets = 0
+        self.down = False
 
     def get(self, key_hash: str) -> ApiKey | None:
         self.gets += 1
+        if self.down:
+            raise StoreUnavailable("key store: down")
         return self.keys.get(key_hash)
 
     def put(self, key_hash: str, key: ApiKey) -> None:
+        if self.down:
+            raise StoreUnavailable("key store: down")
         self.keys[key_hash] = key
+
+    def ready(self) -> bool:
+        return not self.down
 
 
 class RedisKeyStore:
@@ -136,6 +147,15 @@ class RedisKeyStore:
             self._redis.hset(self.name, key_hash, orjson.dumps(value))
         except self._errors as exc:
             raise StoreUnavailable(f"key store: {exc}") from exc
+
+    def ready(self) -> bool:
+        # EXISTS on the hash itself: on a cluster it asks the node that holds the keys.
+        # Bounded by the client's 2 s socket timeouts.
+        try:
+            self._redis.exists(self.name)
+        except self._errors:
+            return False
+        return True
 
 
 def create_key(store: KeyStore, *, scopes: Iterable[str], name: str = "") -> str:
@@ -220,15 +240,27 @@ class AuthFailed(ChurnwatchError):
         self.status = status
 
 
-def install_auth(app: FastAPI, keys: ApiKeys) -> None:
-    """Attach ``keys`` to ``app`` and answer auth failures with ``{"error": ...}``."""
+def install_auth(
+    app: FastAPI,
+    keys: ApiKeys,
+    *,
+    retry_after_s: int = 5,
+    on_unavailable: Callable[[], None] | None = None,
+) -> None:
+    """Attach ``keys`` to ``app`` and answer auth failures with ``{"error": ...}``.
+
+    When the key store cannot be asked, the answer is 503 with ``Retry-After:
+    retry_after_s``, and ``on_unavailable`` (a service's metric) is called.
+    """
     app.state.api_keys = keys
 
     async def _failed(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AuthFailed)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         if exc.status == 503:
-            headers = {"Retry-After": "5"}
+            headers = {"Retry-After": str(retry_after_s)}
+            if on_unavailable is not None:
+                on_unavailable()
         return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
 
     app.add_exception_handler(AuthFailed, _failed)

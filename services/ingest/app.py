@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -57,7 +58,14 @@ PRODUCE_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 IN_FLIGHT = Gauge("churnwatch_ingest_requests_in_flight", "Requests being handled")
-UNAVAILABLE = Counter("churnwatch_ingest_unavailable_total", "Requests answered 503")
+UNAVAILABLE = Counter(
+    "churnwatch_ingest_unavailable_total",
+    "Requests answered 503, by the dependency that was down (kafka, key_store)",
+    ["dependency"],
+)
+# Made here, so both series are exported (at 0) from the start.
+KAFKA_DOWN = UNAVAILABLE.labels("kafka")
+KEY_STORE_DOWN = UNAVAILABLE.labels("key_store")
 
 
 class RecentIds:
@@ -100,7 +108,13 @@ def create_app(
         lifespan=lifespan,
         **docs_routes(settings),
     )
-    install_auth(app, keys or keys_from_settings(settings))
+    api_keys = keys or keys_from_settings(settings)
+    install_auth(
+        app,
+        api_keys,
+        retry_after_s=settings.ingest_retry_after_s,
+        on_unavailable=KEY_STORE_DOWN.inc,
+    )
     recent = RecentIds(settings.ingest_dedup_window_s)
     # A publisher that can wait for Kafka on the event loop (librdkafka's) does;
     # one that blocks (kafka-python's, the fakes) waits in the thread pool.
@@ -111,12 +125,17 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Kafka is reachable")
+    @app.get("/readyz", summary="Kafka and the API key store are reachable")
     async def readyz() -> ORJSONResponse:
-        if await run_in_threadpool(publisher.ready):
+        # Both checks at once, each bounded by its client's 2 s timeout.
+        answers = await asyncio.gather(
+            run_in_threadpool(publisher.ready), run_in_threadpool(api_keys.store.ready)
+        )
+        down = [name for name, up in zip(("kafka", "key store"), answers, strict=True) if not up]
+        if not down:
             return ORJSONResponse({"status": "ready"})
         return ORJSONResponse(
-            {"status": "kafka unreachable"},
+            {"status": " and ".join(down) + " unreachable"},
             status_code=503,
             headers={"Retry-After": str(settings.ingest_retry_after_s)},
         )
@@ -206,7 +225,7 @@ def create_app(
             "rejected": checked.rejected,
         }
         if not_taken:
-            UNAVAILABLE.inc()
+            KAFKA_DOWN.inc()
             log.warning("kafka did not take events", extra={"not_taken": len(not_taken)})
             body_out["not_taken"] = not_taken
             body_out["error"] = (

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from services.common.auth import ApiKeys, MemoryKeyStore, create_key
 from services.ingest.app import create_app
@@ -18,6 +19,14 @@ from services.ingest.config import IngestSettings
 from services.ingest.ports import FakePublisher
 
 DEV = {"Authorization": "Bearer dev-key"}
+
+
+def unavailable(dependency: str) -> float:
+    """churnwatch_ingest_unavailable_total{dependency=...} as /metrics shows it now."""
+    value = REGISTRY.get_sample_value(
+        "churnwatch_ingest_unavailable_total", {"dependency": dependency}
+    )
+    return value or 0.0
 
 
 def event(n: int, **changes: Any) -> dict[str, Any]:
@@ -142,8 +151,10 @@ def test_retried_event_is_acknowledged_but_produced_once(ingest: Ingest) -> None
 
 def test_publisher_down_is_503_with_retry_after_and_not_taken(ingest: Ingest) -> None:
     ingest.publisher.down = True
+    before = unavailable("kafka")
     reply = ingest.post([event(1), event(2, type="Bad Type"), event(3)])
     assert reply.status_code == 503
+    assert unavailable("kafka") == before + 1
     assert reply.headers["Retry-After"] == str(ingest.settings.ingest_retry_after_s)
     body = reply.json()
     assert [t["index"] for t in body["not_taken"]] == [0, 2]
@@ -165,6 +176,43 @@ def test_health_ready_metrics_need_no_key(ingest: Ingest) -> None:
         assert ingest.client.get(path).status_code == 200, path
     ingest.post(event(1))
     assert "churnwatch_ingest_events_accepted_total" in ingest.client.get("/metrics").text
+
+
+def test_key_store_down_is_503_with_the_configured_retry_after_and_counted() -> None:
+    svc = Ingest(ingest_retry_after_s=17)
+    with svc.client:
+        key = create_key(svc.store, scopes=["ingest"])
+        svc.store.down = True
+        before = unavailable("key_store"), unavailable("kafka")
+        reply = svc.post(event(1), headers={"Authorization": f"Bearer {key}"})
+        assert reply.status_code == 503
+        assert reply.headers["Retry-After"] == "17"
+        assert "key store" in reply.json()["error"]
+        assert (unavailable("key_store"), unavailable("kafka")) == (before[0] + 1, before[1])
+        assert svc.publisher.records == []
+        # The failed lookup is not cached: the key works as soon as the store is back.
+        svc.store.down = False
+        assert svc.post(event(2), headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_readyz_names_each_dependency_that_is_down() -> None:
+    svc = Ingest(ingest_retry_after_s=17)
+    with svc.client:
+        ready = svc.client.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+        for kafka_down, store_down, status in [
+            (False, True, "key store unreachable"),
+            (True, False, "kafka unreachable"),
+            (True, True, "kafka and key store unreachable"),
+        ]:
+            svc.publisher.down, svc.store.down = kafka_down, store_down
+            reply = svc.client.get("/readyz")
+            assert reply.status_code == 503, status
+            assert reply.json() == {"status": status}
+            assert reply.headers["Retry-After"] == "17"
+        svc.publisher.down = svc.store.down = False
+        ready = svc.client.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
 
 
 def test_keys_and_scopes(ingest: Ingest) -> None:
