@@ -41,6 +41,10 @@ A batch is whatever the fetcher holds when the handler is free, up to
 ``max_records``: under load they are full, when traffic is light a batch is
 the few records that arrived while the previous one was handled, so nothing
 waits to fill a batch unless ``fill_within_s`` asks for it.
+
+:meth:`BatchConsumer.lag` is the member's backlog for ``/metrics``: what the
+broker last reported as each partition's end, minus the next offset to hand
+over, with no request of its own (a scrape must not wait on Kafka).
 """
 
 from __future__ import annotations
@@ -125,6 +129,7 @@ class BatchConsumer:
         self._uncommitted: dict[tuple[str, int], int] = {}  # handled, not sent yet
         self._last_sent = float("-inf")  # loop time of the last commit sent
         self._flusher: asyncio.Future[None] | None = None  # sends them when none comes
+        self._fetched: dict[tuple[str, int], int] = {}  # next offset to hand over, by partition
         self.batches = 0
         self.generation = 0  # partitions revoked so many times
         self._stopping = False
@@ -212,6 +217,18 @@ class BatchConsumer:
         if pending is not None:
             await pending
 
+    def lag(self) -> int:
+        """Records on this member's partitions not handed to the handler yet, as of the
+        last fetch from each; a partition not fetched from since it was assigned counts 0."""
+        if self.consumer is None:
+            return 0
+        total = 0
+        for (topic, partition), position in list(self._fetched.items()):
+            end = self.consumer.highwater(TopicPartition(topic, partition))
+            if end is not None:
+                total += max(0, end - position)
+        return total
+
     async def fetch(self) -> list[Record]:
         """The next batch: what the fetcher holds, after waiting up to 1 s for a first record."""
         found = await self.consumer.getmany(timeout_ms=1000, max_records=self.max_records)
@@ -228,6 +245,8 @@ class BatchConsumer:
                 # commit (so do we, if they came back: positions restart there).
                 records = []
             records += _records(more)
+        for tp, offset in next_offsets(records).items():
+            self._fetched[tp] = max(offset, self._fetched.get(tp, offset))
         return records
 
     async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -266,6 +285,7 @@ class _Listener(ConsumerRebalanceListener):
         async with self.owner.lock:
             await self.owner.flush()
             self.owner.generation += 1
+            self.owner._fetched.clear()  # positions restart at the commits, maybe elsewhere
             log.info("partitions revoked", extra={"partitions": len(revoked)})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:

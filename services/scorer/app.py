@@ -129,6 +129,7 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
         commit_every_s=settings.scorer_commit_every_s,
         session_timeout_s=settings.scorer_session_timeout_s,
     )
+    metrics.CONSUMER_LAG.set_function(consumer.lag)
 
     @app.service
     class ScoreEvents(mode.Service):

@@ -35,6 +35,11 @@ REDIS_SECONDS = Histogram(
 EVENT_LAG = Gauge(
     "churnwatch_scorer_event_time_lag_seconds", "Wall clock minus the newest event time processed"
 )
+CONSUMER_LAG = Gauge(
+    "churnwatch_scorer_consumer_lag",
+    "Events on this worker's partitions not handed to it yet (log end minus position, "
+    "as of its last fetch from each)",
+)
 SCORES = Counter("churnwatch_scorer_scores_total", "Users scored, by band", ["band"])
 STORE_ERRORS = Counter("churnwatch_scorer_store_errors_total", "Redis failures (retried)")
 LEARNER_FAILURES = Counter(

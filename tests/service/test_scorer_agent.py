@@ -108,6 +108,7 @@ class FakeKafka:
         self.commits: list[dict[tuple[str, int], int]] = []
         self.listener: Any = None
         self.drained = asyncio.Event()
+        self.ends: dict[tuple[str, int], int] = {}  # log end offsets, as a fetch reports them
 
     async def start(self) -> None: ...
 
@@ -126,6 +127,9 @@ class FakeKafka:
 
     async def commit(self, offsets: dict[Any, Any]) -> None:
         self.commits.append({(tp.topic, tp.partition): om.offset for tp, om in offsets.items()})
+
+    def highwater(self, tp: Any) -> int | None:
+        return self.ends.get((tp.topic, tp.partition))
 
 
 def vars_of(record: Record) -> dict[str, Any]:
@@ -227,6 +231,27 @@ def test_a_rebalance_waits_for_the_batch_in_hand_to_be_committed() -> None:
     asyncio.run(scenario())
     assert order == ["handling", "handled", "revoked after 1 commit(s)"]
     assert kafka.commits == [{("user-events", 0): 8}]
+
+
+def test_the_lag_is_the_log_end_minus_what_was_handed_over() -> None:
+    """What /metrics reports as churnwatch_scorer_consumer_lag: no request to Kafka."""
+
+    async def note(records: list[Record], prepared: Any) -> None: ...
+
+    kafka = FakeKafka([records([b"a", b"b"]), records([b"c"], start=2)])
+    kafka.ends[("user-events", 0)] = 10  # ten events on the partition, three fetched
+    consumer = BatchConsumer(
+        ScorerSettings(), topic="t", group="g", handler=note, max_records=10, consumer=kafka
+    )
+    assert consumer.lag() == 0  # not started
+    run_consumer(consumer, kafka)
+    assert consumer.lag() == 7
+    kafka.ends[("user-events", 0)] = 3
+    assert consumer.lag() == 0
+    kafka.ends[("user-events", 0)] = 50
+    # Revoked: the partition may be someone else's now; its backlog is not this member's.
+    asyncio.run(kafka.listener.on_partitions_revoked([]))
+    assert consumer.lag() == 0
 
 
 def test_records_fetched_before_a_rebalance_are_not_handled_after_it() -> None:
