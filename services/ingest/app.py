@@ -66,6 +66,14 @@ UNAVAILABLE = Counter(
 # Made here, so both series are exported (at 0) from the start.
 KAFKA_DOWN = UNAVAILABLE.labels("kafka")
 KEY_STORE_DOWN = UNAVAILABLE.labels("key_store")
+# Set by each /readyz (a readiness probe calls it every few seconds): an ingest
+# that is not ready leaves its Service and stops seeing the requests that would
+# count 503s, so the outage must show here too. Absent until the first check.
+DEPENDENCY_UP = Gauge(
+    "churnwatch_ingest_dependency_up",
+    "1 if the last /readyz reached the dependency (kafka, key_store), else 0",
+    ["dependency"],
+)
 
 
 class RecentIds:
@@ -131,6 +139,8 @@ def create_app(
         answers = await asyncio.gather(
             run_in_threadpool(publisher.ready), run_in_threadpool(api_keys.store.ready)
         )
+        for dependency, up in zip(("kafka", "key_store"), answers, strict=True):
+            DEPENDENCY_UP.labels(dependency).set(1 if up else 0)
         down = [name for name, up in zip(("kafka", "key store"), answers, strict=True) if not up]
         if not down:
             return ORJSONResponse({"status": "ready"})

@@ -196,6 +196,12 @@ def test_key_store_down_is_503_with_the_configured_retry_after_and_counted() -> 
 
 
 def test_readyz_names_each_dependency_that_is_down() -> None:
+    def up(dependency: str) -> bool:
+        value = REGISTRY.get_sample_value(
+            "churnwatch_ingest_dependency_up", {"dependency": dependency}
+        )
+        return value == 1.0
+
     svc = Ingest(ingest_retry_after_s=17)
     with svc.client:
         ready = svc.client.get("/readyz")
@@ -210,9 +216,12 @@ def test_readyz_names_each_dependency_that_is_down() -> None:
             assert reply.status_code == 503, status
             assert reply.json() == {"status": status}
             assert reply.headers["Retry-After"] == "17"
+            # For ChurnwatchIngestNotReady: a pod out of its Service counts no more 503s.
+            assert (up("kafka"), up("key_store")) == (not kafka_down, not store_down)
         svc.publisher.down = svc.store.down = False
         ready = svc.client.get("/readyz")
         assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+        assert up("kafka") and up("key_store")
 
 
 def test_keys_and_scopes(ingest: Ingest) -> None:
