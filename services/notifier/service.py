@@ -21,7 +21,7 @@ from services.common.messages import WinbackAction, make_action_id
 from services.notifier import metrics
 from services.notifier.adapters.redis_directory import CONTACT_FIELDS
 from services.notifier.channels.base import Channel, Message, RetryPolicy, deliver_with_retries
-from services.notifier.core.guardrails import ConsentRecord, Decision, plan_actions
+from services.notifier.core.guardrails import ConsentRecord, Decision, over_cap, plan_actions
 from services.notifier.core.playbooks import PlaybookBook
 from services.notifier.core.templates import Brand, Renderer
 
@@ -47,6 +47,8 @@ class Directory(Protocol):
     ) -> None: ...
 
     async def defer(self, job: dict[str, Any], not_before: float) -> None: ...
+
+    async def schedule_contact(self, user_id: str, action_id: str, at: float) -> None: ...
 
     async def remember_failed(self, job: dict[str, Any]) -> None: ...
 
@@ -151,6 +153,8 @@ class Notifier:
         if decision.status == "defer" and decision.not_before is not None:
             job = {"alert": alert, "playbook": playbook, "decision": asdict(decision)}
             await self.directory.defer(job, decision.not_before)
+            if decision.channel != "webhook":  # the cap counts it from now, across alerts
+                await self.directory.schedule_contact(uid, action_id, decision.not_before)
             status = "deferred"
         elif decision.status == "send":
             status, reason = await self._deliver(
@@ -195,16 +199,24 @@ class Notifier:
     ) -> WinbackAction | None:
         """Send a deferred action now that its time has come (quiet hours over, delay done).
 
-        Consent is read again: a user who opted out while the action waited is not contacted.
+        Consent and the frequency cap are judged again: a user who opted out while
+        the action waited is not contacted, nor one whose cap was filled meanwhile
+        (this action's own place in the window, kept since it was deferred, aside).
         """
         now = time.time() if now is None else now
         alert = job["alert"]
-        decision = replace(Decision(**job["decision"]), status="send", not_before=None)
-        contact, consent, _ = await self.directory.profile(alert["user_id"])
-        if decision.channel != "webhook" and not consent.allows(decision.channel):
+        planned = Decision(**job["decision"])
+        decision = replace(planned, status="send", not_before=None)
+        contact, consent, sends = await self.directory.profile(alert["user_id"])
+        if planned.not_before in sends:
+            sends.remove(planned.not_before)
+        to_user = decision.channel != "webhook"
+        if to_user and not consent.allows(decision.channel):
             decision = replace(
                 decision, status="suppressed", reason=f"no consent for {decision.channel}"
             )
+        elif to_user and (capped := over_cap(sends, now, self.book.defaults.frequency_cap)):
+            decision = replace(decision, status="suppressed", reason=capped)
         return await self.carry_out(
             alert, decision, playbook=job["playbook"], contact=contact, now=now
         )

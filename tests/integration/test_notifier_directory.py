@@ -13,6 +13,7 @@ finished by the user's next write, once.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -107,6 +108,27 @@ def test_decisions_are_recorded_and_counted_once_per_alert(isolated_each: Isolat
         await d.mark_published("u1", [])
         assert await d.is_published("u1", "a1-email") and await d.is_published("u1", "a1-webhook")
         assert not await d.is_published("u1", "a2-email")
+
+    run(isolated_each.settings, scenario)
+
+
+def test_a_deferred_contact_holds_its_place_in_the_cap_window(isolated_each: Isolated) -> None:
+    async def scenario(client: AsyncRedis, d: RedisDirectory) -> None:
+        soon = time.time() + 3600  # quiet hours end in an hour
+        await d.schedule_contact("u1", "a1-email", soon)
+        await d.schedule_contact("u1", "a1-sms", soon)
+        _, _, sends = await d.profile("u1")
+        assert sends == [soon, soon]
+        # Sent when due: its place moves to the send; suppressed: it leaves the window.
+        await d.record("u1", action("a1", "email"), contacted=True, winback=None)
+        await d.record("u1", action("a1", "sms", "suppressed"), contacted=False, winback=None)
+        _, _, sends = await d.profile("u1")
+        assert len(sends) == 1 and sends[0] < soon
+        # A deferral recorded as such keeps the scheduled place.
+        await d.schedule_contact("u1", "a2-email", soon)
+        await d.record("u1", action("a2", "email", "deferred"), contacted=False, winback=None)
+        _, _, sends = await d.profile("u1")
+        assert soon in sends
 
     run(isolated_each.settings, scenario)
 

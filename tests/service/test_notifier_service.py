@@ -19,7 +19,7 @@ from services.common.messages import make_action_id
 from services.notifier.adapters.memory_directory import MemoryDirectory
 from services.notifier.channels.base import Message, RetryPolicy
 from services.notifier.core.guardrails import in_control_group
-from services.notifier.core.playbooks import PlaybookBook, load_playbooks
+from services.notifier.core.playbooks import FrequencyCap, PlaybookBook, load_playbooks
 from services.notifier.core.templates import Brand, Renderer
 from services.notifier.service import Notifier
 from tests.notifier_data import sample_alert
@@ -219,6 +219,47 @@ def test_deferred_action_is_not_sent_after_the_user_opted_out() -> None:
 
     assert (action.status, action.reason) == ("suppressed", "no consent for email")
     assert rig.recorder.sent == []
+    assert rig.directory.sends[uid] == {}  # not a contact: out of the cap window
+
+
+def capped_at_one() -> PlaybookBook:
+    defaults = BOOK.defaults.model_copy(
+        update={"frequency_cap": FrequencyCap(max_contacts=1, window_days=7)}
+    )
+    return BOOK.model_copy(update={"defaults": defaults})
+
+
+def test_a_contact_deferred_for_one_alert_counts_against_the_cap_of_the_next() -> None:
+    rig = Rig(capped_at_one())
+    uid = rig.user(treated_user("two-alerts"), email=True)
+    late_evening = datetime(2026, 1, 15, 22, 0, tzinfo=LA).timestamp()
+    assert rig.handle(make_alert(uid, bucket=1), now=late_evening)[0][1] == "deferred"
+
+    # A second alert an hour later: the morning's email already fills the cap of one.
+    [(channel, status, reason)] = rig.handle(make_alert(uid, bucket=2), now=late_evening + 3600)
+    assert (channel, status, reason) == ("email", "suppressed", "frequency cap: 1 in 7 days")
+
+    # The deferred email itself still goes (its own place in the window is not a rival).
+    [job] = run(rig.directory.due(late_evening + 86400))
+    action = run(rig.notifier.run_deferred(job, now=late_evening + 86400))
+    assert (action.channel, action.status) == ("email", "sent")
+    assert len(rig.recorder.on("email")) == 1
+
+
+def test_a_deferred_contact_is_capped_when_it_comes_due_and_leaves_the_window() -> None:
+    rig = Rig(capped_at_one())
+    uid = rig.user(treated_user("filled-meanwhile"), email=True)
+    late_evening = datetime(2026, 1, 15, 22, 0, tzinfo=LA).timestamp()
+    assert rig.handle(make_alert(uid), now=late_evening)[0][1] == "deferred"
+    [job] = run(rig.directory.due(late_evening + 86400))
+    # Meanwhile another contact filled the cap (another notifier, a hand-made send).
+    rig.directory.sends[uid]["another-action"] = late_evening + 600
+
+    action = run(rig.notifier.run_deferred(job, now=late_evening + 86400))
+
+    assert (action.status, action.reason) == ("suppressed", "frequency cap: 1 in 7 days")
+    assert rig.recorder.sent == []
+    assert list(rig.directory.sends[uid]) == ["another-action"]  # the capped one left
 
 
 def test_control_group_users_are_recorded_and_not_contacted() -> None:

@@ -20,6 +20,7 @@ from collections import Counter
 from copy import deepcopy
 from typing import Any
 
+from services.notifier.adapters.redis_directory import UNSCHEDULED
 from services.notifier.core.guardrails import ConsentRecord
 
 DONE_STATUSES = ("sent", "control", "suppressed")
@@ -87,6 +88,8 @@ class MemoryDirectory:
             self.done.setdefault(user_id, {})[action["action_id"]] = action["status"]
         if contacted:
             self.sends.setdefault(user_id, {})[action["action_id"]] = self.clock()
+        elif action["status"] in UNSCHEDULED:  # out of the window it was scheduled into
+            self.sends.get(user_id, {}).pop(action["action_id"], None)
         history = self.actions.setdefault(user_id, [])
         history.insert(0, deepcopy(action))
         del history[self.history :]
@@ -100,6 +103,9 @@ class MemoryDirectory:
         # Like a sorted set: the same job again only moves its time.
         self.deferred = [(ts, j) for ts, j in self.deferred if j != job]
         self.deferred.append((not_before, job))
+
+    async def schedule_contact(self, user_id: str, action_id: str, at: float) -> None:
+        self.sends.setdefault(user_id, {})[action_id] = at
 
     async def due(self, now: float, *, limit: int = 500) -> list[dict[str, Any]]:
         """Take the jobs due at ``now``, earliest first; each is handed out once."""

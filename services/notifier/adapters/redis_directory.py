@@ -6,7 +6,7 @@ as a hash tag, so a Redis Cluster keeps them in one slot with the scorer's
 
 P:{uid}:contact   hash  email, phone, push_token, locale, timezone (never copied elsewhere)
 P:{uid}:consent   hash  <channel> = 1 | 0, preferred = <channel>
-P:{uid}:sends     zset  action_id -> time of each contact (frequency cap)
+P:{uid}:sends     zset  action_id -> time of each contact, sent or deferred (frequency cap)
 P:{uid}:done      hash  action_id -> status once delivered (idempotency)
 P:{uid}:pub       hash  action_id -> 1 once the action is on winback-actions
 P:{uid}:actions   list  newest-first action history (capped)
@@ -62,6 +62,9 @@ from services.notifier.core.guardrails import ConsentRecord
 
 KEEP_S = 90 * 86400  # done marks, cap window, published marks, pending counts
 COUNTED_S = 86400  # how long a cluster remembers that an alert's decision was counted
+# Final statuses of an action that did not contact the user: a deferred one leaves the
+# cap window it was scheduled into (schedule_contact).
+UNSCHEDULED = ("suppressed", "failed")
 
 # One user's record of an action, atomically: KEYS are the user's done, sends,
 # actions, u and wbc (one slot), then on one Redis the win-back counter. One
@@ -74,7 +77,9 @@ if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   redis.call('EXPIRE', KEYS[1], ttl)
 end
-if ARGV[3] ~= '' then
+if ARGV[3] == '-' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+elseif ARGV[3] ~= '' then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
   redis.call('EXPIRE', KEYS[2], ttl)
 end
@@ -230,7 +235,7 @@ class RedisDirectory(RedisJobQueues):
                 *keys,
                 action["action_id"],
                 done,
-                repr(time.time()) if contacted else "",
+                repr(time.time()) if contacted else _unscheduled(action),
                 orjson.dumps(action),
                 self.history,
                 KEEP_S,
@@ -239,6 +244,17 @@ class RedisDirectory(RedisJobQueues):
                 counter,
             )
             await self._count(user_id, pending)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+    async def schedule_contact(self, user_id: str, action_id: str, at: float) -> None:
+        """Count a deferred contact in the user's cap window from now, at its time."""
+        key = ukey(self.prefix, user_id, "sends")
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                pipe.zadd(key, {action_id: at})
+                pipe.expire(key, KEEP_S)
+                await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
@@ -253,3 +269,9 @@ class RedisDirectory(RedisJobQueues):
                 COUNT_ONCE, 2, key, counted_key(self.prefix, key, alert_id), COUNTED_S
             )
         await self.r.hdel(ukey(self.prefix, user_id, "wbc"), *marks)
+
+
+def _unscheduled(action: dict[str, Any]) -> str:
+    """RECORD_ACTION's "-": an action that ends without contacting the user (suppressed
+    when it came due, or failed) leaves the cap window it was scheduled into."""
+    return "-" if action["status"] in UNSCHEDULED else ""

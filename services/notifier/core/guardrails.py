@@ -15,7 +15,7 @@ from datetime import datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from services.notifier.core.playbooks import Action, Defaults, Playbook
+from services.notifier.core.playbooks import Action, Defaults, FrequencyCap, Playbook
 
 Status = Literal["send", "defer", "suppressed", "control"]
 _DAY_S = 86400.0
@@ -88,6 +88,19 @@ def frequency_ok(
     True
     """
     return sum(1 for ts in sent_timestamps if ts > now - window_s) < cap
+
+
+def over_cap(sends: Iterable[float], now: float, cap: FrequencyCap) -> str | None:
+    """Why one more contact at ``now`` is refused by ``cap``, or None if it is not.
+
+    >>> over_cap([0.0, 1.0, 2.0], 3.0, FrequencyCap(max_contacts=3, window_days=7))
+    'frequency cap: 3 in 7 days'
+    >>> over_cap([0.0], 3.0, FrequencyCap(max_contacts=3, window_days=7)) is None
+    True
+    """
+    if frequency_ok(sends, now, cap=cap.max_contacts, window_s=cap.window_days * _DAY_S):
+        return None
+    return f"frequency cap: {cap.max_contacts} in {cap.window_days:g} days"
 
 
 def quiet_hours_end(
@@ -187,12 +200,8 @@ def _decide(
         return decision("suppressed", f"no consent for {ch}")
     if not contacts.get(ch, not to_user):
         return decision("suppressed", f"no contact for {ch}")
-    if to_user and not frequency_ok(
-        sends, now, cap=cap.max_contacts, window_s=cap.window_days * _DAY_S
-    ):
-        return decision(
-            "suppressed", f"frequency cap: {cap.max_contacts} in {cap.window_days:g} days"
-        )
+    if to_user and (capped := over_cap(sends, now, cap)):
+        return decision("suppressed", capped)
     due = now + action.delay_s
     quiet_end = quiet_hours_end(due, tz, start=quiet.start, end=quiet.end) if to_user else None
     if quiet_end is not None:
