@@ -15,9 +15,10 @@ For each failed delivery (oldest first) a re-drive
    succeeded, or an earlier re-drive got there): the done mark keeps one
    message per alert and channel; a failure never leaves a done mark, so it
    never blocks its own re-drive;
-3. reads consent again (an opt-out since the failure suppresses it) and defers
-   it to the deferred queue during the user's quiet hours; the frequency cap
-   was judged when the action was planned and is not judged again;
+3. judges consent and the frequency cap again (an opt-out since the failure,
+   or a cap filled by other contacts since, suppresses it: a failed delivery
+   held no place in the window) and defers it to the deferred queue during the
+   user's quiet hours;
 4. delivers it with the notifier's channels and retry policy
    (:meth:`~services.notifier.service.Notifier.carry_out`), publishes the
    resulting action on ``winback-actions`` and forgets the failure, unless it
@@ -233,15 +234,17 @@ class Redriver:
         return f"already {done}" if done is not None else None
 
     async def _decide(self, job: dict[str, Any]) -> Decision:
-        """Send again, unless consent was withdrawn (suppress) or it is quiet hours (defer)."""
+        """Send again, unless consent was withdrawn or the cap filled (suppress) or it is
+        quiet hours (defer)."""
         decision = _decision(job)
         if decision.channel == "webhook":  # the CS hand-off: no consent, no quiet hours
             return decision
-        contact, consent, _ = await self.notifier.directory.profile(job["user_id"])
-        if not consent.allows(decision.channel):
-            return replace(
-                decision, status="suppressed", reason=f"no consent for {decision.channel}"
-            )
+        contact, consent, sends = await self.notifier.directory.profile(job["user_id"])
+        decision = self.notifier.judge_again(
+            decision, job["alert"], consent, sends, now=self.clock()
+        )
+        if decision.status == "suppressed":
+            return decision
         defaults = self.notifier.book.defaults
         tz = zone_name(
             contact.get("timezone") or job["alert"].get("timezone"), defaults.default_timezone

@@ -29,7 +29,9 @@ log = logging.getLogger("churnwatch.notifier")
 
 
 class Directory(Protocol):
-    async def profile(self, user_id: str) -> tuple[dict[str, str], ConsentRecord, list[float]]: ...
+    async def profile(
+        self, user_id: str
+    ) -> tuple[dict[str, str], ConsentRecord, dict[str, float]]: ...
 
     async def already_done(self, user_id: str, action_id: str) -> str | None: ...
 
@@ -97,12 +99,15 @@ class Notifier:
         contacts = {ch: address_for(ch, contact) is not None for ch in self.channels}
         contacts["webhook"] = "webhook" in self.channels
         alert_view = {**alert, "timezone": contact.get("timezone") or alert.get("timezone")}
+        # The alert's own actions aside: planned again (a redelivery, a retry after a
+        # Redis error), its deferred contacts must not count against themselves.
+        own = {make_action_id(alert["alert_id"], ch) for ch in self.channels}
         decisions = plan_actions(
             alert_view,
             playbook,
             contacts=contacts,
             consent=consent,
-            recent_sends=sends,
+            recent_sends=[ts for action_id, ts in sends.items() if action_id not in own],
             now=now,
             settings=self.book.defaults,
         )
@@ -205,21 +210,35 @@ class Notifier:
         """
         now = time.time() if now is None else now
         alert = job["alert"]
-        planned = Decision(**job["decision"])
-        decision = replace(planned, status="send", not_before=None)
+        decision = replace(Decision(**job["decision"]), status="send", not_before=None)
         contact, consent, sends = await self.directory.profile(alert["user_id"])
-        if planned.not_before in sends:
-            sends.remove(planned.not_before)
-        to_user = decision.channel != "webhook"
-        if to_user and not consent.allows(decision.channel):
-            decision = replace(
-                decision, status="suppressed", reason=f"no consent for {decision.channel}"
-            )
-        elif to_user and (capped := over_cap(sends, now, self.book.defaults.frequency_cap)):
-            decision = replace(decision, status="suppressed", reason=capped)
+        decision = self.judge_again(decision, alert, consent, sends, now=now)
         return await self.carry_out(
             alert, decision, playbook=job["playbook"], contact=contact, now=now
         )
+
+    def judge_again(
+        self,
+        decision: Decision,
+        alert: Mapping[str, Any],
+        consent: ConsentRecord,
+        sends: Mapping[str, float],
+        *,
+        now: float,
+    ) -> Decision:
+        """A planned contact about to go out later (deferred, or re-driven): suppressed
+        if consent was withdrawn or the cap filled since (its own place aside)."""
+        if decision.channel == "webhook":  # the CS hand-off: no consent, no cap
+            return decision
+        if not consent.allows(decision.channel):
+            return replace(
+                decision, status="suppressed", reason=f"no consent for {decision.channel}"
+            )
+        own = make_action_id(alert["alert_id"], decision.channel)
+        others = [ts for action_id, ts in sends.items() if action_id != own]
+        if capped := over_cap(others, now, self.book.defaults.frequency_cap):
+            return replace(decision, status="suppressed", reason=capped)
+        return decision
 
     async def _deliver(
         self,

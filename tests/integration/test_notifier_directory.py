@@ -118,17 +118,17 @@ def test_a_deferred_contact_holds_its_place_in_the_cap_window(isolated_each: Iso
         await d.schedule_contact("u1", "a1-email", soon)
         await d.schedule_contact("u1", "a1-sms", soon)
         _, _, sends = await d.profile("u1")
-        assert sends == [soon, soon]
+        assert sends == {"a1-email": soon, "a1-sms": soon}
         # Sent when due: its place moves to the send; suppressed: it leaves the window.
         await d.record("u1", action("a1", "email"), contacted=True, winback=None)
         await d.record("u1", action("a1", "sms", "suppressed"), contacted=False, winback=None)
         _, _, sends = await d.profile("u1")
-        assert len(sends) == 1 and sends[0] < soon
+        assert list(sends) == ["a1-email"] and sends["a1-email"] < soon
         # A deferral recorded as such keeps the scheduled place.
         await d.schedule_contact("u1", "a2-email", soon)
         await d.record("u1", action("a2", "email", "deferred"), contacted=False, winback=None)
         _, _, sends = await d.profile("u1")
-        assert soon in sends
+        assert sends["a2-email"] == soon
 
     run(isolated_each.settings, scenario)
 

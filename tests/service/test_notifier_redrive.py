@@ -3,7 +3,7 @@
 A provider fails every attempt → the delivery is kept as failed → the provider
 comes back → a re-drive sends it once and publishes the action; a second
 re-drive finds nothing. Also: a delivery that succeeded since is not sent
-again, consent and quiet hours are read again, a delivery that fails again
+again, consent, the frequency cap and quiet hours are judged again, a delivery that fails again
 stays for the next re-drive, filters and the dry run, and a claim held by
 another re-drive. Times are fixed; nothing here reads the wall clock.
 """
@@ -15,7 +15,15 @@ from typing import Any
 
 from services.common.messages import WinbackAction, make_action_id
 from services.notifier.redrive import RedriveFilter, Redriver, RedriveSummary
-from tests.service.test_notifier_service import LA, NOW, Rig, make_alert, run, treated_user
+from tests.service.test_notifier_service import (
+    LA,
+    NOW,
+    Rig,
+    capped_at_one,
+    make_alert,
+    run,
+    treated_user,
+)
 
 
 class Sink:
@@ -91,6 +99,21 @@ def test_consent_withdrawn_since_the_failure_suppresses() -> None:
         ("suppressed", "no consent for email")
     ]
     assert run(rig.directory.already_done(uid, action_id)) == "suppressed"
+
+
+def test_a_cap_filled_since_the_failure_suppresses() -> None:
+    """A failed delivery held no place in the window: others may have filled it since."""
+    rig, sink = Rig(capped_at_one()), Sink()
+    uid, _, _ = failed_once(rig, "filled")
+    assert rig.handle(make_alert(uid, bucket=2)) == [("email", "sent", None)]
+
+    summary = redrive(rig, sink)
+
+    assert (summary.suppressed, summary.sent) == (1, 0)
+    assert [(a.status, a.reason) for a in sink.published] == [
+        ("suppressed", "frequency cap: 1 in 7 days")
+    ]
+    assert len(rig.recorder.on("email")) == 1
 
 
 def test_quiet_hours_defer_the_redrive_to_the_deferred_queue() -> None:

@@ -246,6 +246,21 @@ def test_a_contact_deferred_for_one_alert_counts_against_the_cap_of_the_next() -
     assert len(rig.recorder.on("email")) == 1
 
 
+def test_an_alert_planned_again_does_not_count_its_own_deferred_contact() -> None:
+    """A redelivered alert, or one retried after a Redis error, is planned again: its
+    deferred email keeps its place and is not capped by itself."""
+    rig = Rig(capped_at_one())
+    uid = rig.user(treated_user("redelivered"), email=True)
+    late_evening = datetime(2026, 1, 15, 22, 0, tzinfo=LA).timestamp()
+    alert = make_alert(uid)
+    assert rig.handle(alert, now=late_evening)[0][1] == "deferred"
+    assert rig.handle(alert, now=late_evening + 60)[0][1] == "deferred"
+
+    [job] = run(rig.directory.due(late_evening + 86400))  # one job: the same, queued once
+    action = run(rig.notifier.run_deferred(job, now=late_evening + 86400))
+    assert (action.channel, action.status) == ("email", "sent")
+
+
 def test_a_deferred_contact_is_capped_when_it_comes_due_and_leaves_the_window() -> None:
     rig = Rig(capped_at_one())
     uid = rig.user(treated_user("filled-meanwhile"), email=True)

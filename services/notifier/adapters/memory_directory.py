@@ -10,7 +10,7 @@ due deferred job), so a service test that passes here means the same on Redis.
 >>> d.set_consent("u1", email=True)
 >>> contact, consent, sends = asyncio.run(d.profile("u1"))
 >>> contact["email"], consent.allows("email"), sends
-('u1@example.test', True, [])
+('u1@example.test', True, {})
 """
 
 from __future__ import annotations
@@ -57,14 +57,14 @@ class MemoryDirectory:
 
     # The Directory port used by the Notifier.
 
-    async def profile(self, user_id: str) -> tuple[dict[str, str], ConsentRecord, list[float]]:
+    async def profile(self, user_id: str) -> tuple[dict[str, str], ConsentRecord, dict[str, float]]:
         raw = dict(self.consents.get(user_id, {}))
         record = ConsentRecord(
             channels={k: v == "1" for k, v in raw.items() if k != "preferred"},
             preferred=raw.get("preferred"),
         )
         since = self.clock() - 90 * 86400
-        sends = [ts for ts in self.sends.get(user_id, {}).values() if ts >= since]
+        sends = {a: ts for a, ts in self.sends.get(user_id, {}).items() if ts >= since}
         return dict(self.contacts.get(user_id, {})), record, sends
 
     async def already_done(self, user_id: str, action_id: str) -> str | None:

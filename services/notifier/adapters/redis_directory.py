@@ -162,8 +162,8 @@ class RedisDirectory(RedisJobQueues):
         self.history = history
         self.lease_s = lease_s
 
-    async def profile(self, user_id: str) -> tuple[dict[str, str], ConsentRecord, list[float]]:
-        """Contact, consent and recent send times, in one round trip."""
+    async def profile(self, user_id: str) -> tuple[dict[str, str], ConsentRecord, dict[str, float]]:
+        """Contact, consent and recent contacts (action id -> time), in one round trip."""
         try:
             async with self.r.pipeline(transaction=False) as pipe:
                 pipe.hgetall(ukey(self.prefix, user_id, "contact"))
@@ -183,7 +183,7 @@ class RedisDirectory(RedisJobQueues):
             channels={k: v == "1" for k, v in raw.items() if k != "preferred"},
             preferred=raw.get("preferred"),
         )
-        return contact, record, [float(score) for _, score in sends]
+        return contact, record, {_s(a): float(score) for a, score in sends}
 
     async def already_done(self, user_id: str, action_id: str) -> str | None:
         try:
