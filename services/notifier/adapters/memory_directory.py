@@ -20,8 +20,7 @@ from collections import Counter
 from copy import deepcopy
 from typing import Any
 
-from services.notifier.adapters.redis_directory import UNSCHEDULED
-from services.notifier.core.guardrails import ConsentRecord
+from services.notifier.core.guardrails import UNSCHEDULED, ConsentRecord
 
 DONE_STATUSES = ("sent", "control", "suppressed")
 

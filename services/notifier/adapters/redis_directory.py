@@ -58,13 +58,10 @@ from redis.exceptions import RedisError
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis, is_cluster
 from services.notifier.adapters.redis_queues import RedisJobQueues
-from services.notifier.core.guardrails import ConsentRecord
+from services.notifier.core.guardrails import UNSCHEDULED, ConsentRecord
 
 KEEP_S = 90 * 86400  # done marks, cap window, published marks, pending counts
 COUNTED_S = 86400  # how long a cluster remembers that an alert's decision was counted
-# Final statuses of an action that did not contact the user: a deferred one leaves the
-# cap window it was scheduled into (schedule_contact).
-UNSCHEDULED = ("suppressed", "failed")
 
 # One user's record of an action, atomically: KEYS are the user's done, sends,
 # actions, u and wbc (one slot), then on one Redis the win-back counter. One

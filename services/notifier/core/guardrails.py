@@ -19,6 +19,9 @@ from services.notifier.core.playbooks import Action, Defaults, FrequencyCap, Pla
 
 Status = Literal["send", "defer", "suppressed", "control"]
 _DAY_S = 86400.0
+# Final statuses of an action that did not contact the user: a deferred one leaves the
+# cap window it was scheduled into.
+UNSCHEDULED = ("suppressed", "failed")
 
 
 @dataclass(frozen=True, slots=True)
