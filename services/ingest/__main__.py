@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -36,22 +39,35 @@ def main(args: argparse.Namespace | None = None) -> int:
     return 0
 
 
-def make_topics(settings: IngestSettings) -> None:
+def make_topics(settings: IngestSettings, *, sleep: Callable[[float], None] = time.sleep) -> bool:
     """Create the topics if missing, as the workers do: a broker that does not create
-    them on first use would refuse ingest's events until a worker had started once."""
-    import logging
+    them on first use would refuse ingest's events until a worker had started once.
 
+    Tries until Kafka answers (docker-compose starts ingest before the broker is
+    ready), backing off up to 30 s; a configuration the broker refuses (credentials,
+    TLS) is logged and not retried. True once the topics are there.
+    """
     from kafka.errors import KafkaError
 
-    from services.common.errors import BrokerUnavailable
+    from services.common.errors import BrokerUnavailable, ChurnwatchError
     from services.common.kafka import ensure_topics
 
-    try:
-        ensure_topics(settings)
-    except (BrokerUnavailable, KafkaError) as exc:
-        logging.getLogger("churnwatch.ingest").warning(
-            "topics not checked, kafka unreachable", extra={"error": str(exc)}
-        )
+    log = logging.getLogger("churnwatch.ingest")
+    wait = 1.0
+    while True:
+        try:
+            ensure_topics(settings)
+            return True
+        except (BrokerUnavailable, KafkaError) as exc:
+            log.warning(
+                "topics not checked, kafka unreachable; trying again",
+                extra={"error": str(exc), "retry_in_s": wait},
+            )
+        except ChurnwatchError as exc:
+            log.error("topics not checked", extra={"error": str(exc)})
+            return False
+        sleep(wait)
+        wait = min(30.0, wait * 2)
 
 
 if __name__ == "__main__":

@@ -265,3 +265,19 @@ def test_a_late_acknowledgement_after_the_loop_closed_leaves_the_publisher_worki
         assert len(answers) == 1 and isinstance(answers[0], DeliveryFailed), answers
     finally:
         publisher.close()
+
+
+def test_ingest_creates_its_topics_at_start(isolated_each: Isolated) -> None:
+    """With auto-creation off, events would be refused until a worker had started once."""
+    from services.common.kafka import make_admin
+    from services.ingest.__main__ import make_topics
+
+    names = {f"topic_{k}": f"mk{isolated_each.run}.{k}" for k in ("events", "alerts", "dlq")}
+    settings = IngestSettings(**names)  # type: ignore[arg-type]
+    assert make_topics(settings, sleep=lambda s: pytest.fail("no retry with Kafka up"))
+    admin = make_admin(settings)
+    try:
+        assert set(names.values()) <= set(admin.list_topics())
+        admin.delete_topics(list(names.values()))
+    finally:
+        admin.close()
