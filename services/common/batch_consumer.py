@@ -219,12 +219,20 @@ class BatchConsumer:
 
     def lag(self) -> int:
         """Records on this member's partitions not handed to the handler yet, as of the
-        last fetch from each; a partition not fetched from since it was assigned counts 0."""
+        last fetch from each; a partition not fetched from since it was assigned counts 0.
+
+        Called from the metrics server's thread at each scrape: a partition revoked
+        in the meantime is skipped, and the value only moves with fetches (a worker
+        stuck on a batch fetches no more: ChurnwatchScorerStalled is that alert).
+        """
         if self.consumer is None:
             return 0
         total = 0
         for (topic, partition), position in list(self._fetched.items()):
-            end = self.consumer.highwater(TopicPartition(topic, partition))
+            try:
+                end = self.consumer.highwater(TopicPartition(topic, partition))
+            except (AssertionError, AttributeError):  # revoked, or stopped (aiokafka asserts)
+                continue
             if end is not None:
                 total += max(0, end - position)
         return total

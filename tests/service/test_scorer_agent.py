@@ -109,6 +109,7 @@ class FakeKafka:
         self.listener: Any = None
         self.drained = asyncio.Event()
         self.ends: dict[tuple[str, int], int] = {}  # log end offsets, as a fetch reports them
+        self.unassigned: set[tuple[str, int]] = set()  # aiokafka asserts on these
 
     async def start(self) -> None: ...
 
@@ -129,6 +130,7 @@ class FakeKafka:
         self.commits.append({(tp.topic, tp.partition): om.offset for tp, om in offsets.items()})
 
     def highwater(self, tp: Any) -> int | None:
+        assert (tp.topic, tp.partition) not in self.unassigned, "Partition is not assigned"
         return self.ends.get((tp.topic, tp.partition))
 
 
@@ -248,6 +250,12 @@ def test_the_lag_is_the_log_end_minus_what_was_handed_over() -> None:
     assert consumer.lag() == 7
     kafka.ends[("user-events", 0)] = 3
     assert consumer.lag() == 0
+    # Read by the metrics server's thread: a partition revoked meanwhile is skipped.
+    kafka.ends[("user-events", 0)] = 10
+    kafka.unassigned.add(("user-events", 0))
+    assert consumer.lag() == 0
+    kafka.unassigned.clear()
+    assert consumer.lag() == 7
     kafka.ends[("user-events", 0)] = 50
     # Revoked: the partition may be someone else's now; its backlog is not this member's.
     asyncio.run(kafka.listener.on_partitions_revoked([]))
