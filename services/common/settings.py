@@ -133,11 +133,13 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
         prefix = cls.model_config.get("env_prefix", "")
         lines = []
         for err in exc.errors():
-            name = "_".join(str(p) for p in err["loc"]).upper()
-            if not name:  # a check across fields: its message names the variables
+            if not err["loc"]:  # a check across fields: its message names the variables
                 lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
                 continue
-            lines.append(f"  {prefix}{name}: {err['msg']}")
+            # A JSON variable's error is inside it: name the variable, then the path.
+            field, *inside = (str(p) for p in err["loc"])
+            where = f" (at {'.'.join(inside)})" if inside else ""
+            lines.append(f"  {prefix}{field.upper()}{where}: {err['msg']}")
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None
     except SettingsError as exc:  # a value that is not the JSON its variable takes
         raise ConfigError(f"invalid settings: {exc} (is it valid JSON?)") from None

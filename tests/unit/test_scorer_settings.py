@@ -22,6 +22,10 @@ from services.scorer.wiring import policy_settings
         ({"CHURNWATCH_SCORER_BANDS_BY_STAGE": '{"new": {"hi": 70}}'}, "unknown key"),
         ({"CHURNWATCH_SCORER_BANDS_BY_STAGE": '{"new": {"high": 95}}'}, "for stage 'new'"),
         ({"CHURNWATCH_SCORER_BANDS_BY_STAGE": "new=70"}, "valid JSON"),
+        (
+            {"CHURNWATCH_SCORER_BANDS_BY_STAGE": '{"new": {"high": "x"}}'},
+            r"CHURNWATCH_SCORER_BANDS_BY_STAGE \(at new\.high\): Input should be a valid number",
+        ),
         ({"CHURNWATCH_SCORER_SHARP_RISE_POINTS": "-5"}, "SHARP_RISE_POINTS"),
     ],
 )
