@@ -44,6 +44,7 @@ from services.scorer.core.river_pipeline import ModelSettings
 from services.scorer.core.state_codec import decode_state
 from services.scorer.core.vector import to_vector
 from services.scorer.runtime import Runtime
+from services.scorer.wiring import policy_settings
 
 REPLAY_OVERRIDES = REPLAY_SCORER | {"scorer_worker_name": "offline-replay"}
 
@@ -157,7 +158,9 @@ async def _replay(
         assert saved is not None
         model = ChurnModel.from_bytes(saved)
         stored = [(uid, u.features, u.record or None) for uid, u in store.users.items()]
-        out.scores[cut] = score_rows(stored, as_of=cut, model=model)
+        out.scores[cut] = score_rows(
+            stored, as_of=cut, model=model, policy=policy_settings(settings)
+        )
         out.models[cut] = model
         if record:
             out.vectors[cut] = {

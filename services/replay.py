@@ -32,12 +32,14 @@ from services.common.redis_client import sync_redis
 from services.common.settings import CommonSettings, env_for, load_settings, scratch_settings
 from services.demo import Services
 from services.scorer.adapters.redis_store import user_fields, user_key
+from services.scorer.config import ScorerSettings
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.policy import PolicySettings, band_for
 from services.scorer.core.records import decode_record
 from services.scorer.core.segments import SegmentSettings, lifecycle_stage
 from services.scorer.core.state_codec import decode_state
 from services.scorer.core.vector import to_vector
+from services.scorer.wiring import policy_settings
 
 SCORE_COLUMNS = ("user_id", "as_of", "risk", "score", "band", "stage", "tier")
 
@@ -88,6 +90,8 @@ class Replay:
             f"CHURNWATCH_{name.upper()}": str(value) for name, value in scorer.items()
         }
         self.redis = sync_redis(self.settings.redis_url, cluster=self.settings.redis_cluster)
+        # The bands of scores.csv by the policy the worker runs (CHURNWATCH_SCORER_BAND_*).
+        self.policy = policy_settings(load_settings(ScorerSettings, **REPLAY_SCORER))
 
     def produce(self, lines: list[tuple[float, bytes]]) -> None:
         producer = make_producer(self.settings, linger_ms=20)
@@ -155,7 +159,7 @@ class Replay:
                 (uid, *user_fields(blob, old))
                 for uid, blob, old in zip(chunk, found[::2], found[1::2], strict=True)
             ]
-            rows += score_rows(stored, as_of=as_of, model=model)
+            rows += score_rows(stored, as_of=as_of, model=model, policy=self.policy)
         return rows
 
     def alerts(self) -> list[bytes]:
@@ -187,15 +191,20 @@ class Replay:
 
 
 def score_rows(
-    stored: Iterable[tuple[str, bytes | None, bytes | None]], *, as_of: float, model: ChurnModel
+    stored: Iterable[tuple[str, bytes | None, bytes | None]],
+    *,
+    as_of: float,
+    model: ChurnModel,
+    policy: PolicySettings | None = None,
 ) -> list[dict[str, Any]]:
     """Score rows (``SCORE_COLUMNS``) of users given as (id, feature state, score record).
 
     The replay's scores at an ``--as-of`` time, through Kafka and Redis or in
     process (``services.offline_replay``): the features as of then, scored by
-    the model checkpointed then. Users without a feature state are left out.
+    the model checkpointed then, banded by ``policy`` (the scorer's settings).
+    Users without a feature state are left out.
     """
-    policy, segments = PolicySettings(), SegmentSettings()
+    policy, segments = policy or PolicySettings(), SegmentSettings()
     rows = []
     for uid, features, record in stored:
         if features is None:

@@ -5,16 +5,22 @@ real stack in ``tests/e2e/test_replay.py``."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import orjson
 
-from services.common.events import parse_time
+from services.common.events import UserEvent, parse_time
 from services.offline_replay import relearn, replay_in_process, replay_settings
-from services.replay import stamp
+from services.replay import score_rows, stamp
 from services.scorer.adapters.memory_store import MemoryUserStore, SortedIndex
 from services.scorer.adapters.redis_layout import shard_of
+from services.scorer.config import ScorerSettings
+from services.scorer.core.features import FeatureSettings, update_features
+from services.scorer.core.model import ChurnModel
 from services.scorer.core.river_pipeline import ModelSettings
+from services.scorer.core.state_codec import encode_state
 from services.scorer.rows import UserWrite
+from services.scorer.wiring import policy_settings
 from services.sim.generator import history, make_users
 
 START = 1_780_000_000.0
@@ -107,3 +113,18 @@ def test_relearn_on_the_recorded_labels_gives_the_replays_scores() -> None:
         result.labels, result.vectors[cut], settings=ModelSettings(prior_weight_labels=0)
     )
     assert other != published
+
+
+def test_score_rows_band_by_the_scorer_policy() -> None:
+    """scores.csv's band is the one the worker would give, custom thresholds included."""
+    seen = datetime(2026, 1, 1, tzinfo=UTC)
+    state = update_features(None, UserEvent("e1", "u1", "login", seen), settings=FeatureSettings())
+    stored = [("u1", encode_state(state), None)]
+    as_of = seen.timestamp() + 40 * 86_400  # silent for 40 days: the prior's high risk
+    [default] = score_rows(stored, as_of=as_of, model=ChurnModel())
+    strict = policy_settings(
+        ScorerSettings(scorer_band_high=99, scorer_band_critical=100, scorer_rearm_below=50)
+    )
+    [custom] = score_rows(stored, as_of=as_of, model=ChurnModel(), policy=strict)
+    assert default["score"] == custom["score"] < 99
+    assert default["band"] in ("high", "critical") and custom["band"] == "medium"
