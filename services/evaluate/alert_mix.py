@@ -9,7 +9,7 @@ over the alerts as the replay published them.
 >>> seen = [SeenAlert("a", 0.0, "band_up", "active"), SeenAlert("a", 9e5, "sharp_rise", "at-risk"),
 ...         SeenAlert("b", 86_400.0, "band_up", "active")]
 >>> [(g.trigger, g.stage, g.alerts, g.users, g.churned_users, g.first_catches)
-...  for g in alert_groups(seen, churned={"a"})]
+...  for g in alert_groups(seen, churned={"a"}, churned_at={"a": 86_400.0})]
 [('band_up', 'active', 2, 2, 1, 1), ('sharp_rise', 'at-risk', 1, 1, 1, 0)]
 >>> alerts_per_day(seen, churned={"a"})
 [(0, 1, 0), (1, 0, 1), (10, 1, 0)]
@@ -18,7 +18,7 @@ over the alerts as the replay published them.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 DAY = 86_400.0
@@ -37,7 +37,8 @@ class SeenAlert:
 @dataclass(frozen=True, slots=True)
 class AlertGroup:
     """The alerts of one trigger and stage: how many, for how many users, how many of
-    those churned, and how many churners this kind of alert reached first."""
+    those churned, and how many churners this kind of alert warned first, before they
+    churned."""
 
     trigger: str
     stage: str
@@ -51,11 +52,14 @@ class AlertGroup:
         return self.churned_users / self.users if self.users else None
 
 
-def alert_groups(alerts: Sequence[SeenAlert], *, churned: set[str]) -> list[AlertGroup]:
+def alert_groups(
+    alerts: Sequence[SeenAlert], *, churned: set[str], churned_at: Mapping[str, float]
+) -> list[AlertGroup]:
     """One :class:`AlertGroup` per (trigger, stage), the most alerts first.
 
     A user alerted by two kinds of alert counts in both groups' ``users``; the
-    first alert of each churner (by time) is the one ``first_catches`` credits.
+    first alert of each churner (by time) is the one ``first_catches`` credits, if
+    it came before ``churned_at`` (when that is known): a warning, not a late notice.
     """
     users: dict[tuple[str, str], set[str]] = defaultdict(set)
     counts: dict[tuple[str, str], int] = defaultdict(int)
@@ -67,8 +71,8 @@ def alert_groups(alerts: Sequence[SeenAlert], *, churned: set[str]) -> list[Aler
         if a.user_id not in first or a.ts < first[a.user_id][0]:
             first[a.user_id] = (a.ts, kind)
     caught: dict[tuple[str, str], int] = defaultdict(int)
-    for uid, (_, kind) in first.items():
-        caught[kind] += uid in churned
+    for uid, (ts, kind) in first.items():
+        caught[kind] += uid in churned and ts <= churned_at.get(uid, ts)
     groups = [
         AlertGroup(t, s, counts[(t, s)], len(who), len(who & churned), caught[(t, s)])
         for (t, s), who in users.items()

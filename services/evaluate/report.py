@@ -73,10 +73,11 @@ def _alert_mix(ev: Evaluation) -> list[str]:
         "",
         "Which alerts carry the precision: per trigger and the user's lifecycle stage when",
         "alerted, the users alerted, the share of them who churned, and the churners whose",
-        "first alert was of this kind. Per-stage thresholds and the sharp-rise trigger are",
-        "the policy's settings (`CHURNWATCH_SCORER_*`, README: configuration).",
+        "first alert was of this kind and came before they churned (a warning, not a late",
+        "notice). Per-stage thresholds and the sharp rise are the policy's settings",
+        "(`CHURNWATCH_SCORER_BANDS_BY_STAGE`, `_SHARP_RISE_POINTS`; README: configuration).",
         "",
-        "| trigger | stage | alerts | users | churned | precision | first alert of churners |",
+        "| trigger | stage | alerts | users | churned | precision | churners first warned |",
         "|---|---|---|---|---|---|---|",
     ]
     for g in ev.groups:

@@ -122,7 +122,7 @@ def evaluate_run(run: Path, labels_path: Path, *, as_of: str | None = None) -> E
         "ece": _r(metrics.expected_calibration_error(table)),
         "as_of": as_of,
     }
-    groups = alert_groups(alerts, churned=churners)
+    groups = alert_groups(alerts, churned=churners, churned_at=at)
     return Evaluation(
         figures, y, risk, leads, table, groups, alerts_per_day(alerts, churned=churners)
     )

@@ -67,12 +67,13 @@ def test_evaluate_gives_the_known_figures(tmp_path: Path, capsys: pytest.Capture
     assert figures["brier"] == pytest.approx((0.01 + 0.64 + 0.49 + 0.04 + 0.01) / 5, abs=1e-4)
     report = (run / "report.md").read_text()
     assert "roc.png" in report and "| roc_auc | 0.8333 |" in report
-    # By kind: a's first alert (band_up, at-risk) is the churner's first; c was caught by a
-    # sharp rise; b, who stayed, only by a band_up while active.
+    # By kind: a's first alert (band_up, at-risk) warned it 10 days ahead; c's only alert,
+    # a sharp rise, came a day after it churned (no warning); b, who stayed, was alerted
+    # by a band_up while active.
     assert "| band_up | at-risk | 1 | 1 | 1 | 1 | 1 |" in report
     assert "| sharp_rise | at-risk | 1 | 1 | 1 | 1 | 0 |" in report
     assert "| band_up | active | 1 | 1 | 0 | 0 | 0 |" in report
-    assert "| sharp_rise | active | 1 | 1 | 1 | 1 | 1 |" in report
+    assert "| sharp_rise | active | 1 | 1 | 1 | 1 | 0 |" in report
     for png in ("roc.png", "pr.png", "lead_time.png", "calibration.png", "alerts_per_day.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -85,15 +86,22 @@ def test_alerts_are_grouped_by_kind_and_counted_per_day() -> None:
         SeenAlert("c", 2.5 * 86_400.0, "band_up", "new"),
         SeenAlert("a", 3 * 86_400.0, "band_up", "new"),
     ]
-    groups = alert_groups(seen, churned={"a", "b"})
+    # a churned a day after its first alert; b half an hour *before* its first.
+    groups = alert_groups(seen, churned={"a", "b"}, churned_at={"a": 86_400.0, "b": 1800.0})
     assert [(g.trigger, g.stage, g.alerts, g.users, g.churned_users) for g in groups] == [
         ("band_up", "new", 4, 3, 2),
         ("sharp_rise", "active", 1, 1, 1),
     ]
     assert groups[0].precision == pytest.approx(2 / 3)
-    assert [g.first_catches for g in groups] == [2, 0]  # a and b were first alerted as new
+    assert [g.first_catches for g in groups] == [1, 0]  # only a was warned in time
+    # Without a churn time, a churner's first alert counts as a warning.
+    assert [g.first_catches for g in alert_groups(seen, churned={"a", "b"}, churned_at={})] == [
+        2,
+        0,
+    ]
     assert alerts_per_day(seen, churned={"a", "b"}) == [(0, 2, 0), (2, 1, 1), (3, 1, 0)]
-    assert alert_groups([], churned=set()) == [] and alerts_per_day([], churned=set()) == []
+    assert alert_groups([], churned=set(), churned_at={}) == []
+    assert alerts_per_day([], churned=set()) == []
 
 
 def test_evaluate_as_of_reads_that_file_and_earlier_alerts(
