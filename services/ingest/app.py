@@ -139,9 +139,11 @@ def create_app(
         answers = await asyncio.gather(
             run_in_threadpool(publisher.ready), run_in_threadpool(api_keys.store.ready)
         )
+        down = []
         for dependency, up in zip(("kafka", "key_store"), answers, strict=True):
             DEPENDENCY_UP.labels(dependency).set(1 if up else 0)
-        down = [name for name, up in zip(("kafka", "key store"), answers, strict=True) if not up]
+            if not up:
+                down.append(dependency.replace("_", " "))
         if not down:
             return ORJSONResponse({"status": "ready"})
         return ORJSONResponse(
