@@ -139,7 +139,8 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
             # A JSON variable's error is inside it: name the variable, then the path.
             field, *inside = (str(p) for p in err["loc"])
             where = f" (at {'.'.join(inside)})" if inside else ""
-            lines.append(f"  {prefix}{field.upper()}{where}: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {prefix}{field.upper()}{where}: {msg}")
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None
     except SettingsError as exc:  # a value that is not the JSON its variable takes
         raise ConfigError(f"invalid settings: {exc} (is it valid JSON?)") from None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from services.common.settings import CommonSettings
 from services.scorer.core.segments import STAGES
@@ -109,11 +111,11 @@ class ScorerSettings(CommonSettings):
         "medium up; 0 = off",
     )
     scorer_sharp_rise_days: float = Field(1.0, gt=0, description="the sharp-rise window")
-    scorer_bands_by_stage: dict[str, dict[str, float]] = Field(
+    scorer_bands_by_stage: Annotated[dict[str, dict[str, float]], NoDecode] = Field(
         default_factory=dict,
         description="per lifecycle stage, the band thresholds that differ from the ones above, "
         'as JSON: {"new": {"high": 75, "critical": 90}} (keys: medium, high, critical, '
-        "rearm_below)",
+        "rearm_below); empty = none",
     )
     scorer_user_ttl_days: int = Field(
         400, ge=1, description="a user silent for this long costs no memory any more"
@@ -124,6 +126,20 @@ class ScorerSettings(CommonSettings):
         description="past inactivity + horizon days of silence, re-score (and snapshot) a "
         "silent user this often until its state expires; 0 = stop re-scoring there",
     )
+
+    @field_validator("scorer_bands_by_stage", mode="before")
+    @classmethod
+    def _bands_json(cls, value: Any) -> Any:
+        # Read here, not by the settings source, so that an empty variable (a ConfigMap
+        # entry left blank) means "none" and bad JSON says so in one line.
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return {}
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc})") from None
 
     @model_validator(mode="after")
     def _check_bands(self) -> ScorerSettings:

@@ -21,7 +21,7 @@ from services.scorer.wiring import policy_settings
         ({"CHURNWATCH_SCORER_BANDS_BY_STAGE": '{"newbie": {"high": 70}}'}, "unknown stage"),
         ({"CHURNWATCH_SCORER_BANDS_BY_STAGE": '{"new": {"hi": 70}}'}, "unknown key"),
         ({"CHURNWATCH_SCORER_BANDS_BY_STAGE": '{"new": {"high": 95}}'}, "for stage 'new'"),
-        ({"CHURNWATCH_SCORER_BANDS_BY_STAGE": "new=70"}, "valid JSON"),
+        ({"CHURNWATCH_SCORER_BANDS_BY_STAGE": "new=70"}, "BANDS_BY_STAGE: .*not valid JSON"),
         (
             {"CHURNWATCH_SCORER_BANDS_BY_STAGE": '{"new": {"high": "x"}}'},
             r"CHURNWATCH_SCORER_BANDS_BY_STAGE \(at new\.high\): Input should be a valid number",
@@ -36,6 +36,11 @@ def test_bad_policy_settings_are_refused_at_start(
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=says):
         load_settings(ScorerSettings)
+
+
+def test_an_empty_per_stage_variable_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHURNWATCH_SCORER_BANDS_BY_STAGE", "")  # a ConfigMap entry left blank
+    assert load_settings(ScorerSettings).scorer_bands_by_stage == {}
 
 
 def test_per_stage_bands_and_the_sharp_rise_reach_the_policy(
