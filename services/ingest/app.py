@@ -14,7 +14,7 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from prometheus_client import Counter, Gauge, Histogram, make_asgi_app
+from prometheus_client import make_asgi_app
 
 from services.common.auth import (
     ApiKeys,
@@ -24,6 +24,7 @@ from services.common.auth import (
     require_scope,
 )
 from services.common.schemas import SCHEMA_NAMES, load_schema
+from services.ingest import metrics
 from services.ingest.config import IngestSettings
 from services.ingest.core import BadRequest, check_items, parse_body
 from services.ingest.ports import EventPublisher
@@ -43,37 +44,6 @@ class ORJSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
-
-
-ACCEPTED = Counter("churnwatch_ingest_events_accepted_total", "Events acknowledged by Kafka")
-REJECTED = Counter(
-    "churnwatch_ingest_events_rejected_total", "Events refused, by reason", ["reason"]
-)
-DUPLICATES = Counter(
-    "churnwatch_ingest_events_duplicate_total", "Retried events acknowledged, not produced again"
-)
-PRODUCE_LATENCY = Histogram(
-    "churnwatch_ingest_produce_seconds",
-    "Time from handing a batch to Kafka to the last acknowledgement",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-IN_FLIGHT = Gauge("churnwatch_ingest_requests_in_flight", "Requests being handled")
-UNAVAILABLE = Counter(
-    "churnwatch_ingest_unavailable_total",
-    "Requests answered 503, by the dependency that was down (kafka, key_store)",
-    ["dependency"],
-)
-# Made here, so both series are exported (at 0) from the start.
-KAFKA_DOWN = UNAVAILABLE.labels("kafka")
-KEY_STORE_DOWN = UNAVAILABLE.labels("key_store")
-# Set by each /readyz (a readiness probe calls it every few seconds): an ingest
-# that is not ready leaves its Service and stops seeing the requests that would
-# count 503s, so the outage must show here too. Absent until the first check.
-DEPENDENCY_UP = Gauge(
-    "churnwatch_ingest_dependency_up",
-    "1 if the last /readyz reached the dependency (kafka, key_store), else 0",
-    ["dependency"],
-)
 
 
 class RecentIds:
@@ -121,7 +91,7 @@ def create_app(
         app,
         api_keys,
         retry_after_s=settings.ingest_retry_after_s,
-        on_unavailable=KEY_STORE_DOWN.inc,
+        on_unavailable=metrics.KEY_STORE_DOWN.inc,
     )
     recent = RecentIds(settings.ingest_dedup_window_s)
     # A publisher that can wait for Kafka on the event loop (librdkafka's) does;
@@ -141,7 +111,7 @@ def create_app(
         )
         down = []
         for dependency, up in zip(("kafka", "key_store"), answers, strict=True):
-            DEPENDENCY_UP.labels(dependency).set(1 if up else 0)
+            metrics.DEPENDENCY_UP.labels(dependency).set(1 if up else 0)
             if not up:
                 down.append(dependency.replace("_", " "))
         if not down:
@@ -171,27 +141,27 @@ def create_app(
         dependencies=[Depends(require_scope("ingest"))],
     )
     async def post_events(request: Request) -> ORJSONResponse:
-        IN_FLIGHT.inc()
+        metrics.IN_FLIGHT.inc()
         try:
             return await _handle(request)
         finally:
-            IN_FLIGHT.dec()
+            metrics.IN_FLIGHT.dec()
 
     async def _handle(request: Request) -> ORJSONResponse:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.ingest_max_body_bytes:
-            REJECTED.labels("too_large").inc()
+            metrics.REJECTED.labels("too_large").inc()
             return _error(413, f"body over {settings.ingest_max_body_bytes} bytes; split it")
         body = await _read_limited(request, settings.ingest_max_body_bytes)
         if body is None:
-            REJECTED.labels("too_large").inc()
+            metrics.REJECTED.labels("too_large").inc()
             return _error(413, f"body over {settings.ingest_max_body_bytes} bytes; split it")
         try:
             items = parse_body(
                 body, request.headers.get("content-type", ""), max_events=settings.ingest_max_events
             )
         except BadRequest as exc:
-            REJECTED.labels(
+            metrics.REJECTED.labels(
                 {400: "bad_json", 413: "too_many", 415: "content_type"}.get(
                     exc.status, "bad_request"
                 )
@@ -199,7 +169,7 @@ def create_app(
             return _error(exc.status, str(exc))
         checked = check_items(items)
         if checked.rejected:
-            REJECTED.labels("invalid").inc(len(checked.rejected))
+            metrics.REJECTED.labels("invalid").inc(len(checked.rejected))
         now = time.monotonic()
         fresh: list[tuple[int, bytes, bytes]] = []
         fresh_ids: list[str] = []
@@ -213,14 +183,14 @@ def create_app(
             fresh_ids.append(eid)
         duplicates = len(checked.records) - len(fresh)
         if duplicates:
-            DUPLICATES.inc(duplicates)
+            metrics.DUPLICATES.inc(duplicates)
         started = time.perf_counter()
         batch = [(k, v) for _, k, v in fresh]
         if publish_async is not None:
             results = await publish_async(batch)
         else:
             results = await run_in_threadpool(publisher.publish, batch)
-        PRODUCE_LATENCY.observe(time.perf_counter() - started)
+        metrics.PRODUCE_LATENCY.observe(time.perf_counter() - started)
         not_taken = [
             {"index": i, "error": str(err) or type(err).__name__}
             for (i, _, _), err in zip(fresh, results, strict=True)
@@ -230,14 +200,14 @@ def create_app(
             if err is None:
                 recent.add(eid, now)
         accepted = len(checked.records) - len(not_taken)
-        ACCEPTED.inc(accepted - duplicates)
+        metrics.ACCEPTED.inc(accepted - duplicates)
         body_out: dict[str, Any] = {
             "accepted": accepted,
             "duplicates": duplicates,
             "rejected": checked.rejected,
         }
         if not_taken:
-            KAFKA_DOWN.inc()
+            metrics.KAFKA_DOWN.inc()
             log.warning("kafka did not take events", extra={"not_taken": len(not_taken)})
             body_out["not_taken"] = not_taken
             body_out["error"] = (

@@ -51,7 +51,7 @@ SETTING = re.compile(r"CHURNWATCH_[A-Z0-9_]+")
 def exported_metric_names() -> set[str]:
     import prometheus_client
 
-    import services.ingest.app
+    import services.ingest.metrics
     import services.notifier.metrics
     import services.scorer.api.app
     import services.scorer.metrics  # noqa: F401
