@@ -1,66 +1,29 @@
 """Turn one churn alert into win-back actions: plan, guard, render, deliver, record.
 
 No Faust here: the agent hands alerts in and publishes the actions returned.
-Ports: a directory (contacts, consent, sends, idempotency, deferred queue,
-failed deliveries) and one channel per medium. A delivery that fails after its
+Ports: a directory (:mod:`services.notifier.ports`: contacts, consent, sends,
+idempotency, deferred queue, failed deliveries) and one channel per medium, which
+:mod:`services.notifier.delivery` renders and sends through. A delivery that fails after its
 retries is published as ``failed`` and kept in the directory for
 ``churnwatch notifier redrive`` (:mod:`services.notifier.redrive`).
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
-from services.common.errors import DeliveryFailed
 from services.common.messages import WinbackAction, make_action_id
 from services.notifier import metrics
-from services.notifier.adapters.redis_directory import CONTACT_FIELDS
-from services.notifier.channels.base import Channel, Message, RetryPolicy, deliver_with_retries
+from services.notifier.channels.base import Channel, RetryPolicy
 from services.notifier.core.guardrails import ConsentRecord, Decision, over_cap, plan_actions
 from services.notifier.core.playbooks import PlaybookBook
 from services.notifier.core.templates import Brand, Renderer
-
-log = logging.getLogger("churnwatch.notifier")
-
-
-class Directory(Protocol):
-    async def profile(
-        self, user_id: str
-    ) -> tuple[dict[str, str], ConsentRecord, dict[str, float]]: ...
-
-    async def already_done(self, user_id: str, action_id: str) -> str | None: ...
-
-    async def is_published(self, user_id: str, action_id: str) -> bool: ...
-
-    async def mark_published(self, user_id: str, action_ids: list[str]) -> None: ...
-
-    async def record(
-        self,
-        user_id: str,
-        action: dict[str, Any],
-        *,
-        contacted: bool,
-        winback: dict[str, Any] | None,
-    ) -> None: ...
-
-    async def defer(self, job: dict[str, Any], not_before: float) -> None: ...
-
-    async def schedule_contact(self, user_id: str, action_id: str, at: float) -> None: ...
-
-    async def remember_failed(self, job: dict[str, Any]) -> None: ...
-
-
-def address_for(channel: str, contact: Mapping[str, str]) -> str | None:
-    """The address a channel sends to; the webhook goes to the CS queue, not the user."""
-    if channel == "webhook":
-        return contact.get("cs_queue", "retention")
-    field = CONTACT_FIELDS.get(channel)
-    return contact.get(field) if field else None
+from services.notifier.delivery import Delivery, address_for
+from services.notifier.ports import Directory
 
 
 class Notifier:
@@ -80,6 +43,7 @@ class Notifier:
         self.renderer = renderer
         self.brand = brand
         self.retry = retry
+        self.delivery = Delivery(channels=channels, renderer=renderer, brand=brand, retry=retry)
 
     async def handle_alert(
         self, alert: dict[str, Any], *, now: float | None = None
@@ -162,7 +126,7 @@ class Notifier:
                 await self.directory.schedule_contact(uid, action_id, decision.not_before)
             status = "deferred"
         elif decision.status == "send":
-            status, reason = await self._deliver(
+            status, reason = await self.delivery.send(
                 alert, decision, contact=contact, action_id=action_id
             )
             if status == "failed":
@@ -239,57 +203,6 @@ class Notifier:
         if capped := over_cap(others, now, self.book.defaults.frequency_cap):
             return replace(decision, status="suppressed", reason=capped)
         return decision
-
-    async def _deliver(
-        self,
-        alert: dict[str, Any],
-        decision: Decision,
-        *,
-        contact: Mapping[str, str],
-        action_id: str,
-    ) -> tuple[str, str | None]:
-        channel = self.channels[decision.channel]
-        to = address_for(decision.channel, contact)
-        if to is None or decision.template is None:
-            return "suppressed", f"no contact for {decision.channel}"
-        rendered = self.renderer.render(
-            decision.template,
-            decision.channel,
-            locale=contact.get("locale"),
-            alert=alert,
-            offer=decision.offer,
-            brand=self.brand,
-        )
-        message = Message(
-            to=to,
-            subject=rendered.subject or "",
-            text=rendered.text,
-            html=rendered.html,
-            idempotency_key=action_id,
-            metadata={
-                "alert_id": alert["alert_id"],
-                "user_id": alert["user_id"],
-                "band": alert["band"],
-                "offer": decision.offer or "",
-            },
-        )
-        started = time.perf_counter()
-        try:
-            await deliver_with_retries(
-                lambda: channel.send(message),
-                policy=self.retry,
-                on_retry=lambda n, exc: metrics.RETRIES.labels(decision.channel).inc(),
-            )
-        except DeliveryFailed as exc:
-            metrics.DEAD_LETTERS.labels(decision.channel).inc()
-            log.warning(
-                "delivery failed",
-                extra={"channel": decision.channel, "action_id": action_id, "error": str(exc)},
-            )
-            return "failed", str(exc)
-        finally:
-            metrics.SEND_SECONDS.labels(decision.channel).observe(time.perf_counter() - started)
-        return "sent", None
 
     def _action(
         self,
