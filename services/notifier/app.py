@@ -99,6 +99,7 @@ async def _until_stored(fn: Any, *args: Any) -> Any:
         try:
             return await fn(*args)
         except StoreUnavailable as exc:
+            metrics.STORE_ERRORS.inc()  # ChurnwatchNotifierStoreErrors
             log.warning("redis unavailable, retrying", extra={"error": str(exc)})
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

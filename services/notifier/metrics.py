@@ -28,6 +28,10 @@ REPEATS = Counter(
 )
 DEFERRED = Gauge("churnwatch_notifier_deferred_depth", "Actions waiting in the deferred queue")
 INVALID = Counter("churnwatch_notifier_invalid_alerts_total", "Alerts that failed validation")
+STORE_ERRORS = Counter(
+    "churnwatch_notifier_store_errors_total",
+    "Redis calls that failed; the alert or deferred job waits and is tried again",
+)
 FAILED = Gauge(
     "churnwatch_notifier_failed_deliveries",
     "Failed deliveries kept for `churnwatch notifier redrive` (stale ones included until then)",

@@ -14,9 +14,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from services.common.errors import DeliveryFailed
+from prometheus_client import REGISTRY
+
+from services.common.errors import DeliveryFailed, StoreUnavailable
 from services.common.messages import make_action_id
 from services.notifier.adapters.memory_directory import MemoryDirectory
+from services.notifier.app import _until_stored
 from services.notifier.channels.base import Message, RetryPolicy
 from services.notifier.core.guardrails import in_control_group
 from services.notifier.core.playbooks import FrequencyCap, PlaybookBook, load_playbooks
@@ -371,3 +374,21 @@ def test_preferred_channel_moves_to_the_front() -> None:
         ("email", "sent"),
         ("webhook", "sent"),
     ]
+
+
+def test_a_redis_error_is_counted_and_the_call_tried_again() -> None:
+    """For ChurnwatchNotifierStoreErrors: a notifier stuck on Redis must show."""
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreUnavailable("redis: connection refused")
+        return "stored"
+
+    def errors() -> float:
+        return REGISTRY.get_sample_value("churnwatch_notifier_store_errors_total") or 0.0
+
+    before = errors()
+    assert run(_until_stored(flaky)) == "stored"
+    assert (len(calls), errors() - before) == (2, 1.0)
