@@ -39,10 +39,7 @@ class Notifier:
     ) -> None:
         self.book = book
         self.directory = directory
-        self.channels = channels
-        self.renderer = renderer
-        self.brand = brand
-        self.retry = retry
+        self.channels = channels  # which channels exist: planning and re-drives read it
         self.delivery = Delivery(channels=channels, renderer=renderer, brand=brand, retry=retry)
 
     async def handle_alert(
