@@ -182,3 +182,9 @@ class ScorerSettings(CommonSettings):
 class ApiSettings(CommonSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8001, ge=1, le=65535)
+    api_retry_after_s: int = Field(
+        5,
+        ge=1,
+        description="Retry-After (whole seconds) on every 503: Redis, the key store, or Kafka "
+        "for the alert stream unavailable",
+    )

@@ -27,7 +27,7 @@ def test_key_store_down_is_503_with_the_service_retry_after_and_reported() -> No
     headers = {"Authorization": f"Bearer {key}"}
     reported: list[str] = []
     configured = client_for(store, retry_after_s=9, on_unavailable=lambda: reported.append("x"))
-    default = client_for(store)  # the risk API's install_auth: no options
+    default = client_for(store)  # no options: the default, 5 s
 
     store.down = True
     reply = configured.get("/v1/thing", headers=headers)

@@ -77,12 +77,15 @@ def build_api(
     app.state.commands = AdminCommands(
         client, prefix=settings.key_prefix, index_shards=settings.redis_index_shards
     )
-    install_auth(app, keys or keys_from_settings(settings))
+    retry_after = {"Retry-After": str(settings.api_retry_after_s)}
+    install_auth(
+        app, keys or keys_from_settings(settings), retry_after_s=settings.api_retry_after_s
+    )
     app.mount("/metrics", make_asgi_app())
     app.include_router(users.router)
     app.include_router(ops.router)
     install_dashboard(app, settings)
-    _install_errors(app)
+    _install_errors(app, retry_after=retry_after)
 
     @app.middleware("http")
     async def timed(request: Request, call_next: Any) -> Any:
@@ -108,9 +111,7 @@ def build_api(
     async def readyz() -> JSONResponse:
         if await app.state.queries.ping():
             return JSONResponse({"status": "ready"})
-        return JSONResponse(
-            {"error": "redis unreachable"}, status_code=503, headers={"Retry-After": "5"}
-        )
+        return JSONResponse({"error": "redis unreachable"}, status_code=503, headers=retry_after)
 
     return app
 
@@ -124,7 +125,7 @@ def _closing(client: AsyncRedis) -> Callable[[FastAPI], AbstractAsyncContextMana
     return lifespan
 
 
-def _install_errors(app: FastAPI) -> None:
+def _install_errors(app: FastAPI, *, retry_after: dict[str, str]) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         return JSONResponse(
@@ -137,9 +138,7 @@ def _install_errors(app: FastAPI) -> None:
         return JSONResponse({"error": message, "details": details}, status_code=422)
 
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            {"error": "Redis is unavailable"}, status_code=503, headers={"Retry-After": "5"}
-        )
+        return JSONResponse({"error": "Redis is unavailable"}, status_code=503, headers=retry_after)
 
     async def unreadable(request: Request, exc: Exception) -> JSONResponse:
         # A corrupt stored value, or a newer version's format after a rollback: say

@@ -140,7 +140,8 @@ def build_router(settings: ApiSettings) -> APIRouter:
     async def alert_stream(request: Request, _: Annotated[ApiKey, Depends(stream_key)]) -> Response:
         consumer, problem = await _follow_from_end(settings)
         if consumer is None:
-            return JSONResponse({"error": problem}, status_code=503, headers={"Retry-After": "5"})
+            retry_after = {"Retry-After": str(settings.api_retry_after_s)}
+            return JSONResponse({"error": problem}, status_code=503, headers=retry_after)
         return StreamingResponse(
             _events(consumer, request),
             media_type="text/event-stream",
