@@ -21,6 +21,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,6 +50,19 @@ def free_cluster_port(nodes: int = 3) -> int:
         if all(_free(base + i) and _free(base + i + 10_000) for i in range(nodes)):
             return base
     raise RuntimeError("no free ports for a Redis Cluster")
+
+
+def left_after_erase(client: Any, prefix: str, user_id: str, *, match: str | None = None) -> list:
+    """The user's keys still in Redis after an erase, its guard aside, which must be
+    there: the erase's ``P:{uid}:erased`` mark, expiring within ERASED_KEEP_S."""
+    from services.notifier.adapters.redis_directory import ERASED_KEEP_S, erased_key
+
+    guard = erased_key(prefix, user_id)
+    ttl = client.ttl(guard)
+    assert 0 < ttl <= ERASED_KEEP_S, f"the erase left no guard {guard} (ttl {ttl})"
+    pattern = match or f"{prefix}:{{{user_id}}}*"
+    found = [k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(match=pattern)]
+    return [k for k in found if k != guard]
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,12 @@ FAILED = Gauge(
     "churnwatch_notifier_failed_deliveries",
     "Failed deliveries kept for `churnwatch notifier redrive` (stale ones included until then)",
 )
+ERASED = Counter(
+    "churnwatch_notifier_erased_skips_total",
+    "Alerts, deferred jobs and failed deliveries of users erased since, dropped unsent "
+    "and unrecorded, by where they were found (alert, deferred, redrive)",
+    ["source"],
+)
 REDRIVES = Counter(
     "churnwatch_notifier_redrives_total",
     "Failed deliveries re-driven, by channel and outcome (sent, failed, suppressed, deferred, "

@@ -17,6 +17,9 @@ class Directory(Protocol):
         self, user_id: str
     ) -> tuple[dict[str, str], ConsentRecord, dict[str, float]]: ...
 
+    async def is_erased(self, user_id: str) -> bool:
+        """True while the mark of the user's erase lasts: contact nothing, record nothing."""
+
     async def already_done(self, user_id: str, action_id: str) -> str | None: ...
 
     async def is_published(self, user_id: str, action_id: str) -> bool: ...

@@ -11,7 +11,9 @@ action is settled.
 For each failed delivery (oldest first) a re-drive
 
 1. claims it with a lease, so two re-drives never send the same action;
-2. skips it when the action is done since (the alert came again and the send
+2. skips it, and forgets it, when the user was erased since (the erase removes
+   failed deliveries, but a re-drive may hold one it read before); skips it
+   when the action is done since (the alert came again and the send
    succeeded, or an earlier re-drive got there): the done mark keeps one
    message per alert and channel; a failure never leaves a done mark, so it
    never blocks its own re-drive;
@@ -41,6 +43,7 @@ from services.notifier.service import Notifier
 
 log = logging.getLogger("churnwatch.notifier.redrive")
 
+ERASED = "user erased since the failure"
 _UNITS = {"m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 
 
@@ -205,6 +208,8 @@ class Redriver:
         now = self.clock()
         if skip is not None:
             action = None
+            if skip == ERASED:
+                metrics.ERASED.labels("redrive").inc()
             if skip.startswith("already"):  # done, maybe not on the topic yet: carry_out says
                 action = await self._carry_out(job, _decision(job), now=now)
             return Outcome(job, "skipped", skip), action
@@ -228,6 +233,8 @@ class Redriver:
         )
 
     async def _skip_reason(self, job: dict[str, Any]) -> str | None:
+        if await self.notifier.directory.is_erased(job["user_id"]):
+            return ERASED  # settled: the failure is forgotten, nothing sent
         if job["channel"] not in self.notifier.channels:
             return f"channel {job['channel']} is not configured"
         done = await self.notifier.directory.already_done(job["user_id"], job["action_id"])

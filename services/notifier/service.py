@@ -10,6 +10,7 @@ retries is published as ``failed`` and kept in the directory for
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, replace
@@ -24,6 +25,8 @@ from services.notifier.core.playbooks import PlaybookBook
 from services.notifier.core.templates import Brand, Renderer
 from services.notifier.delivery import Delivery, address_for
 from services.notifier.ports import Directory
+
+log = logging.getLogger("churnwatch.notifier")
 
 
 class Notifier:
@@ -46,6 +49,8 @@ class Notifier:
         self, alert: dict[str, Any], *, now: float | None = None
     ) -> list[WinbackAction]:
         now = time.time() if now is None else now
+        if await self._erased(alert, "alert"):
+            return []
         segment = alert["segment"]
         playbook = self.book.match(segment["stage"], segment["tier"], alert["band"])
         if playbook is None:
@@ -171,12 +176,23 @@ class Notifier:
         """
         now = time.time() if now is None else now
         alert = job["alert"]
+        if await self._erased(alert, "deferred"):
+            return None
         decision = replace(Decision(**job["decision"]), status="send", not_before=None)
         contact, consent, sends = await self.directory.profile(alert["user_id"])
         decision = self.judge_again(decision, alert, consent, sends, now=now)
         return await self.carry_out(
             alert, decision, playbook=job["playbook"], contact=contact, now=now
         )
+
+    async def _erased(self, alert: Mapping[str, Any], source: str) -> bool:
+        """The user was erased after this alert was raised: it is dropped, unsent, and
+        leaves no trace (no action published, nothing recorded, no user id logged)."""
+        if not await self.directory.is_erased(alert["user_id"]):
+            return False
+        metrics.ERASED.labels(source).inc()
+        log.info("erased user's alert dropped", extra={"alert_id": alert["alert_id"]})
+        return True
 
     def judge_again(
         self,

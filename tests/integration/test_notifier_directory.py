@@ -24,17 +24,26 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis, async_redis, is_cluster
 from services.common.settings import CommonSettings
+from services.demo import noon_zone
 from services.notifier.adapters.redis_directory import (
     COUNT_ONCE,
     COUNTED_S,
     RedisDirectory,
     counted_key,
+    erased_key,
     treated_key,
     ukey,
 )
+from services.notifier.channels.base import Message, RetryPolicy
 from services.notifier.config import NotifierSettings
+from services.notifier.core.playbooks import load_playbooks
+from services.notifier.core.templates import Brand, Renderer
 from services.notifier.runtime import NotifierRuntime
+from services.notifier.service import Notifier
+from services.scorer.api.commands import AdminCommands
 from tests.conftest import Isolated
+from tests.notifier_data import sample_alert
+from tests.service.test_notifier_service import treated_user
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +228,78 @@ def test_an_interrupted_count_is_finished_once(isolated_cluster: Isolated) -> No
         assert await client.exists(ukey(prefix, "u1", "wbc")) == 0
 
     run(isolated_cluster.settings, scenario)
+
+
+def test_an_erased_users_keys_are_not_written_back(isolated_each: Isolated) -> None:
+    """A delivery under way when the erase came records nothing; saving consent lifts it."""
+    prefix = isolated_each.settings.key_prefix
+
+    async def user_keys(client: AsyncRedis) -> list[str]:
+        found = client.scan_iter(match=f"{prefix}:{{u1}}:*", count=1000)
+        return sorted([k.decode() async for k in found])
+
+    async def scenario(client: AsyncRedis, d: RedisDirectory) -> None:
+        admin = AdminCommands(client, prefix=prefix)
+        await d.record("u1", action("a1", "email"), contacted=True, winback=winback("a1"))
+        await admin.erase("u1")
+        assert await d.is_erased("u1")
+        assert await user_keys(client) == [erased_key(prefix, "u1")]
+
+        # What an alert, a deferred job or a re-drive already under way writes next.
+        await d.record("u1", action("a2", "email"), contacted=True, winback=winback("a2"))
+        await d.schedule_contact("u1", "a3-email", time.time() + 60)
+        await d.mark_published("u1", ["a2-email"])
+        assert await user_keys(client) == [erased_key(prefix, "u1")]
+        if not is_cluster(client):  # one Redis counts with the decision: not this one
+            assert await counter(client, prefix, "vip:treated") == 1
+
+        await admin.save_consent("u1", {"email": True}, None)  # the user's own new word
+        assert not await d.is_erased("u1")
+        await d.record("u1", action("a4", "email"), contacted=True, winback=None)
+        assert await d.already_done("u1", "a4-email") == "sent"
+
+    run(isolated_each.settings, scenario)
+
+
+class ErasesWhileSending:
+    """An e-mail provider that takes the message, and the user is erased meanwhile."""
+
+    name = "email"
+
+    def __init__(self, admin: AdminCommands, user_id: str) -> None:
+        self.admin = admin
+        self.user_id = user_id
+        self.sent: list[Message] = []
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+        await self.admin.erase(self.user_id)
+
+
+def test_an_erase_during_a_send_leaves_only_its_guard(isolated_each: Isolated) -> None:
+    """The message already handed over is gone; nothing of the user comes back after it."""
+    prefix = isolated_each.settings.key_prefix
+    uid = treated_user(f"erased-{isolated_each.run}")
+
+    async def scenario(client: AsyncRedis, d: RedisDirectory) -> None:
+        admin = AdminCommands(client, prefix=prefix)
+        zone = noon_zone(time.time())  # daytime: no quiet hours
+        await admin.save_contact(uid, {"email": f"{uid}@example.test", "timezone": zone})
+        await admin.save_consent(uid, {"email": True}, None)
+        provider = ErasesWhileSending(admin, uid)
+        notifier = Notifier(
+            book=load_playbooks(),
+            directory=d,
+            channels={"email": provider},
+            renderer=Renderer(),
+            brand=Brand(name="Acme", url="https://acme.example"),
+            retry=RetryPolicy(attempts=1, base_s=0.01, cap_s=0.01),
+        )
+        [taken] = await notifier.handle_alert(sample_alert(uid))
+
+        assert (taken.status, len(provider.sent)) == ("sent", 1)
+        await d.mark_published(uid, [taken.action_id])
+        keys = sorted([k.decode() async for k in client.scan_iter(match=f"{prefix}:{{{uid}}}:*")])
+        assert keys == [erased_key(prefix, uid)]
+
+    run(isolated_each.settings, scenario)

@@ -34,6 +34,7 @@ from services.scorer.config import ApiSettings
 from services.scorer.core.features import FeatureSettings, apply_batch
 from services.scorer.core.state_codec import encode_state
 from services.scorer.rows import UserWrite
+from tests.conftest import left_after_erase
 from tests.service.test_risk_api import failed_delivery
 
 pytestmark = pytest.mark.integration
@@ -172,7 +173,7 @@ def test_erase_on_a_cluster(api: Api, redis_cluster: CommonSettings) -> None:
     gone = api.client.delete("/v1/users/c6", headers={"X-API-Key": api.admin}).json()
     assert "s" in gone["removed_keys"] and "lastseen" in gone["removed_from_indexes"]
     r = sync_redis(redis_cluster.redis_url, cluster=True)
-    assert list(r.scan_iter(match=f"{api.prefix}:{{c6}}*", count=1000)) == []
+    assert left_after_erase(r, api.prefix, "c6") == []
     shard = shard_of("c6", INDEX_SHARDS)
     assert r.zscore(f"{api.prefix}:lastseen:{shard}", "c6") is None
     r.close()
@@ -197,5 +198,5 @@ def test_erase_on_a_cluster_forgets_failed_deliveries(
     r = sync_redis(redis_cluster.redis_url, cluster=True)
     assert sorted(r.hkeys(failed_key(api.prefix))) == [b"f3"]
     assert not r.exists(failed_lease_key(api.prefix, "f2"))
-    assert list(r.scan_iter(match=f"{api.prefix}:{{c5}}*", count=1000)) == []
+    assert left_after_erase(r, api.prefix, "c5") == []
     r.close()

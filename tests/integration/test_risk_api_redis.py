@@ -22,7 +22,7 @@ import redis
 from services.common.auth import RedisKeyStore, create_key
 from services.common.settings import CommonSettings, env_for
 from services.scorer.adapters.redis_store import INDEX_SHARDS, shard_of
-from tests.conftest import free_port
+from tests.conftest import free_port, left_after_erase
 from tests.service.test_risk_api import drop_prefix, seed
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ def test_served_api_reads_and_erases(served: Served) -> None:
     gone = httpx.delete(f"{served.url}/v1/users/u5", headers={"X-API-Key": served.admin}).json()
     assert "s" in gone["removed_keys"] and "lastseen" in gone["removed_from_indexes"]
     r = redis.Redis.from_url(served.redis_url)
-    assert list(r.scan_iter(match=f"{served.prefix}:{{u5}}*", count=1000)) == []
+    assert left_after_erase(r, served.prefix, "u5") == []
     shard = shard_of("u5", INDEX_SHARDS)
     assert r.zscore(f"{served.prefix}:lastseen:{shard}", "u5") is None
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from services.common.messages import WinbackAction, make_action_id
-from services.notifier.redrive import RedriveFilter, Redriver, RedriveSummary
+from services.notifier.redrive import ERASED, RedriveFilter, Redriver, RedriveSummary
 from tests.service.test_notifier_service import (
     LA,
     NOW,
@@ -178,3 +178,17 @@ def test_a_delivery_claimed_by_another_redrive_is_skipped() -> None:
     assert rig.recorder.sent == []
     run(rig.directory.release_failed(action_id, settled=False))
     assert redrive(rig, sink).sent == 1
+
+
+def test_a_failed_delivery_of_a_user_erased_since_is_forgotten_unsent() -> None:
+    rig, sink = Rig(), Sink()
+    uid, _alert, _ = failed_once(rig, "erased")
+    rig.directory.erase(uid)  # the re-drive read the failure before the erase removed it
+
+    summary = redrive(rig, sink)
+
+    assert (summary.found, summary.skipped, summary.sent, summary.suppressed) == (1, 1, 0, 0)
+    assert [o.reason for o in summary.outcomes] == [ERASED]
+    assert rig.recorder.on("email") == [] and sink.published == []
+    assert run(rig.directory.failed_jobs()) == []  # settled: not tried again
+    assert uid not in rig.directory.actions

@@ -392,3 +392,36 @@ def test_a_redis_error_is_counted_and_the_call_tried_again() -> None:
     before = errors()
     assert run(_until_stored(flaky)) == "stored"
     assert (len(calls), errors() - before) == (2, 1.0)
+
+
+def erased_skips(source: str) -> float:
+    labels = {"source": source}
+    return REGISTRY.get_sample_value("churnwatch_notifier_erased_skips_total", labels) or 0.0
+
+
+def test_an_alert_of_a_user_erased_since_is_dropped_unsent_and_unrecorded() -> None:
+    rig = Rig()
+    uid = rig.user(treated_user("erased"), email=True)
+    rig.directory.erase(uid)  # the alert was raised before the erase, and comes after it
+    before = erased_skips("alert")
+
+    # High value and critical: the CS hand-off needs no consent and no address.
+    assert rig.handle(make_alert(uid, tier="high", band="critical")) == []
+
+    assert rig.recorder.sent == []
+    assert (uid in rig.directory.actions, uid in rig.directory.done) == (False, False)
+    assert erased_skips("alert") == before + 1
+
+
+def test_a_deferred_contact_of_a_user_erased_while_it_waited_is_dropped() -> None:
+    rig = Rig()
+    uid = rig.user(treated_user("erased-later"), email=True)
+    late_evening = datetime(2026, 1, 15, 22, 0, tzinfo=LA).timestamp()
+    assert rig.handle(make_alert(uid), now=late_evening)[0][1] == "deferred"
+    rig.directory.erase(uid)  # the job was claimed by the deferred timer already
+
+    [job] = run(rig.directory.due(late_evening + 86400))
+    assert run(rig.notifier.run_deferred(job, now=late_evening + 86400)) is None
+
+    assert rig.recorder.sent == []
+    assert (uid in rig.directory.actions, uid in rig.directory.sends) == (False, False)

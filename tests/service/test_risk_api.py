@@ -34,6 +34,7 @@ from services.scorer.core.features import FeatureSettings, apply_batch
 from services.scorer.core.state_codec import encode_state
 from services.scorer.core.vector import to_vector
 from services.scorer.rows import ANY_STAGE, UserWrite
+from tests.conftest import left_after_erase
 
 pytestmark = pytest.mark.integration  # needs the real Redis of the local stack
 
@@ -420,7 +421,7 @@ def test_erase_leaves_nothing_of_the_user(api: Seeded) -> None:
     assert body["removed_deferred_jobs"] == 1
 
     r = redis.Redis.from_url(api.redis_url)
-    assert list(r.scan_iter(match=f"{api.prefix}:{{u1}}*", count=1000)) == []
+    assert left_after_erase(r, api.prefix, "u1") == []
     shard = shard_of("u1", INDEX_SHARDS)
     for index in ("lastseen", "snapdue", "atrisk:at-risk"):
         for key in (f"{api.prefix}:{index}", f"{api.prefix}:{index}:{shard}"):
@@ -478,4 +479,4 @@ def test_erase_forgets_the_users_failed_deliveries(api: Seeded) -> None:
     assert [(j["user_id"], j["action_id"]) for j in asyncio.run(failed_left())] == [("u2", "f3")]
     r = redis.Redis.from_url(api.redis_url)
     assert not r.exists(failed_lease_key(api.prefix, "f1"))
-    assert list(r.scan_iter(match=f"{api.prefix}:{{u1}}*", count=1000)) == []
+    assert left_after_erase(r, api.prefix, "u1") == []

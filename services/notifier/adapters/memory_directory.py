@@ -42,6 +42,7 @@ class MemoryDirectory:
         self.deferred: list[tuple[float, dict[str, Any]]] = []
         self.failed: dict[str, dict[str, Any]] = {}
         self.leases: set[str] = set()
+        self.erased: set[str] = set()
 
     # Set-up helpers: what the API or a bulk import writes in production.
 
@@ -54,7 +55,19 @@ class MemoryDirectory:
         if preferred is not None:
             record["preferred"] = preferred
 
+    def erase(self, user_id: str) -> None:
+        """What the API's erase does to the user's keys: all gone, and the erased mark.
+        The queues keep the user's jobs: what a deferred timer or a re-drive holds already."""
+        for store in (self.contacts, self.consents, self.sends, self.done, self.actions):
+            store.pop(user_id, None)
+        self.winback.pop(user_id, None)
+        self.published.pop(user_id, None)
+        self.erased.add(user_id)
+
     # The Directory port used by the Notifier.
+
+    async def is_erased(self, user_id: str) -> bool:
+        return user_id in self.erased
 
     async def profile(self, user_id: str) -> tuple[dict[str, str], ConsentRecord, dict[str, float]]:
         raw = dict(self.consents.get(user_id, {}))
@@ -73,6 +86,8 @@ class MemoryDirectory:
         return action_id in self.published.get(user_id, set())
 
     async def mark_published(self, user_id: str, action_ids: list[str]) -> None:
+        if user_id in self.erased:
+            return
         self.published.setdefault(user_id, set()).update(action_ids)
 
     async def record(
@@ -83,6 +98,8 @@ class MemoryDirectory:
         contacted: bool,
         winback: dict[str, Any] | None,
     ) -> None:
+        if user_id in self.erased:  # like the Redis script: an erased user is not recorded
+            return
         if action["status"] in DONE_STATUSES:
             self.done.setdefault(user_id, {})[action["action_id"]] = action["status"]
         if contacted:
@@ -104,6 +121,8 @@ class MemoryDirectory:
         self.deferred.append((not_before, job))
 
     async def schedule_contact(self, user_id: str, action_id: str, at: float) -> None:
+        if user_id in self.erased:
+            return
         self.sends.setdefault(user_id, {})[action_id] = at
 
     async def due(self, now: float, *, limit: int = 500) -> list[dict[str, Any]]:

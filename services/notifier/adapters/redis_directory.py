@@ -12,6 +12,7 @@ P:{uid}:pub       hash  action_id -> 1 once the action is on winback-actions
 P:{uid}:actions   list  newest-first action history (capped)
 P:{uid}:u         hash  wbid, wb = the latest win-back decision (the scorer resolves outcomes)
 P:{uid}:wbc       hash  alert_id -> "<playbook>:<group>", decisions not counted yet (cluster)
+P:{uid}:erased    string, the time of the user's erase, kept ERASED_KEEP_S (see below)
 P:deferred        zset  JSON job -> not_before (a claimed job: the end of its lease)
 P:failed          hash  action_id -> JSON job of a delivery that failed after its retries
 P:failed:lease:<action_id>   string, a re-drive's claim on one failed delivery (expires)
@@ -43,6 +44,15 @@ After a crash or a failed write:
 - two notifiers (or the deferred timer and the agent) finishing one mark at
   once count it once.
 
+An erased user is not contacted again, nor recorded again. The erase (the risk
+API's DELETE) deletes the user's keys and sets ``P:{uid}:erased`` for
+``ERASED_KEEP_S``: long enough to outlive any alert of the user still on its way
+(on the topic, redelivered, deferred, or claimed by a re-drive). The notifier
+drops such alerts and jobs unsent, and every script that writes a user's keys
+writes nothing while the mark is there, so a delivery already under way when
+the erase came cannot bring the user's keys back. Saving the user's consent
+again through the API lifts the mark.
+
 The deferred queue and the failed-delivery store live in
 :mod:`services.notifier.adapters.redis_queues`; the directory has their methods.
 """
@@ -61,14 +71,21 @@ from services.notifier.adapters.redis_queues import RedisJobQueues
 from services.notifier.core.guardrails import UNSCHEDULED, ConsentRecord
 
 KEEP_S = 90 * 86400  # done marks, cap window, published marks, pending counts
+# An erase outlives the user's alerts in flight: the alert topic's retention (Kafka's
+# default, 7 days, which the local stack keeps) is the longest an alert can wait.
+ERASED_KEEP_S = 7 * 86400
 COUNTED_S = 86400  # how long a cluster remembers that an alert's decision was counted
 
 # One user's record of an action, atomically: KEYS are the user's done, sends,
-# actions, u and wbc (one slot), then on one Redis the win-back counter. One
-# alert counts once as treated (or control), however many of its actions were
-# sent; the scorer later resolves "wb" into a win or lets it expire. Returns the
-# user's pending counts (cluster: alert_id, counter, ...; one Redis: none).
+# actions, u, wbc and erased mark (one slot), then on one Redis the win-back
+# counter. One alert counts once as treated (or control), however many of its
+# actions were sent; the scorer later resolves "wb" into a win or lets it expire.
+# Returns the user's pending counts (cluster: alert_id, counter, ...; one Redis:
+# none). An erased user's keys are not written again.
 RECORD_ACTION = """
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  return {}
+end
 local ttl = tonumber(ARGV[6])
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -84,8 +101,8 @@ redis.call('LPUSH', KEYS[3], ARGV[4])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
 if ARGV[7] ~= '' and redis.call('HGET', KEYS[4], 'wbid') ~= ARGV[7] then
   redis.call('HSET', KEYS[4], 'wbid', ARGV[7], 'wb', ARGV[8])
-  if #KEYS == 6 then
-    redis.call('INCR', KEYS[6])
+  if #KEYS == 7 then
+    redis.call('INCR', KEYS[7])
   else
     redis.call('HSET', KEYS[5], ARGV[7], ARGV[9])
     redis.call('EXPIRE', KEYS[5], ttl)
@@ -94,13 +111,28 @@ end
 return redis.call('HGETALL', KEYS[5])
 """
 
-# Published marks (KEYS[1]); returns the pending counts (KEYS[2]) to finish.
+# Published marks (KEYS[1]); returns the pending counts (KEYS[2]) to finish. Nothing
+# for an erased user (KEYS[3]).
 MARK_PUBLISHED = """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {}
+end
 for i = 2, #ARGV do
   redis.call('HSET', KEYS[1], ARGV[i], 1)
 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return redis.call('HGETALL', KEYS[2])
+"""
+
+# A deferred contact's place in the cap window (KEYS[1]), unless the user is erased
+# (KEYS[2]).
+SCHEDULE_CONTACT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
 """
 
 # Count an alert's decision once (cluster): KEYS = the counter, its "counted" key
@@ -118,6 +150,15 @@ CONTACT_FIELDS = {"email": "email", "sms": "phone", "push": "push_token"}
 
 def ukey(prefix: str, user_id: str, kind: str) -> str:
     return f"{prefix}:{{{user_id}}}:{kind}"
+
+
+def erased_key(prefix: str, user_id: str) -> str:
+    """The mark an erase leaves: while it is there, the user is not contacted or recorded.
+
+    >>> erased_key("cw", "u1")
+    'cw:{u1}:erased'
+    """
+    return ukey(prefix, user_id, "erased")
 
 
 def treated_key(prefix: str, counter: str) -> str:
@@ -182,6 +223,12 @@ class RedisDirectory(RedisJobQueues):
         )
         return contact, record, {_s(a): float(score) for a, score in sends}
 
+    async def is_erased(self, user_id: str) -> bool:
+        try:
+            return bool(await self.r.exists(erased_key(self.prefix, user_id)))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+
     async def already_done(self, user_id: str, action_id: str) -> str | None:
         try:
             done = await self.r.hget(ukey(self.prefix, user_id, "done"), action_id)
@@ -204,9 +251,13 @@ class RedisDirectory(RedisJobQueues):
         """
         if not action_ids:
             return
-        keys = (ukey(self.prefix, user_id, "pub"), ukey(self.prefix, user_id, "wbc"))
+        keys = (
+            ukey(self.prefix, user_id, "pub"),
+            ukey(self.prefix, user_id, "wbc"),
+            erased_key(self.prefix, user_id),
+        )
         try:
-            pending = await self.r.eval(MARK_PUBLISHED, 2, *keys, KEEP_S, *action_ids)
+            pending = await self.r.eval(MARK_PUBLISHED, len(keys), *keys, KEEP_S, *action_ids)
             await self._count(user_id, pending)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
@@ -220,7 +271,8 @@ class RedisDirectory(RedisJobQueues):
         winback: dict[str, Any] | None,
     ) -> None:
         """Remember one decision: idempotency mark, history, cap window, uplift counters."""
-        keys = [ukey(self.prefix, user_id, k) for k in ("done", "sends", "actions", "u", "wbc")]
+        kinds = ("done", "sends", "actions", "u", "wbc", "erased")
+        keys = [ukey(self.prefix, user_id, k) for k in kinds]
         counter = f"{winback['playbook']}:{winback['group']}" if winback is not None else ""
         if winback is not None and not self.cluster:
             keys.append(treated_key(self.prefix, counter))
@@ -246,12 +298,9 @@ class RedisDirectory(RedisJobQueues):
 
     async def schedule_contact(self, user_id: str, action_id: str, at: float) -> None:
         """Count a deferred contact in the user's cap window from now, at its time."""
-        key = ukey(self.prefix, user_id, "sends")
+        keys = (ukey(self.prefix, user_id, "sends"), erased_key(self.prefix, user_id))
         try:
-            async with self.r.pipeline(transaction=False) as pipe:
-                pipe.zadd(key, {action_id: at})
-                pipe.expire(key, KEEP_S)
-                await pipe.execute()
+            await self.r.eval(SCHEDULE_CONTACT, len(keys), *keys, action_id, repr(at), KEEP_S)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 

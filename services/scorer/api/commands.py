@@ -6,6 +6,7 @@ a PUT replaces the whole record in one transaction. Nothing here logs a value.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis, is_cluster
+from services.notifier.adapters.redis_directory import ERASED_KEEP_S, erased_key
 from services.notifier.adapters.redis_queues import deferred_key, failed_key, failed_lease_key
 from services.scorer.adapters.redis_store import INDEX_SHARDS, shard_of, user_key
 from services.scorer.core.segments import STAGES
@@ -46,11 +48,15 @@ class AdminCommands:
         self.prefix = prefix
         self.shards = index_shards
 
-    async def _replace_hash(self, key: str, mapping: dict[str, str]) -> None:
+    async def _replace_hash(
+        self, key: str, mapping: dict[str, str], *, lift: str | None = None
+    ) -> None:
         try:
             async with self.r.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+                if lift is not None:
+                    pipe.delete(lift)
                 await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
@@ -58,11 +64,19 @@ class AdminCommands:
     async def save_consent(
         self, user_id: str, channels: dict[str, bool], preferred: str | None
     ) -> list[str]:
-        """Replace the user's consent: ``<channel> = 1|0`` and ``preferred``."""
+        """Replace the user's consent: ``<channel> = 1|0`` and ``preferred``.
+
+        Consent given after an erase is the user's own new word: it lifts the erase's
+        mark, and the notifier may contact the user again.
+        """
         mapping = {channel: "1" if granted else "0" for channel, granted in channels.items()}
         if preferred is not None:
             mapping["preferred"] = preferred
-        await self._replace_hash(user_key(self.prefix, user_id, "consent"), mapping)
+        await self._replace_hash(
+            user_key(self.prefix, user_id, "consent"),
+            mapping,
+            lift=erased_key(self.prefix, user_id),
+        )
         return sorted(mapping)
 
     async def save_contact(self, user_id: str, contact: dict[str, str | None]) -> list[str]:
@@ -77,10 +91,13 @@ class AdminCommands:
 
         What stays: the daily active-user HyperLogLogs (a sketch from which no
         user can be read back or removed) and the aggregate win-back counters.
-        An event of the user that arrives later creates a new record: stop
-        sending them first. A re-drive that claimed one of the user's failed
-        deliveries before the erase still carries it out and records it: erase
-        again once it is over.
+        What it adds: the mark ``P:{uid}:erased`` for ``ERASED_KEEP_S`` (7 days),
+        under which the notifier contacts and records nothing of the user, so an
+        alert still on its way (on the topic, deferred, claimed by a re-drive)
+        neither reaches the user nor writes the user's keys back. A message
+        already handed to its provider when the erase came is gone. An event of
+        the user that arrives later creates a new scorer record: stop sending
+        them first.
 
         One transaction on one Redis. On a Redis Cluster the user's keys and the
         shared indexes are in different slots: one pipeline, which a failure can
@@ -107,6 +124,7 @@ class AdminCommands:
                         pipe.zrem(key, user_id)
                 if jobs:
                     pipe.zrem(deferred_key(self.prefix), *jobs)
+                pipe.set(erased_key(self.prefix, user_id), repr(time.time()), ex=ERASED_KEEP_S)
                 if failed:
                     # Else `notifier redrive` sends them and records the user again.
                     pipe.hdel(failed_key(self.prefix), *failed)
@@ -120,13 +138,14 @@ class AdminCommands:
             if any(done[pos : pos + len(keys)]):
                 removed.append(name)
             pos += len(keys)
-        queues = iter(done[pos:])
+        queues = iter(done[pos + 1 :])  # after the erased mark's SET
         return {
             "user_id": user_id,
             "removed_keys": [k for k, n in zip(USER_KINDS, done, strict=False) if n],
             "removed_from_indexes": removed,
             "removed_deferred_jobs": int(next(queues)) if jobs else 0,
             "removed_failed_deliveries": int(next(queues)) if failed else 0,
+            "guard_until": round(time.time() + ERASED_KEEP_S, 3),
             "kept": "daily active-user and signup-cohort HyperLogLogs, win-back counters "
             "(aggregates from which no user can be read back)",
         }

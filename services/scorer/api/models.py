@@ -275,6 +275,7 @@ class Erased(BaseModel):
             "removed_from_indexes": ["lastseen", "snapdue", "atrisk:active"],
             "removed_deferred_jobs": 0,
             "removed_failed_deliveries": 0,
+            "guard_until": 1768435200.0,
             "kept": "daily active-user HyperLogLogs and win-back counters (aggregates)",
         }
     )
@@ -283,4 +284,8 @@ class Erased(BaseModel):
     removed_from_indexes: list[str]
     removed_deferred_jobs: int
     removed_failed_deliveries: int = 0
+    guard_until: float = Field(
+        description="until when (UNIX time) the notifier contacts and records nothing of the "
+        "user: alerts of the user still on their way are dropped (consent saved again lifts it)"
+    )
     kept: str

@@ -101,7 +101,8 @@ async def get_actions(
     description=(
         "Which channels (email, sms, push) the user agreed to be contacted on, and the "
         "preferred one, which must be consented. Replaces the stored record; the notifier "
-        "reads it before every contact. Works for users not scored yet."
+        "reads it before every contact. Works for users not scored yet. Saving consent "
+        "after an erase lifts the erase's guard: the user may be contacted again."
     ),
     responses=errors(422),
 )
@@ -138,9 +139,12 @@ async def put_contact(user_id: UserId, body: ContactIn, commands: Commands) -> d
         "contact, consent, sends, delivery marks, actions), the user's entries in the "
         "last-seen, at-risk and label-due indexes, its deferred win-back jobs and its failed "
         "deliveries (which a re-drive would otherwise send, recording the user again); answers "
-        "what was removed. Kept: the daily active-user HyperLogLogs (no user can be read "
+        "what was removed. For 7 days after (`guard_until`) the notifier drops the user's "
+        "alerts still on their way, unsent and unrecorded, unless consent is saved again. "
+        "Kept: the daily active-user HyperLogLogs (no user can be read "
         "back from them) and aggregate win-back counters. Events of the user that arrive "
-        "later create a new record. 404 when nothing of the user was stored."
+        "later create a new record. 404 when nothing of the user was stored (the guard is set "
+        "all the same)."
     ),
     responses=errors(404),
 )
