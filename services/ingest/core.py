@@ -1,6 +1,6 @@
 """Pure request handling of the ingest service: parse, validate, stamp.
 
-Nothing here talks to Kafka or HTTP; :mod:`services.ingest.app` does.
+Nothing here talks to Kafka or HTTP; :mod:`services.ingest.events` does.
 
 >>> items = parse_body(b'{"a": 1}\\n{"b": 2}\\n', "application/x-ndjson", max_events=10)
 >>> items
