@@ -3,6 +3,8 @@
 Per alert: validate → :class:`~services.notifier.service.Notifier` → publish
 each action on ``winback-actions`` and wait for Kafka's acknowledgement before
 the alert's offset can be committed. A timer sends deferred actions when due.
+The agent notes where it is on each partition for ``/metrics``
+(:mod:`services.notifier.progress`).
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import Any
 
 import faust
 import orjson
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
 
 from services.common.errors import InvalidEvent, StoreUnavailable
 from services.common.faust_worker import make_faust_app
@@ -21,7 +26,9 @@ from services.common.messages import WinbackAction, dead_record
 from services.common.schemas import validate
 from services.notifier import metrics
 from services.notifier.config import NotifierSettings
+from services.notifier.progress import AlertProgress
 from services.notifier.runtime import NotifierRuntime
+from services.notifier.service import Notifier
 
 log = logging.getLogger("churnwatch.notifier")
 
@@ -45,24 +52,38 @@ def create_app(settings: NotifierSettings, runtime: NotifierRuntime) -> faust.Ap
         if pending:
             await asyncio.gather(*pending)
 
+    progress = AlertProgress(end_of=partial(highwater, app))
+    metrics.CONSUMER_LAG.set_function(progress.lag)
+
+    # Sent once the agent is done with the alert in hand. (mode types a handler with a
+    # NamedArg that no function signature matches.)
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def forget_revoked(sender: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+        progress.forget(revoked)
+
+    async def handle_alert(notifier: Notifier, message: Any) -> None:
+        metrics.ALERTS.inc()
+        try:
+            alert = _decode(message.value)
+        except InvalidEvent as exc:
+            metrics.INVALID.inc()
+            dead = dead_record(message, exc, stage="notifier")
+            await (await dlq.send(key=message.key, value=orjson.dumps(dead.to_dict())))
+            return
+        actions = await _until_stored(notifier.handle_alert, alert)
+        await publish(actions)
+        await _until_stored(
+            runtime.directory.mark_published, alert["user_id"], [a.action_id for a in actions]
+        )
+
     @app.agent(alerts)
     async def handle_alerts(stream: Any) -> None:
         notifier = await runtime.notifier()
         async for event in stream.events():
             message = event.message
-            metrics.ALERTS.inc()
-            try:
-                alert = _decode(message.value)
-            except InvalidEvent as exc:
-                metrics.INVALID.inc()
-                dead = dead_record(message, exc, stage="notifier")
-                await (await dlq.send(key=message.key, value=orjson.dumps(dead.to_dict())))
-                continue
-            actions = await _until_stored(notifier.handle_alert, alert)
-            await publish(actions)
-            await _until_stored(
-                runtime.directory.mark_published, alert["user_id"], [a.action_id for a in actions]
-            )
+            progress.take(message.tp, message.offset)
+            await handle_alert(notifier, message)
+            progress.done(message.tp, message.offset)
 
     @app.timer(interval=settings.notifier_deferred_poll_s)
     async def send_deferred() -> None:
@@ -80,6 +101,20 @@ def create_app(settings: NotifierSettings, runtime: NotifierRuntime) -> faust.Ap
         metrics.FAILED.set(await runtime.directory.failed_depth())
 
     return app
+
+
+def highwater(app: faust.App, tp: Any) -> int | None:
+    """The partition's end as of the consumer's last fetch response from it, without a
+    request to Kafka; None if unknown: not fetched from yet, revoked, or not running.
+
+    Read from the metrics server's thread, so the partition may be revoked meanwhile
+    (aiokafka asserts it is assigned).
+    """
+    try:
+        end = app.consumer.highwater(tp)
+    except (AssertionError, AttributeError, ConsumerNotStarted):
+        return None
+    return None if end is None else int(end)
 
 
 def _decode(value: bytes) -> dict[str, Any]:

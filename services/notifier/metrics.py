@@ -5,6 +5,11 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 ALERTS = Counter("churnwatch_notifier_alerts_total", "Alerts consumed from churn-alerts")
+CONSUMER_LAG = Gauge(
+    "churnwatch_notifier_consumer_lag",
+    "Alerts on this worker's partitions of churn-alerts not handled yet (log end, as of "
+    "its last fetch from each, minus the alert in hand or the one after the last handled)",
+)
 ACTIONS = Counter(
     "churnwatch_notifier_actions_total",
     "Win-back decisions, by channel and status",

@@ -119,6 +119,8 @@ def test_dashboard_queries_use_exported_metrics(exported: set[str]) -> None:
     exprs = dashboard_exprs()
     assert len(exprs) > 20
     assert unknown_metrics(exprs, exported) == {}
+    for backlog in ("churnwatch_scorer_consumer_lag", "churnwatch_notifier_consumer_lag"):
+        assert any(backlog in expr for expr in exprs), backlog
 
 
 def test_alert_rules_use_exported_metrics(exported: set[str]) -> None:
@@ -132,6 +134,8 @@ def test_alert_rules_cover_the_pipeline() -> None:
     for needle in (
         "kafka_consumergroup_lag",
         "churnwatch_scorer_event_time_lag_seconds",
+        "sum(churnwatch_scorer_consumer_lag)",
+        "sum(churnwatch_notifier_consumer_lag)",
         "churnwatch_scorer_dead_letters_total",
         "churnwatch_notifier_dead_letters_total",
         'status="failed"',
