@@ -10,9 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.errors import ConfigError
-from services.scorer.core import model as model_module
+from services.scorer.core import checkpoint
 from services.scorer.core.calibration import BinCalibrator
-from services.scorer.core.model import CheckpointError, ChurnModel
+from services.scorer.core.checkpoint import CheckpointError
+from services.scorer.core.model import ChurnModel
 from services.scorer.core.prior import PRIOR_BASE, TIE_BREAK, prior_contributions, prior_risk
 from services.scorer.core.quality import QualityTracker
 from services.scorer.core.reasons import LABELS
@@ -232,7 +233,7 @@ def test_a_checkpoint_that_names_the_new_modules_still_loads(
     # Builds between the calibrator's move and this one pickled it by its new module:
     # pickle everything by the module that defines it.
     model = _learned_model()
-    monkeypatch.setattr(model_module, "_named_by_first_home", contextlib.nullcontext)
+    monkeypatch.setattr(checkpoint, "_named_by_first_home", contextlib.nullcontext)
     data = model.to_bytes()
     monkeypatch.undo()
     assert b"services.scorer.core.calibration" in data and b"river_pipeline" in data

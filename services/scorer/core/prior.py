@@ -3,7 +3,7 @@
 Log-odds points per rule (``PRIOR_RULES``) summed on ``PRIOR_BASE``, with a tiny
 tie-break (``prior_order``) so that users the rules score alike keep an order.
 Pure: a feature vector in, a probability out. The model blends it out as its
-learner proves better (:mod:`services.scorer.core.model`).
+learner proves better (:mod:`services.scorer.core.blend`).
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
 Its settings (:class:`ModelSettings`), its inputs (``FEATURES``, every labelled
 feature but ``NOT_LEARNED``, compressed by :func:`prepare`), the scaler step that
 learning fuses (:func:`scale_and_learn`), and the factory (:func:`build_pipeline`):
-``FuncTransformer(prepare) | StandardScaler | LogisticRegression``, or an ARF forest.
+``FuncTransformer(prepare) | StandardScaler | LogisticRegression``, or an ARF forest;
+then a pipeline's two uses, predicting (:func:`scaled_inputs`, :func:`predict_raw`)
+and learning one label (:func:`learn_label`).
 :class:`~services.scorer.core.model.ChurnModel` holds one; its checkpoints pickle
-``ModelSettings`` and ``prepare`` (see that module).
+``ModelSettings`` and ``prepare`` (see :mod:`~services.scorer.core.checkpoint`).
 """
 
 from __future__ import annotations
@@ -130,3 +132,56 @@ def build_pipeline(settings: ModelSettings) -> compose.Pipeline:
         optimizer=optim.SGD(settings.learning_rate), l2=settings.l2
     )
     return compose.FuncTransformer(prepare) | preprocessing.StandardScaler() | learner
+
+
+def scaled_inputs(
+    pipeline: compose.Pipeline, x: dict[str, float], *, kind: str
+) -> dict[str, float] | None:
+    """The logistic step's inputs for ``x`` as the scaler stands (it learns nothing
+    here); ``None`` for a forest, which has no such step."""
+    if kind != "logreg":
+        return None
+    scaled: dict[str, float] = pipeline["StandardScaler"].transform_one(prepare(x))
+    return scaled
+
+
+def predict_raw(
+    pipeline: compose.Pipeline, x: dict[str, float], *, scaled: dict[str, float] | None
+) -> float:
+    """The learner's uncalibrated probability of churn (0.5 before it has learned).
+
+    ``scaled`` is ``scaled_inputs(pipeline, x)``: the pipeline's own steps, split
+    so that explaining can reuse the scaled vector.
+
+    >>> pipeline = build_pipeline(ModelSettings())
+    >>> predict_raw(pipeline, {}, scaled=scaled_inputs(pipeline, {}, kind="logreg"))
+    0.5
+    """
+    if scaled is not None:
+        p: float = pipeline["LogisticRegression"].predict_proba_one(scaled)[True]
+        return p
+    proba = pipeline.predict_proba_one(x)
+    # A forest that has only seen survivors returns {False: 1.0}: that is P(churn) = 0.
+    return proba.get(True, 0.0) if proba else 0.5
+
+
+def learn_label(
+    pipeline: compose.Pipeline, x: dict[str, float], *, label: bool, settings: ModelSettings
+) -> float:
+    """Learn one label, positives weighted by ``positive_weight``; return the raw
+    score predicted just before learning it (honest, out of sample)."""
+    weight = settings.positive_weight if label else 1.0
+    if settings.kind == "logreg":
+        # The pipeline's learn_one, step by step, so that the prediction before
+        # learning and the learning share one prepare(x) (~a third of a label's cost),
+        # and the scaler's three passes (scale, learn, scale again) are one.
+        scaler, logreg = pipeline["StandardScaler"], pipeline["LogisticRegression"]
+        before, after = scale_and_learn(scaler, prepare(x))
+        raw: float = logreg.predict_proba_one(before)[True]
+        logreg.learn_one(after, label, w=weight)
+        return raw
+    raw = predict_raw(pipeline, x, scaled=None)
+    # ARF takes no sample weight; repeating a positive is the weighting it supports.
+    for _ in range(max(1, round(weight))):
+        pipeline.learn_one(x, label)
+    return raw
