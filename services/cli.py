@@ -4,6 +4,7 @@
     churnwatch stack up --redis-cluster     ... with a three-master Redis Cluster as the Redis
     churnwatch ingest|scorer|notifier|api   run one service
     churnwatch notifier redrive [--since 2h] [--dry-run]   send failed deliveries again
+    churnwatch scorer model list|export|load   the workers' models: back up, roll back, reset
     churnwatch demo [--duration S]      everything, with simulated traffic
     churnwatch mailcatcher              a loopback SMTP server that counts mail
     churnwatch keys create --scope S    a new API key, printed once
@@ -69,6 +70,12 @@ def _redrive(args: argparse.Namespace) -> int:
     from services.notifier.redrive_command import run_redrive
 
     return run_redrive(args)
+
+
+def _model(args: argparse.Namespace) -> int:
+    from services.scorer.model_command import run_model_command
+
+    return run_model_command(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -164,6 +171,26 @@ def _add_redrive(actions: Any) -> None:
     redrive.set_defaults(handler=_redrive)
 
 
+def _add_model(actions: Any) -> None:
+    model = actions.add_parser("model", help="list, export or load the workers' models")
+    sub = model.add_subparsers(dest="model_action", required=True, metavar="ACTION")
+    sub.add_parser("list", help="each worker's checkpoint: version, labels, saved, quality")
+    export = sub.add_parser("export", help="a worker's model checkpoint to a file")
+    export.add_argument("worker", help="the worker's name (see `model list`)")
+    export.add_argument("file", type=Path)
+    load = sub.add_parser("load", help="hand a model to running workers (rollback, reset)")
+    source = load.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", type=Path, nargs="?", help="a checkpoint export or replay wrote")
+    source.add_argument("--fresh", action="store_true", help="a new model: the prior alone")
+    which = load.add_mutually_exclusive_group(required=True)
+    which.add_argument("--worker", action="append", help="this worker (may be repeated)")
+    which.add_argument("--all", action="store_true", help="every worker with a checkpoint")
+    load.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the workers' answers"
+    )
+    model.set_defaults(handler=_model)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="churnwatch", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -189,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=_service("scorer" if name == "api" else name), role=name)
         if name == "notifier":  # `churnwatch notifier` alone runs the worker
             _add_redrive(p.add_subparsers(dest="action", metavar="ACTION"))
+        if name == "scorer":  # `churnwatch scorer` alone runs the worker
+            _add_model(p.add_subparsers(dest="action", metavar="ACTION"))
 
     demo = sub.add_parser("demo", help="stack, services and simulated traffic, with a summary")
     demo.add_argument("--duration", type=float, default=60.0, help="seconds of traffic")

@@ -7,6 +7,8 @@ in replay mode, then writes what came out:
     DIR/alerts.jsonl          every alert as published (event-time occurred_at)
     DIR/scores.csv            user_id,as_of,risk,score,band,stage,tier at the end
     DIR/scores-<AS_OF>.csv    the same, as scores stood at each --as-of time
+    DIR/model.ckpt            the model the replay learned, for
+                              ``churnwatch scorer model load`` (a live start from history)
 
 A replay uses its own single-partition topics and its own Redis key prefix, so
 it starts from an empty state and never touches a live deployment's data; they
@@ -271,6 +273,7 @@ def run_replay(events: Path, *, out: Path, as_of: list[str], keep: bool = False)
                 write_scores(out / f"scores-{stamp(cut)}.csv", replay.scores_at(cut, model))
         end = max((ts for ts, _ in lines if ts != float("-inf")), default=0.0)
         write_scores(out / "scores.csv", replay.scores_at(end, model))
+        (out / "model.ckpt").write_bytes(model.to_bytes())
         alerts = replay.alerts()
         (out / "alerts.jsonl").write_bytes(b"".join(a + b"\n" for a in alerts))
     finally:

@@ -167,13 +167,15 @@ def create_app(settings: ScorerSettings, runtime: Runtime) -> faust.App:
             log.warning("checkpoint skipped, redis unavailable", extra={"error": str(exc)})
 
     @app.timer(interval=1.0)
-    async def checkpoint_on_request() -> None:
-        """``churnwatch replay`` (or an operator) asks for a checkpoint through Redis."""
+    async def answer_requests() -> None:
+        """``churnwatch replay`` (or an operator) asks for a checkpoint through Redis;
+        ``churnwatch scorer model load`` leaves a model to run."""
         try:
             await runtime.checkpoint_if_requested()
+            await runtime.load_model_if_requested()
         except StoreUnavailable as exc:
             metrics.STORE_ERRORS.inc()
-            log.warning("checkpoint request skipped, redis unavailable", extra={"error": str(exc)})
+            log.warning("control request skipped, redis unavailable", extra={"error": str(exc)})
 
     @app.on_before_shutdown.connect
     async def checkpoint_on_shutdown(sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:

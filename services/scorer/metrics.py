@@ -70,6 +70,11 @@ QUALITY = Gauge("churnwatch_model_quality", "Progressive validation on resolved 
 CHECKPOINT_AGE = Gauge(
     "churnwatch_model_checkpoint_age_seconds", "Seconds since this worker last saved its model"
 )
+MODEL_LOADS = Counter(
+    "churnwatch_model_loads_total",
+    "Models this worker took from `churnwatch scorer model load` (a rollback, a reset, "
+    "or a model learned on a replay)",
+)
 WINBACKS = Counter(
     "churnwatch_winbacks_total",
     "Users active again within the window after a win-back decision",

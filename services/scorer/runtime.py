@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import orjson
 
 from services.common.errors import StoreUnavailable
 from services.common.messages import ChurnAlert
 from services.scorer import metrics
+from services.scorer.adapters.redis_worker import request_id
 from services.scorer.config import ScorerSettings
+from services.scorer.core.checkpoint import CheckpointError
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.quality import QualityTracker
 from services.scorer.core.segments import RfmQuantiles
@@ -47,6 +50,8 @@ class Runtime:
         # Held while users' state is read, changed and written: by a micro-batch and
         # by the live sweep's re-scoring, which would otherwise overwrite each other.
         self.state_lock = asyncio.Lock()
+        # Held by a learning round and by a model load, which would undo each other.
+        self.model_lock = asyncio.Lock()
         self._silent = SilentSweep()  # the silent users' re-scoring, and what it keeps
         self._learned_since_checkpoint = 0
         self.quality = QualityTracker(threshold=settings.scorer_band_high / 100)
@@ -139,6 +144,40 @@ class Runtime:
             await self.checkpoint()
             await self.store.checkpoint_done(request)
 
+    async def load_model_if_requested(self) -> None:
+        """Take the model ``churnwatch scorer model load`` left for this worker.
+
+        It replaces the worker's model between two learning rounds and is
+        checkpointed at once; the answer in ``P:control:model:<worker>:done`` says
+        which version the worker runs now, or why it refused the model.
+        """
+        if self._scorer is None:
+            return
+        name = self.settings.scorer_worker_name
+        request = await self.store.model_request(name)
+        if request is None:
+            return
+        answer: dict[str, Any] = {"request": request_id(request), "worker": name}
+        try:
+            model = ChurnModel.from_bytes(request)
+            if model.settings.kind != self.settings.scorer_model:
+                raise CheckpointError(
+                    f"a {model.settings.kind} model, and this worker runs "
+                    f"CHURNWATCH_SCORER_MODEL={self.settings.scorer_model}"
+                )
+        except CheckpointError as exc:
+            log.error("model load refused", extra={"error": str(exc)})
+            answer["error"] = str(exc)
+        else:
+            async with self.model_lock:
+                before = self.core.model.version
+                self.core.model.adopt(model)
+            await self.checkpoint()
+            log.warning("model loaded", extra={"model_version": model.version, "was": before})
+            metrics.MODEL_LOADS.inc()
+            answer |= {"model_version": model.version, "was": before}
+        await self.store.model_request_done(name, request, orjson.dumps(answer))
+
     async def learn(self, now: float) -> Learned:
         """Resolve the labels that are due and learn from them; checkpoint every N learns.
 
@@ -146,16 +185,16 @@ class Runtime:
         they find that many due (:func:`~services.scorer.sweeps.learn_rounds`).
         """
         await self.scorer()
-        done = await learn_rounds(
-            self.store,
-            self.core,
-            quality=self.quality,
-            learner=self.learner,
-            now=now,
-            limit=self.label_users,
-            each=self._learned,
-        )
-        return done
+        async with self.model_lock:
+            return await learn_rounds(
+                self.store,
+                self.core,
+                quality=self.quality,
+                learner=self.learner,
+                now=now,
+                limit=self.label_users,
+                each=self._learned,
+            )
 
     async def _learned(self, learned: Learned) -> None:
         """Count one round's labels, log what was unreadable, checkpoint every N learns."""

@@ -133,6 +133,9 @@ class MemoryUserStore:
         self.lastseen = SortedIndex(shards=index_shards)
         self.snapdue = SortedIndex(shards=index_shards)
         self.checkpoints: dict[str, bytes] = {}
+        # Model-load requests by worker, and the answers (as Redis has them, for the tests).
+        self.model_requests: dict[str, bytes] = {}
+        self.model_answers: dict[str, bytes] = {}
 
     async def load(self, user_ids: Sequence[str]) -> dict[str, StoredUser]:
         out = {}
@@ -199,6 +202,14 @@ class MemoryUserStore:
 
     async def checkpoint_done(self, request: bytes | str) -> None:
         pass
+
+    async def model_request(self, worker: str) -> bytes | None:
+        return self.model_requests.get(worker)
+
+    async def model_request_done(self, worker: str, request: bytes, answer: bytes) -> None:
+        if self.model_requests.get(worker) == request:
+            del self.model_requests[worker]
+        self.model_answers[worker] = answer
 
     async def save_quality(self, worker: str, data: bytes) -> None:
         self.checkpoints[f"{worker}:quality"] = data

@@ -156,6 +156,12 @@ class RedisUserStore:
     async def checkpoint_done(self, request: bytes | str) -> None:
         await self._worker.checkpoint_done(request)
 
+    async def model_request(self, worker: str) -> bytes | None:
+        return await self._worker.model_request(worker)
+
+    async def model_request_done(self, worker: str, request: bytes, answer: bytes) -> None:
+        await self._worker.model_request_done(worker, request, answer)
+
     async def save_quality(self, worker: str, data: bytes) -> None:
         await self._worker.save_quality(worker, data)
 

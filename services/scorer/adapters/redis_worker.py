@@ -1,20 +1,61 @@
 """What the scorer keeps in Redis per worker, not per user: its alert outbox, the
-checkpoint requests it answers, its model checkpoints and their quality metrics.
+checkpoint and model-load requests it answers, its model checkpoints and their
+quality metrics.
 
 Keys (``P`` = the key prefix; layout in :mod:`~services.scorer.adapters.redis_layout`):
 ``P:outbox:<worker>``, ``P:control:checkpoint`` (and ``...:done``),
+``P:control:model:<worker>`` (and ``...:done``: ``churnwatch scorer model load``),
 ``P:model:<worker>`` (and ``...:<part>``, ``...:quality``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from hashlib import blake2b
 
 from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis
 from services.scorer.adapters.redis_layout import StoreKeys
+
+# Take a model-load request away only if it is still the one read: a newer request
+# written meanwhile stays for the next look.
+TAKE_REQUEST = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def request_id(request: bytes) -> str:
+    """What names a model-load request in the worker's answer: a hash of the model sent.
+
+    >>> request_id(b"model bytes")
+    '4ec8b0d0c11433ee'
+    """
+    return blake2b(request, digest_size=8).hexdigest()
+
+
+def model_request_key(prefix: str, worker: str) -> str:
+    """Where ``churnwatch scorer model load`` leaves a model for ``worker`` (``...:done``:
+    the worker's answer).
+
+    >>> model_request_key("cw", "scorer-0")
+    'cw:control:model:scorer-0'
+    """
+    return f"{prefix}:control:model:{worker}"
+
+
+def checkpoint_key(prefix: str, worker: str, part: str = "") -> str:
+    """The worker's model checkpoint, or another ``part`` of its state (rfm, quality).
+
+    >>> checkpoint_key("cw", "scorer-0"), checkpoint_key("cw", "scorer-0", "quality")
+    ('cw:model:scorer-0', 'cw:model:scorer-0:quality')
+    """
+    return f"{prefix}:model:{worker}" + (f":{part}" if part else "")
 
 
 class WorkerState:
@@ -58,25 +99,38 @@ class WorkerState:
         except RedisError as exc:
             raise StoreUnavailable(f"Redis checkpoint request failed: {exc}") from exc
 
+    async def model_request(self, worker: str) -> bytes | None:
+        """A model left for this worker by ``churnwatch scorer model load``, if any."""
+        try:
+            data = await self.r.get(model_request_key(self.keys.prefix, worker))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis model request failed: {exc}") from exc
+        return data.encode() if isinstance(data, str) else data
+
+    async def model_request_done(self, worker: str, request: bytes, answer: bytes) -> None:
+        """Answer a model-load request in ``...:done``, and take the request away."""
+        key = model_request_key(self.keys.prefix, worker)
+        try:
+            await self.r.eval(TAKE_REQUEST, 2, key, f"{key}:done", request, answer)
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis model request failed: {exc}") from exc
+
     async def save_quality(self, worker: str, data: bytes) -> None:
         try:
-            await self.r.set(f"{self.keys.prefix}:model:{worker}:quality", data)
+            await self.r.set(checkpoint_key(self.keys.prefix, worker, "quality"), data)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
     async def load_checkpoint(self, worker: str, part: str = "") -> bytes | None:
         """The worker's model checkpoint, or with ``part`` another part of its state."""
         try:
-            data = await self.r.get(self._checkpoint_key(worker, part))
+            data = await self.r.get(checkpoint_key(self.keys.prefix, worker, part))
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return data.encode() if isinstance(data, str) else data
 
     async def save_checkpoint(self, worker: str, data: bytes, part: str = "") -> None:
         try:
-            await self.r.set(self._checkpoint_key(worker, part), data)
+            await self.r.set(checkpoint_key(self.keys.prefix, worker, part), data)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
-
-    def _checkpoint_key(self, worker: str, part: str) -> str:
-        return f"{self.keys.prefix}:model:{worker}" + (f":{part}" if part else "")
