@@ -14,7 +14,8 @@ import orjson
 
 from services.common.events import UserEvent
 from services.notifier.core.guardrails import won_back
-from services.scorer.core.features import CHURN_TYPES, UserState
+from services.scorer.core.event_counts import CHURN_TYPES
+from services.scorer.core.features import UserState
 from services.scorer.core.state_codec import encode_state
 from services.scorer.rows import UserWrite
 from services.scorer.scoring import UserScore

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from services.common.clock import day_index
 from services.common.errors import LateEvent
 from services.common.events import UserEvent
+from services.scorer.core.event_counts import EVENTS
 from services.scorer.core.features import (
-    EVENTS,
     FeatureSettings,
     UserState,
     apply_batch,

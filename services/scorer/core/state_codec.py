@@ -26,16 +26,16 @@ import msgpack
 import orjson
 
 from services.common.errors import BROKEN_VALUE, UnreadableStored
-from services.scorer.core.features import (
-    _COMMON,
-    _ZEROS,
+from services.scorer.core.event_counts import (
+    COMMON,
     EVENTS,
     N_COUNTERS,
     PURCHASES,
     REVENUE_C,
+    ZEROS,
     Day,
-    UserState,
 )
+from services.scorer.core.features import UserState
 
 # 2 added the lifetime counters; 3 is format 2's list in MessagePack, the seen ids as
 # raw bytes, a well-known last type as its index in _STORED_TYPES (~165 bytes a user
@@ -90,7 +90,7 @@ def encode_state(state: UserState) -> bytes:
     rows: list[list[object]] = []
     for d, (counts, feats) in items:
         # Trailing zeros are implied; most days only use the first few counters.
-        n = _COMMON if counts[_COMMON:] == _ZEROS[_COMMON:] else N_COUNTERS
+        n = COMMON if counts[COMMON:] == ZEROS[COMMON:] else N_COUNTERS
         while n and not counts[n - 1]:
             n -= 1
         row: list[object] = [d - prev, *counts[:n]]
@@ -175,9 +175,9 @@ def _decode_state(data: bytes | str) -> UserState:
     for row in rows:
         day += row[0]
         if type(row[-1]) in (list, tuple):
-            days[day] = (tuple(row[1:-1]) + _ZEROS[len(row) - 2 :], frozenset(row[-1]))
+            days[day] = (tuple(row[1:-1]) + ZEROS[len(row) - 2 :], frozenset(row[-1]))
         else:
-            days[day] = (tuple(row[1:]) + _ZEROS[len(row) - 1 :], empty)
+            days[day] = (tuple(row[1:]) + ZEROS[len(row) - 1 :], empty)
     hour_now = ls // 3600
     if json:
         pairs = struct.iter_unpack("<QH", base64.b64decode(seen_text))

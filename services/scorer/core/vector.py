@@ -3,7 +3,8 @@
 ``to_vector(state, now)`` gives the ``dict[str, float]`` the model, the
 segments and the label snapshots read (keys in docs/CONTRACTS.md); the state
 and the functions that fold events into it are in
-:mod:`services.scorer.core.features`. Nothing here does I/O.
+:mod:`services.scorer.core.features`, the day counters' slots in
+:mod:`services.scorer.core.event_counts`. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from services.common.clock import day_index
-from services.scorer.core.features import (
-    _ZEROS,
+from services.scorer.core.event_counts import (
     CHURNS,
     COMPLAINTS,
     DAY_S,
@@ -27,11 +27,11 @@ from services.scorer.core.features import (
     TIMED,
     WB_RESP,
     WB_SENT,
+    ZEROS,
     Day,
-    FeatureSettings,
-    UserState,
-    _is_paid,
+    is_paid,
 )
+from services.scorer.core.features import FeatureSettings, UserState
 
 __all__ = ["RETURN_GAP_DAYS", "to_vector"]
 
@@ -130,7 +130,7 @@ def to_vector(
     for w in windows[wi:]:
         ev[w], act[w] = run_events, run_active
     # Column sums in C (zip) rather than a Python loop per counter.
-    s30 = [sum(col) for col in zip(*last_30, strict=True)] if last_30 else _ZEROS
+    s30 = [sum(col) for col in zip(*last_30, strict=True)] if last_30 else ZEROS
     s90 = [sum(col) for col in zip(s30, *last_60, strict=True)] if last_60 else s30
     e7, e30 = ev[7], ev[30]
     explicit_churn = state.churn_at > state.engaged_at
@@ -146,7 +146,7 @@ def to_vector(
         "purchases_90d": float(s90[PURCHASES]),
         "revenue_30d": s30[REVENUE_C] / 100,
         "revenue_90d": s90[REVENUE_C] / 100,
-        "is_paid": float(_is_paid(state.plan)),
+        "is_paid": float(is_paid(state.plan)),
         "payment_failures_30d": float(s30[PAY_FAIL]),
         # No history at all reads as "steady", not as a collapse or a surge.
         "trend_7d_vs_30d": e7 / (e30 * 7 / 30) if e30 else 1.0,
