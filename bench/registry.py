@@ -29,6 +29,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "soak": ("bench.soak:main", "the pipeline at a fixed rate for N minutes: lag, memory, errors"),
     "cdnow": ("bench.cdnow:main", "ROC AUC on real CDNOW purchases vs the BG/NBD model"),
     "fold": ("bench.fold:main", "µs an event to fold a busy user's batch into its state"),
+    "backfill": (
+        "bench.backfill:main",
+        "alert precision after a deployment that started on its history vs a fresh one",
+    ),
 }
 
 

@@ -5,6 +5,7 @@
     churnwatch ingest|scorer|notifier|api   run one service
     churnwatch notifier redrive [--since 2h] [--dry-run]   send failed deliveries again
     churnwatch scorer model list|export|load   the workers' models: back up, roll back, reset
+    churnwatch backfill EVENTS.jsonl    a new deployment's users and model from its history
     churnwatch demo [--duration S]      everything, with simulated traffic
     churnwatch mailcatcher              a loopback SMTP server that counts mail
     churnwatch keys create --scope S    a new API key, printed once
@@ -90,6 +91,16 @@ def _replay(args: argparse.Namespace) -> int:
     from services.replay import run_replay
 
     summary = run_replay(args.events, out=args.out, as_of=args.as_of or [], keep=args.keep)
+    print(orjson.dumps(summary).decode())
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    import orjson
+
+    from services.backfill import run_backfill
+
+    summary = run_backfill(args.events, workers=args.worker or [], force=args.force)
     print(orjson.dumps(summary).decode())
     return 0
 
@@ -237,6 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--keep", action="store_true", help="keep the replay's topics and keys")
     replay.set_defaults(handler=_replay)
 
+    backfill = sub.add_parser(
+        "backfill", help="a new deployment's users and model from its history"
+    )
+    backfill.add_argument("events", type=Path, help="schema-v1 events, JSON lines")
+    backfill.add_argument(
+        "--worker",
+        action="append",
+        help="a scorer worker that starts from the model learned (may be repeated; "
+        "default: CHURNWATCH_SCORER_WORKER_NAME)",
+    )
+    backfill.add_argument(
+        "--force", action="store_true", help="even if the deployment already has users"
+    )
+    backfill.set_defaults(handler=_backfill)
+
     contacts = sub.add_parser("contacts", help="the contact directory")
     contacts_sub = contacts.add_subparsers(dest="action", required=True)
     imp = contacts_sub.add_parser("import", help="load contacts and consent from CSV or JSON lines")
@@ -269,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
             "cdnow",
             "soak",
             "fold",
+            "backfill",
             "all",
         ],
         help="all runs every benchmark in turn",

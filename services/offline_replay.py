@@ -81,14 +81,23 @@ def replay_in_process(
     settings: ScorerSettings | None = None,
     progress: Callable[[str], None] | None = None,
     record: bool = False,
+    model: bytes | None = None,
 ) -> OfflineReplay:
     """Replay ``lines`` ((event time, JSON line), as ``services.replay.read_sorted`` gives
     them) and score every user at each of ``cuts`` (events before a cut are in its scores).
+
+    ``model``: a checkpoint the scorer starts from, as a worker restores its own
+    (``churnwatch scorer model load``); by default a fresh model.
     """
     s = settings or replay_settings()
     if s.scorer_clock != "replay":
         raise ValueError("replay_in_process needs scorer_clock='replay'")
-    run = _replay(lines, cuts=sorted(cuts), settings=s, say=progress or say, record=record)
+    store = MemoryUserStore(index_shards=s.redis_index_shards)
+    if model is not None:
+        store.checkpoints[s.scorer_worker_name] = model
+    run = _replay(
+        lines, cuts=sorted(cuts), settings=s, store=store, say=progress or say, record=record
+    )
     return asyncio.run(run)
 
 
@@ -116,10 +125,10 @@ async def _replay(
     *,
     cuts: list[float],
     settings: ScorerSettings,
+    store: MemoryUserStore,
     say: Callable[[str], None],
     record: bool,
 ) -> OfflineReplay:
-    store = MemoryUserStore(index_shards=settings.redis_index_shards)
     runtime = Runtime(settings, store=store)
     scorer = await runtime.scorer()
     out = OfflineReplay({}, {}, 0, [], 0)

@@ -34,6 +34,7 @@ from services.common.redis_client import sync_redis
 from services.common.settings import CommonSettings, env_for, load_settings, scratch_settings
 from services.demo import Services
 from services.scorer.adapters.redis_store import user_fields, user_key
+from services.scorer.adapters.redis_worker import checkpoint_key
 from services.scorer.config import ScorerSettings
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.policy import PolicySettings, band_for
@@ -79,13 +80,30 @@ REPLAY_SCORER: dict[str, Any] = {
 
 
 class Replay:
-    def __init__(self, base: CommonSettings, *, run: str | None = None) -> None:
+    """A scorer worker in replay mode on topics of its own, and what it left in Redis.
+
+    ``key_prefix``: where the users' state goes; by default a prefix of the
+    replay's own (``churnwatch backfill`` gives the deployment's).
+    """
+
+    def __init__(
+        self,
+        base: CommonSettings,
+        *,
+        run: str | None = None,
+        name: str = "replay",
+        key_prefix: str | None = None,
+    ) -> None:
         self.run = run or uuid.uuid4().hex[:8]
-        self.settings = scratch_settings(base, f"replay-{self.run}", topic_partitions=1)
-        self.group = f"replay-{self.run}-scorer"
+        self.name = f"{name}-{self.run}"
+        self.settings = scratch_settings(base, self.name, topic_partitions=1)
+        if key_prefix is not None:
+            self.settings = self.settings.model_copy(update={"key_prefix": key_prefix})
+        self.group = f"{self.name}-scorer"
+        self.worker = self.name  # its model checkpoint's name
         scorer = REPLAY_SCORER | {
             "scorer_group": self.group,
-            "scorer_worker_name": f"replay-{self.run}",
+            "scorer_worker_name": self.worker,
             "log_level": "warning",
         }
         self.env = env_for(self.settings) | {
@@ -137,7 +155,7 @@ class Replay:
         while self.redis.get(f"{key}:done") != request.encode():
             services.check()
             time.sleep(0.2)
-        data = self.redis.get(f"{self.settings.key_prefix}:model:replay-{self.run}")
+        data = self.redis.get(checkpoint_key(self.settings.key_prefix, self.worker))
         assert isinstance(data, bytes)
         return ChurnModel.from_bytes(data)
 
@@ -165,7 +183,11 @@ class Replay:
         return rows
 
     def alerts(self) -> list[bytes]:
-        tp = TopicPartition(self.settings.topic_alerts, 0)
+        return self.read_all(self.settings.topic_alerts)
+
+    def read_all(self, topic: str) -> list[bytes]:
+        """Every record of one of its (single-partition) topics."""
+        tp = TopicPartition(topic, 0)
         consumer = make_consumer(
             self.settings,
             enable_auto_commit=False,
@@ -183,13 +205,17 @@ class Replay:
         return out
 
     def clean(self) -> None:
-        admin = make_admin(self.settings)
-        # its topics (replay-<run>.*) and the scorer's Faust leader topic (replay-<run>-scorer-...)
-        mine = (f"replay-{self.run}.", f"replay-{self.run}-")
-        admin.delete_topics([t for t in admin.list_topics() if t.startswith(mine)])
-        admin.close()
+        """Its topics, and every key under its prefix."""
+        self.drop_topics()
         for key in self.redis.scan_iter(match=f"{self.settings.key_prefix}:*", count=5000):
             self.redis.unlink(key)
+
+    def drop_topics(self) -> None:
+        admin = make_admin(self.settings)
+        # its topics (<name>.*) and the scorer's Faust leader topic (<name>-scorer-...)
+        mine = (f"{self.name}.", f"{self.name}-")
+        admin.delete_topics([t for t in admin.list_topics() if t.startswith(mine)])
+        admin.close()
 
 
 def score_rows(

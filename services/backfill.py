@@ -1,0 +1,126 @@
+"""``churnwatch backfill EVENTS.jsonl [--worker NAME ...]``: a deployment starts from its history.
+
+Without it a new deployment knows nothing of the users it already has: each
+looks new at its first event, none can be seen fading for a month, and the
+model learns its first labels from that truncated view. On a simulated
+history (BENCHMARKS.md, "backfill") the month after such a start raised twice
+the alerts at a third of the precision, in waves, and warned half as many
+churners in time as the same month after a backfill.
+
+It replays the history (schema-v1 events, any order) through the real scorer
+in replay mode, as ``churnwatch replay`` does, with the deployment's own Redis
+key prefix: every user's features, score, alert state and pending label
+snapshots are there at the end, as if the scorer had been running all along.
+The replay's topics are its own and are removed at the end, so the alerts the
+history would have raised reach no notifier (they stay in each user's alert
+history). The model it learned becomes the checkpoint of each live worker
+named by ``--worker`` (default: ``CHURNWATCH_SCORER_WORKER_NAME``), which
+restores it at start.
+
+Refused while the deployment's scorer group has members (two writers of one
+user would overwrite each other) and when the deployment already has users,
+unless ``--force`` (a backfill stopped half way, run again: events already
+applied are recognised by id). The procedure, in operations.md: start ingest
+first (new events wait on Kafka), export the history up to then, backfill,
+start the scorer workers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from services.common.errors import ConfigError
+from services.common.kafka import ensure_topics, make_admin
+from services.common.settings import load_settings
+from services.demo import Services
+from services.replay import Replay, read_sorted, say
+from services.scorer.adapters.redis_layout import StoreKeys
+from services.scorer.adapters.redis_worker import checkpoint_key
+from services.scorer.config import ScorerSettings
+
+PARTS = ("", "rfm", "quality")  # what a worker's checkpoint is made of
+
+
+def run_backfill(events: Path, *, workers: list[str], force: bool = False) -> dict[str, Any]:
+    settings = load_settings(ScorerSettings)
+    workers = workers or [settings.scorer_worker_name]
+    refuse_running_scorer(settings)
+    replay = Replay(settings, name="backfill", key_prefix=settings.key_prefix)
+    users = count_users(replay.redis, settings)
+    if users and not force:
+        raise ConfigError(
+            f"the deployment already has {users:,} users under the key prefix "
+            f"{settings.key_prefix!r}: a backfill is for a new one (--force to apply the "
+            "history on top, e.g. to finish a backfill that stopped)"
+        )
+    started = time.monotonic()
+    say(f"reading {events} ...")
+    lines = read_sorted(events)
+    ensure_topics(replay.settings)
+    logs = settings.home.resolve() / "logs" / replay.name
+    services = Services(replay.settings, replay.env, names=("scorer",), logs=logs)
+    say(f"backfilling {len(lines):,} events into {settings.key_prefix!r} (run {replay.run}) ...")
+    services.start()
+    try:
+        replay.produce(lines)
+        replay.wait_consumed(services)
+        model = replay.checkpoint(services)
+        dead = replay.read_all(replay.settings.topic_dlq)
+        (logs / "dead-letters.jsonl").write_bytes(b"".join(d + b"\n" for d in dead))
+    finally:
+        services.stop()
+        replay.drop_topics()
+    hand_over(replay, workers)
+    summary = {
+        "events": len(lines),
+        "dead_lettered": len(dead),
+        "users": count_users(replay.redis, settings),
+        "model_version": model.version,
+        "workers": workers,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    say(
+        f"{summary['users']:,} users backfilled from {len(lines):,} events "
+        f"({len(dead):,} dead-lettered, with reasons: {logs / 'dead-letters.jsonl'}); "
+        f"model {model.version} is the checkpoint of "
+        f"{', '.join(workers)}: start the scorer workers now"
+    )
+    return summary
+
+
+def refuse_running_scorer(settings: ScorerSettings) -> None:
+    """A live worker would write the same users as the backfill: both lose writes."""
+    admin = make_admin(settings)
+    try:
+        group = admin.describe_groups([settings.scorer_group])[settings.scorer_group]
+    finally:
+        admin.close()
+    if members := group.get("members"):
+        raise ConfigError(
+            f"the scorer group {settings.scorer_group!r} has {len(members)} running "
+            "member(s): stop the scorer workers before a backfill"
+        )
+
+
+def count_users(redis: Any, settings: ScorerSettings) -> int:
+    """Users in the deployment's last-seen index (every shard, and the unsharded set)."""
+    index = StoreKeys.of(settings.key_prefix, "").lastseen
+    pipe = redis.pipeline(transaction=False)
+    for key in [index, *(f"{index}:{s}" for s in range(settings.redis_index_shards))]:
+        pipe.zcard(key)
+    return int(sum(pipe.execute()))
+
+
+def hand_over(replay: Replay, workers: list[str]) -> None:
+    """The backfill's checkpoint becomes each worker's; nothing of the backfill's worker stays."""
+    prefix, redis = replay.settings.key_prefix, replay.redis
+    for part in PARTS:
+        data = redis.get(checkpoint_key(prefix, replay.worker, part))
+        for worker in workers:
+            if data is not None:
+                redis.set(checkpoint_key(prefix, worker, part), data)
+    control = f"{prefix}:control:checkpoint"
+    keys = [checkpoint_key(prefix, replay.worker, part) for part in PARTS]
+    redis.delete(*keys, StoreKeys.of(prefix, replay.worker).outbox, control, f"{control}:done")
