@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 
 from services.common.errors import ConfigError
-from services.stack.local import Endpoint, Say, _spawn, pid_alive, stop_process, wait_until
+from services.stack.processes import Endpoint, Say, pid_alive, spawn, stop_process, wait_until
 
 NODES = 3
 SLOTS = 16384
@@ -141,7 +141,7 @@ class LocalRedisCluster:
         node.mkdir(parents=True, exist_ok=True)
         conf = node / "redis.conf"
         conf.write_text(_CONF.format(host=self.host, port=port, data_dir=node))
-        _spawn([server, str(conf)], log=node / "redis.log", pid_file=pid_file)
+        spawn([server, str(conf)], log=node / "redis.log", pid_file=pid_file)
         self.say(f"starting Redis Cluster node on {self.host}:{port} ...")
         wait_until(
             lambda: self._info(port) is not None, what=f"node {port}", timeout=30, say=self.say

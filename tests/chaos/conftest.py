@@ -34,7 +34,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from services.common.settings import CommonSettings, load_settings
 from services.sim.generator import history, make_users
-from services.stack.local import LocalStack, pid_alive
+from services.stack.local import LocalStack
+from services.stack.processes import pid_alive
 from tests.conftest import Isolated
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,16 +105,16 @@ class PrivateStack:
         assert not _running(pid), f"{marker} (pid {pid}) did not stop"
 
     def kill_kafka(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        self._kill(self.local.kafka_dir / "kafka.pid", "kafka.Kafka", sig)
+        self._kill(self.local.kafka.pid_file, "kafka.Kafka", sig)
 
     def start_kafka(self) -> None:
-        self.local.start_kafka()
+        self.local.kafka.start()
 
     def kill_redis(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        self._kill(self.local.redis_dir / "redis.pid", "redis-server", sig)
+        self._kill(self.local.redis.pid_file, "redis-server", sig)
 
     def start_redis(self) -> None:
-        self.local.start_redis()
+        self.local.redis.start()
 
 
 @pytest.fixture(scope="session")

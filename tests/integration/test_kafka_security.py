@@ -80,7 +80,7 @@ def kafka_libs() -> Path:
     """The broker's jars, fetched from Maven Central like ``churnwatch stack up`` does."""
     from services.stack.local import LocalStack
 
-    return LocalStack(load_settings(CommonSettings)).fetch_kafka()
+    return LocalStack(load_settings(CommonSettings)).kafka.fetch()
 
 
 def free_port_pair() -> int:
