@@ -38,7 +38,7 @@ from bench.scorer import cleanup, free_port
 from services.common.kafka import all_topics, make_admin
 from services.common.kafka_security import librdkafka_options
 from services.common.settings import CommonSettings, env_for
-from services.demo import Services, wait_http
+from services.launcher import Services, wait_http
 from services.sim.generator import DAY, SimUser, event
 
 HEADERS = {"Content-Type": "application/x-ndjson", "Authorization": "Bearer dev-key"}

@@ -54,7 +54,7 @@ from bench.registry import emit
 from services.common.kafka import ensure_topics, make_admin
 from services.common.kafka_security import aiokafka_options
 from services.common.settings import CommonSettings, env_for, load_settings
-from services.demo import Services
+from services.launcher import Services
 from services.sim.generator import DAY, history, make_users
 
 EVENTS_PER_USER = 10

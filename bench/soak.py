@@ -30,7 +30,8 @@ from bench.registry import emit, fresh_deployment
 from bench.scorer import cleanup, free_port
 from services.common.kafka import all_topics, make_consumer
 from services.common.settings import env_for
-from services.demo import Services, register_contacts, wait_http
+from services.demo_users import register_contacts
+from services.launcher import Services, wait_http
 from services.notifier.mailcatcher import MailCatcher
 from services.sim.generator import event, make_users
 

@@ -34,7 +34,7 @@ from typing import Any
 from services.common.errors import ConfigError
 from services.common.kafka import ensure_topics, make_admin
 from services.common.settings import load_settings
-from services.demo import Services
+from services.launcher import Services
 from services.replay import Replay, read_sorted, say
 from services.scorer.adapters.redis_layout import StoreKeys
 from services.scorer.adapters.redis_worker import checkpoint_key

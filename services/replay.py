@@ -32,7 +32,7 @@ from services.common.events import parse_time
 from services.common.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from services.common.redis_client import sync_redis
 from services.common.settings import CommonSettings, env_for, load_settings, scratch_settings
-from services.demo import Services
+from services.launcher import Services
 from services.scorer.adapters.redis_store import user_fields, user_key
 from services.scorer.adapters.redis_worker import checkpoint_key
 from services.scorer.config import ScorerSettings

@@ -8,7 +8,7 @@ from typing import Any
 
 from services.common.messages import ChurnAlert, Reason, Segment, make_alert_id
 from services.common.schemas import validate
-from services.demo import noon_zone
+from services.demo_users import noon_zone
 
 
 def sample_alert(

@@ -17,7 +17,7 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
-from services.demo import Services
+from services.launcher import Services
 from services.scorer.adapters.redis_store import user_key
 from tests.chaos.conftest import read_topic, scrape
 from tests.conftest import Isolated

@@ -31,7 +31,7 @@ from aiosmtpd.controller import Controller
 from kafka import KafkaProducer
 
 from services.common.messages import make_action_id
-from services.demo import Services
+from services.launcher import Services
 from services.notifier.core.guardrails import in_control_group
 from services.notifier.core.playbooks import load_playbooks
 from tests.chaos.conftest import read_topic, wait_caught_up

@@ -23,7 +23,7 @@ import httpx
 import orjson
 import pytest
 
-from services.demo import Services, wait_http
+from services.launcher import Services, wait_http
 from tests.chaos.conftest import (
     PrivateStack,
     Streamer,

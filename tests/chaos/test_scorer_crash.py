@@ -29,7 +29,7 @@ import orjson
 import pytest
 import redis
 
-from services.demo import Services
+from services.launcher import Services
 from services.notifier.mailcatcher import MailCatcher
 from tests.chaos.conftest import (
     Streamer,

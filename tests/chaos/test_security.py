@@ -35,9 +35,10 @@ from kafka import KafkaProducer
 from starlette.routing import Mount
 
 from services.common.auth import ApiKeys, MemoryKeyStore, RedisKeyStore, create_key
-from services.demo import Services, noon_zone, wait_http
+from services.demo_users import noon_zone
 from services.ingest.app import create_app
 from services.ingest.config import IngestSettings
+from services.launcher import Services, wait_http
 from services.notifier.adapters.redis_directory import erased_key
 from services.notifier.mailcatcher import MailCatcher
 from services.scorer.api import build_api

@@ -23,7 +23,7 @@ from kafka import KafkaProducer, TopicPartition
 from services.common.events import parse_time
 from services.common.kafka import make_admin, make_consumer
 from services.common.redis_client import sync_redis
-from services.demo import Services
+from services.launcher import Services
 from services.scorer.adapters.redis_store import user_fields, user_key
 from services.scorer.adapters.redis_worker import checkpoint_key
 from services.scorer.core.features import UserState

@@ -33,7 +33,8 @@ import pytest
 
 from services.common.kafka import make_producer
 from services.common.schemas import validate
-from services.demo import Services, post, wait_http
+from services.demo_users import post
+from services.launcher import Services, wait_http
 from services.sim.generator import DAY, history, make_users
 from tests.conftest import Isolated
 

@@ -14,7 +14,8 @@ import orjson
 import pytest
 from kafka import KafkaConsumer
 
-from services.demo import Services, noon_zone, wait_http
+from services.demo_users import noon_zone
+from services.launcher import Services, wait_http
 from services.notifier.core.guardrails import in_control_group
 from services.notifier.mailcatcher import MailCatcher
 from services.sim.generator import DAY, SimUser, event

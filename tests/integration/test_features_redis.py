@@ -27,7 +27,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from services.common.redis_client import sync_redis
-from services.demo import Services
+from services.launcher import Services
 from services.scorer.adapters.redis_store import split_user, user_key
 from services.scorer.core.state_codec import decode_state
 from services.scorer.core.vector import to_vector

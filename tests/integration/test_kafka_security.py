@@ -40,7 +40,7 @@ from services.common.errors import ConfigError
 from services.common.kafka import ensure_topics, make_consumer, make_producer
 from services.common.kafka_security import aiokafka_options
 from services.common.settings import CommonSettings, env_for, load_settings
-from services.demo import Services
+from services.launcher import Services
 from tests.conftest import Isolated, free_port
 from tests.integration.test_notifier_flow import vip_user
 from tests.notifier_data import sample_alert

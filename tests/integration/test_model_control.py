@@ -22,7 +22,7 @@ import pytest
 
 from services.common.clock import ManualClock
 from services.common.redis_client import sync_redis
-from services.demo import Services
+from services.launcher import Services
 from services.scorer.adapters.redis_worker import checkpoint_key, model_request_key
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.river_pipeline import ModelSettings

@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis, async_redis, is_cluster
 from services.common.settings import CommonSettings
-from services.demo import noon_zone
+from services.demo_users import noon_zone
 from services.notifier.adapters.redis_directory import (
     COUNT_ONCE,
     COUNTED_S,

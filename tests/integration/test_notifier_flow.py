@@ -28,7 +28,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from services.common.messages import make_action_id
 from services.common.redis_client import sync_redis
-from services.demo import Services
+from services.launcher import Services
 from services.notifier.core.guardrails import in_control_group
 from services.notifier.core.playbooks import load_playbooks
 from services.notifier.mailcatcher import Inbox

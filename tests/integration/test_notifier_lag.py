@@ -23,7 +23,7 @@ from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.redis_client import sync_redis
-from services.demo import Services
+from services.launcher import Services
 from services.notifier.mailcatcher import Inbox
 from tests.conftest import Isolated
 from tests.integration.test_notifier_flow import vip_user

@@ -22,7 +22,7 @@ from kafka import KafkaProducer
 
 from services.common.messages import make_action_id
 from services.common.redis_client import sync_redis
-from services.demo import Services
+from services.launcher import Services
 from services.notifier.mailcatcher import MailCatcher
 from tests.conftest import Isolated
 from tests.integration.test_notifier_flow import ActionsTopic, vip_user
