@@ -3,7 +3,9 @@
 ``encode_state`` packs a :class:`~services.scorer.core.features.UserState` into
 MessagePack with times relative to ``last_seen``; ``decode_state`` reads every
 format ever stored (1 and 2 as JSON, 3 and 4 as MessagePack); ``state_times``
-reads three times off the bytes without building the state. Nothing here does I/O.
+reads three times off the bytes without building the state. The last event type
+and the remembered event ids have encodings of their own, in ``state_fields.py``.
+Nothing here does I/O.
 
 >>> from datetime import datetime, UTC
 >>> from services.common.events import UserEvent
@@ -16,10 +18,6 @@ True
 
 from __future__ import annotations
 
-import base64
-import itertools
-import operator
-import struct
 from typing import Any
 
 import msgpack
@@ -36,46 +34,25 @@ from services.scorer.core.event_counts import (
     Day,
 )
 from services.scorer.core.features import UserState
+from services.scorer.core.state_fields import (
+    pack_seen,
+    type_code,
+    type_name,
+    unpack_seen,
+    unpack_seen_base64,
+)
 
 # 2 added the lifetime counters; 3 is format 2's list in MessagePack, the seen ids as
-# raw bytes, a well-known last type as its index in _STORED_TYPES (~165 bytes a user
+# raw bytes, a well-known last type as its index in STORED_TYPES (~165 bytes a user
 # instead of ~290); 4 adds the lifetime revenue. 1, 2 (JSON) and 3 still decode.
 FORMAT_VERSION = 4
-# Event types stored as a number in format 3. Append only: the index is stored. Not
-# events.KNOWN_TYPES: that set may grow in any order, these indexes never move, and a
-# type missing here is stored by its name.
-_STORED_TYPES = (
-    "signup",
-    "login",
-    "session_start",
-    "session_end",
-    "page_view",
-    "feature_used",
-    "purchase",
-    "subscription_started",
-    "subscription_renewed",
-    "plan_upgraded",
-    "plan_downgraded",
-    "subscription_cancelled",
-    "payment_failed",
-    "support_ticket",
-    "complaint",
-    "notification_opened",
-    "uninstall",
-    "account_deleted",
-    "winback_sent",
-    "winback_responded",
-)
-_STORED_TYPE_ID = {t: i for i, t in enumerate(_STORED_TYPES)}
 
 
 def encode_state(state: UserState) -> bytes:
     """Compact bytes for Redis: MessagePack of a packed list, times relative to ``last_seen``.
 
-    The remembered event ids go as one string: a marker byte, the 64-bit id
-    hashes, then how many hours before ``last_seen`` each was, one byte each
-    (``b``), or two when one is older than 255 hours (``h``, a lateness of
-    over ten days). This is the scorer's hot path: it is written for speed.
+    The remembered event ids go as one blob (:func:`~.state_fields.pack_seen`).
+    This is the scorer's hot path: it is written for speed.
 
     >>> from datetime import datetime, UTC
     >>> from services.common.events import UserEvent
@@ -98,13 +75,6 @@ def encode_state(state: UserState) -> bytes:
             row.append(sorted(feats))
         rows.append(row)
         prev = d
-    n_seen = len(state.seen)
-    backs = list(map(operator.sub, itertools.repeat(ls // 3600, n_seen), state.seen.values()))
-    ids = struct.pack(f"<{n_seen}Q", *state.seen)
-    if not backs or (min(backs) >= 0 and max(backs) <= 255):
-        seen = b"b" + ids + bytes(backs)
-    else:
-        seen = b"h" + ids + struct.pack(f"<{n_seen}H", *(min(max(b, 0), 65535) for b in backs))
     return _pack_state(
         [
             FORMAT_VERSION,
@@ -118,10 +88,10 @@ def encode_state(state: UserState) -> bytes:
             ls - state.plan_at if state.plan_at else -1,
             state.timezone or "",
             state.plan or "",
-            _STORED_TYPE_ID.get(state.last_type, state.last_type),
+            type_code(state.last_type),
             base,
             rows,
-            seen,
+            pack_seen(state.seen, ls // 3600),
             state.active_days_total,
             state.purchases_total,
             state.revenue_total_c,
@@ -180,11 +150,10 @@ def _decode_state(data: bytes | str) -> UserState:
             days[day] = (tuple(row[1:]) + ZEROS[len(row) - 1 :], empty)
     hour_now = ls // 3600
     if json:
-        pairs = struct.iter_unpack("<QH", base64.b64decode(seen_text))
-        seen = {k: hour_now - back for k, back in pairs}
+        seen = unpack_seen_base64(seen_text, hour_now)
     else:
-        seen = _decode_seen(seen_text, hour_now)
-        last_type = _STORED_TYPES[last_type] if isinstance(last_type, int) else last_type
+        seen = unpack_seen(seen_text, hour_now)
+        last_type = type_name(last_type)
     if version == 1:
         n_days = sum(1 for c, _ in days.values() if c[EVENTS])
         n_buys = sum(c[PURCHASES] for c, _ in days.values())
@@ -209,15 +178,6 @@ def _decode_state(data: bytes | str) -> UserState:
         n_buys,
         revenue,
     )
-
-
-def _decode_seen(blob: bytes, hour_now: int) -> dict[int, int]:
-    """The remembered ids of format 3: ``b``/``h``, the ids, then the hours back."""
-    width = 1 if blob[:1] == b"b" else 2
-    n = (len(blob) - 1) // (8 + width)
-    ids = struct.unpack_from(f"<{n}Q", blob, 1)
-    backs = blob[1 + 8 * n :] if width == 1 else struct.unpack_from(f"<{n}H", blob, 1 + 8 * n)
-    return dict(zip(ids, map(operator.sub, itertools.repeat(hour_now, n), backs), strict=True))
 
 
 def state_times(data: bytes | str) -> tuple[int, int, int]:
