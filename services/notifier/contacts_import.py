@@ -5,7 +5,9 @@ FILE is CSV with a header or JSON lines. Columns / keys: ``user_id`` (required),
 ``consent_email``, ``consent_sms``, ``consent_push`` (true/false/1/0/yes/no)
 plus ``preferred``. Every row is validated exactly as PUT /v1/users/{id}/contact
 and /consent validate it; bad rows are reported with their line number and
-skipped, and nothing about them (no address, no number) is printed.
+skipped, and nothing about them (no address, no number) is printed. Users
+erased in the last 7 days (the erase's guard) are skipped and counted as
+``erased``: a stale export must not bring their details back.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def parse_row(row: dict[str, Any]) -> tuple[str, ContactIn, ConsentIn | None]:
 async def import_contacts(path: Path, settings: CommonSettings) -> dict[str, int]:
     client = async_redis(settings.redis_url, cluster=settings.redis_cluster)
     commands = AdminCommands(client, prefix=settings.key_prefix)
-    counts = {"imported": 0, "skipped": 0}
+    counts = {"imported": 0, "skipped": 0, "erased": 0}
     try:
         for line, row in read_rows(path):
             try:
@@ -86,6 +88,9 @@ async def import_contacts(path: Path, settings: CommonSettings) -> dict[str, int
             except ValueError as exc:
                 counts["skipped"] += 1
                 print(f"{path}:{line}: skipped: {exc}", file=sys.stderr)
+                continue
+            if await commands.is_erased(uid):  # a stale export must not bring them back
+                counts["erased"] += 1
                 continue
             await commands.save_contact(uid, contact.model_dump())
             if consent is not None:

@@ -44,7 +44,8 @@ FAILED = Gauge(
 ERASED = Counter(
     "churnwatch_notifier_erased_skips_total",
     "Alerts, deferred jobs and failed deliveries of users erased since, dropped unsent "
-    "and unrecorded, by where they were found (alert, deferred, redrive)",
+    "and unrecorded, by where they were found (alert, deferred, redrive, in_flight: "
+    "erased while its delivery was under way)",
     ["source"],
 )
 REDRIVES = Counter(

@@ -215,8 +215,9 @@ class Redriver:
             return Outcome(job, "skipped", skip), action
         decision = await self._decide(job)
         action = await self._carry_out(job, decision, now=now)
-        if action is None:  # done and published between our check and now
-            return Outcome(job, "skipped", "already handled"), None
+        if action is None:  # done and published between our check and now, or erased
+            erased = await self.notifier.directory.is_erased(job["user_id"])
+            return Outcome(job, "skipped", ERASED if erased else "already handled"), None
         return Outcome(job, action.status, action.reason), action
 
     async def _carry_out(

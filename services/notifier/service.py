@@ -101,9 +101,13 @@ class Notifier:
         None when the decision was carried out and its action published before
         (the alert was delivered again): nothing to send, nothing to publish.
         A failed delivery is remembered for a re-drive (``failures`` counts the
-        earlier ones of the same action, when this is a re-drive).
+        earlier ones of the same action, when this is a re-drive). None too when the
+        user was erased meanwhile: before the decision, or while the provider took its
+        time (a message handed over is gone; nothing of it is kept).
         """
         uid = alert["user_id"]
+        if await self._erased(alert, "in_flight"):
+            return None
         action_id = make_action_id(alert["alert_id"], decision.channel)
         done = await self.directory.already_done(uid, action_id)
         if done is not None:
@@ -131,6 +135,8 @@ class Notifier:
             status, reason = await self.delivery.send(
                 alert, decision, contact=contact, action_id=action_id
             )
+            if await self._erased(alert, "in_flight"):  # during the send and its retries
+                return None
             if status == "failed":
                 await self.directory.remember_failed(
                     {

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from services.common.redis_client import async_redis
+from services.common.settings import CommonSettings
 from services.notifier.adapters.redis_directory import RedisDirectory
 from services.notifier.contacts_import import run_import
+from services.scorer.api.commands import AdminCommands
 from tests.conftest import Isolated
 
 pytestmark = pytest.mark.integration
@@ -30,7 +32,7 @@ def test_import_validates_rows_and_feeds_the_directory(
     path = tmp_path / "contacts.csv"
     path.write_text(CSV)
     counts = run_import(path, settings)
-    assert counts == {"imported": 1, "skipped": 3}
+    assert counts == {"imported": 1, "skipped": 3, "erased": 0}
     err = capsys.readouterr().err
     assert "contacts.csv:3: skipped: invalid email" in err
     assert "contacts.csv:4: skipped: user_id is missing" in err
@@ -48,3 +50,29 @@ def test_import_validates_rows_and_feeds_the_directory(
     assert contact["email"] == "ada@example.com" and contact["timezone"] == "Europe/Berlin"
     assert consent.allows("email") and not consent.allows("sms")
     assert consent.preferred == "email"
+
+
+def test_import_skips_users_erased_lately(isolated_each: Isolated, tmp_path: Path) -> None:
+    """A nightly export that still lists an erased user does not bring them back."""
+    settings = isolated_each.settings
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV)
+    run_import(path, settings)
+
+    async def erase_then_read() -> tuple:
+        client = async_redis(settings.redis_url, cluster=settings.redis_cluster)
+        try:
+            await AdminCommands(client, prefix=settings.key_prefix).erase("u1")
+            counts = run_import_in_thread(path, settings)
+            directory = RedisDirectory(client, prefix=settings.key_prefix)
+            return await counts, await directory.profile("u1"), await directory.is_erased("u1")
+        finally:
+            await client.aclose()
+
+    counts, (contact, consent, _), erased = asyncio.run(erase_then_read())
+    assert counts == {"imported": 0, "skipped": 3, "erased": 1}
+    assert contact == {} and not consent.allows("email") and erased
+
+
+def run_import_in_thread(path: Path, settings: CommonSettings) -> asyncio.Future:
+    return asyncio.get_running_loop().run_in_executor(None, run_import, path, settings)

@@ -425,3 +425,31 @@ def test_a_deferred_contact_of_a_user_erased_while_it_waited_is_dropped() -> Non
 
     assert rig.recorder.sent == []
     assert (uid in rig.directory.actions, uid in rig.directory.sends) == (False, False)
+
+
+class ErasedDuringSend(RecordingChannel):
+    """The provider fails every attempt, and the user is erased while it does."""
+
+    async def send(self, message: Message) -> None:
+        self.attempts += 1
+        self.erase()
+        raise DeliveryFailed(f"{self.name}: provider answered 500")
+
+    def erase(self) -> None:
+        raise NotImplementedError
+
+
+def test_a_user_erased_while_a_delivery_fails_leaves_no_failed_delivery() -> None:
+    rig = Rig()
+    uid = rig.user(treated_user("erased-midway"), email=True)
+    channel = ErasedDuringSend("email", rig.recorder)
+    channel.erase = lambda: rig.directory.erase(uid)  # type: ignore[method-assign]
+    rig.notifier.delivery.channels = {**rig.channels, "email": channel}
+    before = erased_skips("in_flight")
+
+    assert rig.handle(make_alert(uid)) == []
+
+    assert channel.attempts == 3  # every retry was made before the erase was seen
+    assert rig.directory.failed == {}  # the alert, with its reasons, is not kept
+    assert uid not in rig.directory.actions
+    assert erased_skips("in_flight") == before + 1

@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from services.common.auth import RedisKeyStore, create_key
 from services.common.events import UserEvent
 from services.common.settings import CommonSettings
-from services.notifier.adapters.redis_directory import RedisDirectory
+from services.notifier.adapters.redis_directory import RedisDirectory, erased_key
 from services.notifier.adapters.redis_queues import failed_lease_key
 from services.scorer.adapters.redis_store import INDEX_SHARDS, RedisUserStore, shard_of
 from services.scorer.api import build_api
@@ -134,6 +134,7 @@ async def seed(prefix: str, redis_url: str) -> dict[str, dict[str, float]]:
         winback={"playbook": "pb-critical", "group": "control"},
     )
     await directory.defer({"alert": {"user_id": "u1"}, "playbook": "pb", "decision": {}}, NOW)
+    await directory.defer({"alert": {"user_id": "u1"}, "playbook": "pb2", "decision": {}}, NOW)
     await directory.defer({"alert": {"user_id": "u2"}, "playbook": "pb", "decision": {}}, NOW)
     quality = {
         "model_version": "w1@7",
@@ -418,7 +419,7 @@ def test_erase_leaves_nothing_of_the_user(api: Seeded) -> None:
         "actions",
     }
     assert body["removed_from_indexes"] == ["lastseen", "snapdue", "atrisk:at-risk"]
-    assert body["removed_deferred_jobs"] == 1
+    assert body["removed_deferred_jobs"] == 2
 
     r = redis.Redis.from_url(api.redis_url)
     assert left_after_erase(r, api.prefix, "u1") == []
@@ -480,3 +481,15 @@ def test_erase_forgets_the_users_failed_deliveries(api: Seeded) -> None:
     r = redis.Redis.from_url(api.redis_url)
     assert not r.exists(failed_lease_key(api.prefix, "f1"))
     assert left_after_erase(r, api.prefix, "u1") == []
+
+
+def test_consent_given_again_after_an_erase_lifts_its_guard(api: Seeded) -> None:
+    r = redis.Redis.from_url(api.redis_url)
+    assert api.client.delete("/v1/users/u1", headers=api.h("admin")).status_code == 200
+    guard = erased_key(api.prefix, "u1")
+    refusal = {"channels": {"email": False, "sms": False}}
+    api.client.put("/v1/users/u1/consent", json=refusal, headers=api.h("admin"))
+    assert r.exists(guard), "a refusal is not a new relationship"
+    yes = {"channels": {"email": True}}
+    assert api.client.put("/v1/users/u1/consent", json=yes, headers=api.h("admin")).is_success
+    assert not r.exists(guard)

@@ -62,20 +62,27 @@ class AdminCommands:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
 
     async def save_consent(
-        self, user_id: str, channels: dict[str, bool], preferred: str | None
+        self,
+        user_id: str,
+        channels: dict[str, bool],
+        preferred: str | None,
+        *,
+        lift_erase: bool = False,
     ) -> list[str]:
         """Replace the user's consent: ``<channel> = 1|0`` and ``preferred``.
 
-        Consent given after an erase is the user's own new word: it lifts the erase's
-        mark, and the notifier may contact the user again.
+        ``lift_erase``: consent given through the API after an erase, for at least one
+        channel, is the user's own new word: it lifts the erase's mark, and the
+        notifier may contact the user again. A bulk import never lifts it.
         """
         mapping = {channel: "1" if granted else "0" for channel, granted in channels.items()}
         if preferred is not None:
             mapping["preferred"] = preferred
+        lift = lift_erase and any(channels.values())
         await self._replace_hash(
             user_key(self.prefix, user_id, "consent"),
             mapping,
-            lift=erased_key(self.prefix, user_id),
+            lift=erased_key(self.prefix, user_id) if lift else None,
         )
         return sorted(mapping)
 
@@ -122,9 +129,9 @@ class AdminCommands:
                 for keys in indexes:
                     for key in keys:
                         pipe.zrem(key, user_id)
+                pipe.set(erased_key(self.prefix, user_id), repr(time.time()), ex=ERASED_KEEP_S)
                 if jobs:
                     pipe.zrem(deferred_key(self.prefix), *jobs)
-                pipe.set(erased_key(self.prefix, user_id), repr(time.time()), ex=ERASED_KEEP_S)
                 if failed:
                     # Else `notifier redrive` sends them and records the user again.
                     pipe.hdel(failed_key(self.prefix), *failed)
@@ -138,7 +145,7 @@ class AdminCommands:
             if any(done[pos : pos + len(keys)]):
                 removed.append(name)
             pos += len(keys)
-        queues = iter(done[pos + 1 :])  # after the erased mark's SET
+        queues = iter(done[pos + 1 :])  # after the erased mark's SET, in the order queued
         return {
             "user_id": user_id,
             "removed_keys": [k for k, n in zip(USER_KINDS, done, strict=False) if n],
@@ -149,6 +156,12 @@ class AdminCommands:
             "kept": "daily active-user and signup-cohort HyperLogLogs, win-back counters "
             "(aggregates from which no user can be read back)",
         }
+
+    async def is_erased(self, user_id: str) -> bool:
+        try:
+            return bool(await self.r.exists(erased_key(self.prefix, user_id)))
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
 
     async def _deferred_jobs_of(self, user_id: str) -> list[bytes]:
         # The deferred queue is small (jobs waiting for quiet hours to end): read it whole.

@@ -101,14 +101,15 @@ async def get_actions(
     description=(
         "Which channels (email, sms, push) the user agreed to be contacted on, and the "
         "preferred one, which must be consented. Replaces the stored record; the notifier "
-        "reads it before every contact. Works for users not scored yet. Saving consent "
-        "after an erase lifts the erase's guard: the user may be contacted again."
+        "reads it before every contact. Works for users not scored yet. Consent to at least "
+        "one channel saved after an erase lifts the erase's guard: the user may be "
+        "contacted again."
     ),
     responses=errors(422),
 )
 async def put_consent(user_id: UserId, body: ConsentIn, commands: Commands) -> dict[str, Any]:
     channels = {str(k): v for k, v in body.channels.items()}
-    saved = await commands.save_consent(user_id, channels, body.preferred)
+    saved = await commands.save_consent(user_id, channels, body.preferred, lift_erase=True)
     return {"user_id": user_id, "saved": saved}
 
 
