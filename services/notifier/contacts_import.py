@@ -6,7 +6,7 @@ FILE is CSV with a header or JSON lines. Columns / keys: ``user_id`` (required),
 plus ``preferred``. Every row is validated exactly as PUT /v1/users/{id}/contact
 and /consent validate it; bad rows are reported with their line number and
 skipped, and nothing about them (no address, no number) is printed. Users
-erased in the last 7 days (the erase's guard) are skipped and counted as
+erased in the last 14 days (the erase's guard) are skipped and counted as
 ``erased``: a stale export must not bring their details back.
 """
 

@@ -71,9 +71,10 @@ from services.notifier.adapters.redis_queues import RedisJobQueues
 from services.notifier.core.guardrails import UNSCHEDULED, ConsentRecord
 
 KEEP_S = 90 * 86400  # done marks, cap window, published marks, pending counts
-# An erase outlives the user's alerts in flight: the alert topic's retention (Kafka's
-# default, 7 days, which the local stack keeps) is the longest an alert can wait.
-ERASED_KEEP_S = 7 * 86400
+# An erase outlives the user's alerts in flight: the longest an alert can wait is the
+# alert topic's retention (Kafka's default, 7 days, which the local stack keeps) plus
+# the age of its segment (segment.ms, 7 days): Kafka deletes whole segments.
+ERASED_KEEP_S = 14 * 86400
 COUNTED_S = 86400  # how long a cluster remembers that an alert's decision was counted
 
 # One user's record of an action, atomically: KEYS are the user's done, sends,

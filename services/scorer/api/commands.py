@@ -98,7 +98,7 @@ class AdminCommands:
 
         What stays: the daily active-user HyperLogLogs (a sketch from which no
         user can be read back or removed) and the aggregate win-back counters.
-        What it adds: the mark ``P:{uid}:erased`` for ``ERASED_KEEP_S`` (7 days),
+        What it adds: the mark ``P:{uid}:erased`` for ``ERASED_KEEP_S`` (14 days),
         under which the notifier contacts and records nothing of the user, so an
         alert still on its way (on the topic, deferred, claimed by a re-drive)
         neither reaches the user nor writes the user's keys back. A message

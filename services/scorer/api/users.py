@@ -140,7 +140,7 @@ async def put_contact(user_id: UserId, body: ContactIn, commands: Commands) -> d
         "contact, consent, sends, delivery marks, actions), the user's entries in the "
         "last-seen, at-risk and label-due indexes, its deferred win-back jobs and its failed "
         "deliveries (which a re-drive would otherwise send, recording the user again); answers "
-        "what was removed. For 7 days after (`guard_until`) the notifier drops the user's "
+        "what was removed. For 14 days after (`guard_until`) the notifier drops the user's "
         "alerts still on their way, unsent and unrecorded, unless consent is saved again. "
         "Kept: the daily active-user HyperLogLogs (no user can be read "
         "back from them) and aggregate win-back counters. Events of the user that arrive "
