@@ -195,7 +195,15 @@ def _add_model(actions: Any) -> None:
     source.add_argument("--fresh", action="store_true", help="a new model: the prior alone")
     which = load.add_mutually_exclusive_group(required=True)
     which.add_argument("--worker", action="append", help="this worker (may be repeated)")
-    which.add_argument("--all", action="store_true", help="every worker with a checkpoint")
+    which.add_argument(
+        "--all", action="store_true", help="every worker that saved a checkpoint lately"
+    )
+    load.add_argument(
+        "--active-within",
+        type=float,
+        default=600.0,
+        help="seconds: with --all, a worker whose last checkpoint is older is left out",
+    )
     load.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the workers' answers"
     )

@@ -2,18 +2,21 @@
 
     churnwatch scorer model list                       each worker's checkpoint and quality
     churnwatch scorer model export WORKER FILE         a worker's model to a file (a backup)
-    churnwatch scorer model load FILE --all            every worker runs that model
+    churnwatch scorer model load FILE --all            every running worker runs that model
     churnwatch scorer model load --fresh --worker W    W starts again from the prior
 
 ``load`` is how a model is rolled back (to a file ``export`` wrote before the
 quality fell), reset (``--fresh``: the rule-based prior, learning from
 nothing), or taken from history (``churnwatch replay`` writes the model it
 learned to ``DIR/model.ckpt``). The model goes to each worker through Redis
-(``P:control:model:<worker>``); the running worker takes it between two
+(``P:control:model:{<worker>}``); the running worker takes it between two
 learning rounds, checkpoints it at once and answers with the version it runs
-(a worker of another model kind refuses it and says why). A worker that is
-not running takes it when it starts, if that is within the hour; after that
-the request lapses. The workers go on learning from the loaded model.
+(a worker of another model kind refuses it and says why). ``--all`` means the
+workers that saved a checkpoint in the last ``--active-within`` seconds (10
+minutes; they save one every minute by default): a worker retired long ago is
+left out, and named. A worker that is not running takes it when it starts,
+if that is within the hour; after that the request lapses. The workers go on
+learning from the loaded model.
 
 A checkpoint is a pickle: load only files that churnwatch wrote.
 Human-readable lines go to stderr, one JSON summary to stdout.
@@ -29,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisClusterException, RedisError
 
-from services.common.errors import ConfigError
+from services.common.errors import ConfigError, StoreUnavailable
 from services.scorer.adapters.redis_worker import checkpoint_key, model_request_key, request_id
 from services.scorer.config import ScorerSettings
 from services.scorer.core.checkpoint import CheckpointError
@@ -47,24 +51,44 @@ def run_model_command(args: argparse.Namespace) -> int:
     settings = load_settings(ScorerSettings)
     client = sync_redis(settings.redis_url, cluster=settings.redis_cluster)
     try:
-        if args.model_action == "list":
-            return show(list_models(client, settings.key_prefix))
-        if args.model_action == "export":
-            return show(export_model(client, settings.key_prefix, args.worker, args.file))
-        data = fresh_model(settings) if args.fresh else read_model(args.file)
-        workers = args.worker or [row["worker"] for row in list_models(client, settings.key_prefix)]
-        if not workers:
-            raise ConfigError("no worker has a checkpoint yet: name one with --worker")
-        answer = load_model(
-            client, settings.key_prefix, data, workers, timeout=args.timeout, say=_say
-        )
-        show(answer)
-        return 0 if len(answer["taken"]) == len(workers) else 1
+        return _run(args, settings, client)
+    except (RedisError, RedisClusterException) as exc:
+        raise StoreUnavailable(f"Redis: {exc}") from None
     finally:
         client.close()
 
 
-def list_models(client: Any, prefix: str) -> list[dict[str, Any]]:
+def _run(args: argparse.Namespace, settings: ScorerSettings, client: Any) -> int:
+    prefix = settings.key_prefix
+    if args.model_action == "list":
+        return show(list_models(client, prefix))
+    if args.model_action == "export":
+        return show(export_model(client, prefix, args.worker, args.file))
+    data = fresh_model(settings) if args.fresh else read_model(args.file)
+    workers = args.worker or running_workers(client, prefix, within_s=args.active_within)
+    answer = load_model(client, prefix, data, workers, timeout=args.timeout, say=_say)
+    show(answer)
+    return 0 if len(answer["taken"]) == len(workers) else 1
+
+
+def running_workers(client: Any, prefix: str, *, within_s: float) -> list[str]:
+    """``--all``: the workers that saved a checkpoint lately (they do every minute, by
+    default); the others are named, and left out."""
+    rows = list_models(client, prefix, quiet=True)
+    fresh = [row["worker"] for row in rows if row["age_s"] is not None and row["age_s"] <= within_s]
+    stale = [row["worker"] for row in rows if row["worker"] not in fresh]
+    if stale:
+        _say(
+            f"left out, no checkpoint for over {within_s:.0f} s (not running?): {', '.join(stale)}"
+        )
+    if not fresh:
+        raise ConfigError(
+            f"no worker saved a checkpoint in the last {within_s:.0f} s: name them with --worker"
+        )
+    return fresh
+
+
+def list_models(client: Any, prefix: str, *, quiet: bool = False) -> list[dict[str, Any]]:
     """Each worker's last checkpoint, from its quality record, by worker name."""
     head, tail = checkpoint_key(prefix, ""), ":quality"
     rows = []
@@ -79,12 +103,13 @@ def list_models(client: Any, prefix: str) -> list[dict[str, Any]]:
                 "worker": name[len(head) : -len(tail)],
                 "model_version": quality.get("model_version"),
                 "saved_at": _stamp(quality.get("saved_at")),
+                "age_s": _age(quality.get("saved_at")),
                 "labels": quality.get("positives", 0) + quality.get("negatives", 0),
                 "roc_auc": (quality.get("metrics") or {}).get("roc_auc"),
             }
         )
     rows.sort(key=lambda row: row["worker"])
-    for row in rows:
+    for row in [] if quiet else rows:
         _say(
             f"{row['worker']:24} {row['model_version']}  saved {row['saved_at']}  "
             f"labels {row['labels']}  roc_auc {row['roc_auc']}"
@@ -99,10 +124,13 @@ def export_model(client: Any, prefix: str, worker: str, path: Path) -> dict[str,
         known = ", ".join(row["worker"] for row in list_models(client, prefix)) or "none"
         raise ConfigError(f"no model checkpoint for worker {worker!r} (workers: {known})")
     model = _checked(bytes(data), what=f"worker {worker}'s checkpoint")
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
+        partial.replace(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
     _say(f"{worker}: model {model.version} written to {path} ({len(data):,} bytes)")
     return {"worker": worker, "model_version": model.version, "file": str(path)}
 
@@ -181,6 +209,10 @@ def _checked(data: bytes, *, what: str) -> ChurnModel:
         return ChurnModel.from_bytes(data)
     except CheckpointError as exc:
         raise ConfigError(f"{what}: {exc}") from None
+
+
+def _age(ts: float | None) -> float | None:
+    return None if ts is None else round(time.time() - ts, 1)
 
 
 def _stamp(ts: float | None) -> str | None:

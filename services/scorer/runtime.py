@@ -147,8 +147,9 @@ class Runtime:
     async def load_model_if_requested(self) -> None:
         """Take the model ``churnwatch scorer model load`` left for this worker.
 
-        It replaces the worker's model between two learning rounds and is
-        checkpointed at once; the answer in ``P:control:model:<worker>:done`` says
+        It replaces the worker's model between two learning rounds (waiting for the
+        round in hand), its quality figures start over, and it is
+        checkpointed at once; the answer in ``P:control:model:{<worker>}:done`` says
         which version the worker runs now, or why it refused the model.
         """
         if self._scorer is None:
@@ -172,6 +173,8 @@ class Runtime:
             async with self.model_lock:
                 before = self.core.model.version
                 self.core.model.adopt(model)
+                # Progressive validation starts over: its figures judge the model in use.
+                self.quality = QualityTracker(threshold=self.settings.scorer_band_high / 100)
             await self.checkpoint()
             log.warning("model loaded", extra={"model_version": model.version, "was": before})
             metrics.MODEL_LOADS.inc()
@@ -185,16 +188,16 @@ class Runtime:
         they find that many due (:func:`~services.scorer.sweeps.learn_rounds`).
         """
         await self.scorer()
-        async with self.model_lock:
-            return await learn_rounds(
-                self.store,
-                self.core,
-                quality=self.quality,
-                learner=self.learner,
-                now=now,
-                limit=self.label_users,
-                each=self._learned,
-            )
+        return await learn_rounds(
+            self.store,
+            self.core,
+            quality=self.quality,
+            learner=self.learner,
+            now=now,
+            limit=self.label_users,
+            each=self._learned,
+            lock=self.model_lock,
+        )
 
     async def _learned(self, learned: Learned) -> None:
         """Count one round's labels, log what was unreadable, checkpoint every N learns."""

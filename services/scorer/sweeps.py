@@ -7,6 +7,8 @@ time) and holds the locks, the checkpoints and the settings they run with.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -132,9 +134,13 @@ async def learn_rounds(
     now: float,
     limit: int,
     each: Callable[[Learned], Awaitable[None]],
+    lock: asyncio.Lock | None = None,
 ) -> Learned:
     """Resolve the labels that are due and learn from them, in rounds; ``each`` takes
     every round's labels as it ends. What all the rounds learned, summed.
+
+    ``lock`` is held through each round (a model load waits for the round in hand,
+    not for the whole backlog).
 
     One round takes at most ``limit`` users (their snapshots are read
     and shipped to the learning process together); while a round finds
@@ -147,15 +153,16 @@ async def learn_rounds(
     more = True
     while more:
         try:
-            learned = await resolve_labels(
-                store,
-                model=core.model,
-                quality=quality,
-                now=now,
-                settings=core.labels,
-                limit=limit,
-                learner=learner,
-            )
+            async with lock or contextlib.nullcontext():
+                learned = await resolve_labels(
+                    store,
+                    model=core.model,
+                    quality=quality,
+                    now=now,
+                    settings=core.labels,
+                    limit=limit,
+                    learner=learner,
+                )
         except LearnerClosed:
             log.info("stopping: the labels due are left for the next start")
             break

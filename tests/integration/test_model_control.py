@@ -14,6 +14,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,13 @@ from services.common.clock import ManualClock
 from services.common.redis_client import sync_redis
 from services.launcher import Services
 from services.scorer.adapters.redis_worker import checkpoint_key, model_request_key
+from services.scorer.config import ScorerSettings
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.river_pipeline import ModelSettings
-from services.scorer.model_command import export_model, list_models, load_model
+from services.scorer.model_command import export_model, list_models, load_model, running_workers
+from services.scorer.runtime import Runtime
 from tests.conftest import Isolated
-from tests.integration.test_model_lifecycle import T0, runtime_for
+from tests.integration.test_model_lifecycle import T0
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +57,10 @@ def churnwatch(env: dict[str, str], *args: str) -> tuple[int, Any, str]:
 
 
 def test_the_running_worker_takes_a_loaded_model_and_keeps_it(
-    isolated: Isolated, tmp_path: Path
+    isolated_each: Isolated, tmp_path: Path
 ) -> None:
+    """On one Redis and on a Redis Cluster (the request and its answer share a slot)."""
+    isolated = isolated_each
     worker = isolated.env["CHURNWATCH_SCORER_WORKER_NAME"]
     backup = learned(40)
     (tmp_path / "backup.ckpt").write_bytes(backup.to_bytes())
@@ -93,18 +98,19 @@ def test_bad_input_is_refused_with_a_message(isolated: Isolated, tmp_path: Path)
     code, _, err = churnwatch(isolated.env, "load", str(tmp_path / "junk.ckpt"), "--all")
     assert code == 2 and "not a churnwatch model checkpoint" in err and "Traceback" not in err
     code, _, err = churnwatch(isolated.env, "load", "--fresh", "--all")
-    assert code == 2 and "no worker has a checkpoint yet" in err
+    assert code == 2 and "no worker saved a checkpoint in the last 600 s" in err
     code, _, err = churnwatch(isolated.env, "export", "nobody", str(tmp_path / "x.ckpt"))
     assert code == 2 and "no model checkpoint for worker 'nobody'" in err
     assert not (tmp_path / "x.ckpt").exists()
 
 
-def test_a_model_of_another_kind_is_refused_and_nothing_changes(isolated: Isolated) -> None:
+def test_a_model_of_another_kind_is_refused_and_nothing_changes(isolated_each: Isolated) -> None:
+    isolated = isolated_each
     prefix = isolated.settings.key_prefix
-    client = sync_redis(isolated.settings.redis_url)
+    client = redis_of(isolated)
 
     async def scenario() -> dict[str, Any]:
-        runtime = runtime_for(isolated, ManualClock(T0))
+        runtime = worker_for(isolated)
         await runtime.scorer()
         await runtime.checkpoint()
         before = runtime.core.model.version
@@ -124,7 +130,7 @@ def test_a_model_of_another_kind_is_refused_and_nothing_changes(isolated: Isolat
 
 def test_a_worker_not_running_leaves_the_request_pending(isolated: Isolated) -> None:
     prefix = isolated.settings.key_prefix
-    client = sync_redis(isolated.settings.redis_url)
+    client = redis_of(isolated)
     data = learned(3).to_bytes()
     answer = load_model(client, prefix, data, ["asleep"], timeout=0.3, poll_s=0.05)
     assert answer == {
@@ -136,13 +142,14 @@ def test_a_worker_not_running_leaves_the_request_pending(isolated: Isolated) -> 
     assert 0 < client.ttl(model_request_key(prefix, "asleep")) <= 3600  # it lapses
 
 
-def test_learning_goes_on_from_the_loaded_model(isolated: Isolated, tmp_path: Path) -> None:
+def test_learning_goes_on_from_the_loaded_model(isolated_each: Isolated, tmp_path: Path) -> None:
+    isolated = isolated_each
     prefix = isolated.settings.key_prefix
-    client = sync_redis(isolated.settings.redis_url)
+    client = redis_of(isolated)
     loaded = learned(25)
 
     async def scenario() -> tuple[str, str]:
-        runtime = runtime_for(isolated, ManualClock(T0))
+        runtime = worker_for(isolated)
         await runtime.scorer()
         await runtime.checkpoint()
         answer = await answered(runtime, client, prefix, loaded.to_bytes())
@@ -158,6 +165,32 @@ def test_learning_goes_on_from_the_loaded_model(isolated: Isolated, tmp_path: Pa
     assert row["model_version"] == version
     export_model(client, prefix, worker, tmp_path / "w.ckpt")
     assert ChurnModel.from_bytes((tmp_path / "w.ckpt").read_bytes()).version == version
+
+
+def test_all_means_the_workers_that_checkpointed_lately(isolated: Isolated) -> None:
+    prefix = isolated.settings.key_prefix
+    client = redis_of(isolated)
+    for worker, age in (("w-live", 30.0), ("w-retired", 86_400.0)):
+        quality = {"model_version": "logreg-1-00", "saved_at": time.time() - age}
+        client.set(checkpoint_key(prefix, worker, "quality"), orjson.dumps(quality))
+    assert running_workers(client, prefix, within_s=600) == ["w-live"]
+
+
+def redis_of(isolated: Isolated) -> Any:
+    return sync_redis(isolated.settings.redis_url, cluster=isolated.settings.redis_cluster)
+
+
+def worker_for(isolated: Isolated) -> Runtime:
+    """A scorer runtime of its own on the test's Redis (single or cluster)."""
+    settings = ScorerSettings(
+        redis_url=isolated.settings.redis_url,
+        redis_cluster=isolated.settings.redis_cluster,
+        key_prefix=isolated.settings.key_prefix,
+        scorer_worker_name=f"{isolated.run}-w",
+    )
+    runtime = Runtime(settings)
+    runtime.clock = ManualClock(T0)
+    return runtime
 
 
 def runtime_name(runtime: Any) -> str:

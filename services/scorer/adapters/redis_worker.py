@@ -4,7 +4,7 @@ quality metrics.
 
 Keys (``P`` = the key prefix; layout in :mod:`~services.scorer.adapters.redis_layout`):
 ``P:outbox:<worker>``, ``P:control:checkpoint`` (and ``...:done``),
-``P:control:model:<worker>`` (and ``...:done``: ``churnwatch scorer model load``),
+``P:control:model:{<worker>}`` (and ``...:done``: ``churnwatch scorer model load``),
 ``P:model:<worker>`` (and ``...:<part>``, ``...:quality``).
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from hashlib import blake2b
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis
@@ -41,12 +41,13 @@ def request_id(request: bytes) -> str:
 
 def model_request_key(prefix: str, worker: str) -> str:
     """Where ``churnwatch scorer model load`` leaves a model for ``worker`` (``...:done``:
-    the worker's answer).
+    the worker's answer). The worker's name is the hash tag: on a Redis Cluster the
+    request and its answer share a slot, as the script that answers needs.
 
     >>> model_request_key("cw", "scorer-0")
-    'cw:control:model:scorer-0'
+    'cw:control:model:{scorer-0}'
     """
-    return f"{prefix}:control:model:{worker}"
+    return f"{prefix}:control:model:{{{worker}}}"
 
 
 def checkpoint_key(prefix: str, worker: str, part: str = "") -> str:
@@ -112,7 +113,7 @@ class WorkerState:
         key = model_request_key(self.keys.prefix, worker)
         try:
             await self.r.eval(TAKE_REQUEST, 2, key, f"{key}:done", request, answer)
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             raise StoreUnavailable(f"Redis model request failed: {exc}") from exc
 
     async def save_quality(self, worker: str, data: bytes) -> None:
