@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import ConfigError
+from redis.exceptions import RedisClusterException, RedisError
+
+from services.common.errors import ConfigError, StoreUnavailable
 from services.common.kafka import ensure_topics, make_admin
 from services.common.settings import load_settings
 from services.launcher import Services
@@ -46,6 +48,8 @@ PARTS = ("", "rfm", "quality")  # what a worker's checkpoint is made of
 def run_backfill(events: Path, *, workers: list[str], force: bool = False) -> dict[str, Any]:
     settings = load_settings(ScorerSettings)
     workers = workers or [settings.scorer_worker_name]
+    if not events.is_file():
+        raise ConfigError(f"{events}: no such file")
     refuse_running_scorer(settings)
     replay = Replay(settings, name="backfill", key_prefix=settings.key_prefix)
     users = count_users(replay.redis, settings)
@@ -69,16 +73,20 @@ def run_backfill(events: Path, *, workers: list[str], force: bool = False) -> di
         model = replay.checkpoint(services)
         dead = replay.read_all(replay.settings.topic_dlq)
         (logs / "dead-letters.jsonl").write_bytes(b"".join(d + b"\n" for d in dead))
+        services.stop()
+        kept = keep_checkpoints(replay, workers, logs)
+        hand_over(replay, workers)
     finally:
         services.stop()
         replay.drop_topics()
-    hand_over(replay, workers)
+        forget_worker(replay)
     summary = {
         "events": len(lines),
         "dead_lettered": len(dead),
         "users": count_users(replay.redis, settings),
         "model_version": model.version,
         "workers": workers,
+        "replaced_checkpoints": kept,
         "seconds": round(time.monotonic() - started, 1),
     }
     say(
@@ -97,6 +105,12 @@ def refuse_running_scorer(settings: ScorerSettings) -> None:
         group = admin.describe_groups([settings.scorer_group])[settings.scorer_group]
     finally:
         admin.close()
+    error = group.get("error")
+    if error and "GroupIdNotFound" not in str(error):  # a group never started is fine
+        raise ConfigError(
+            f"cannot tell whether scorer workers run (group {settings.scorer_group!r}: "
+            f"{error}): a backfill is refused until Kafka can say"
+        )
     if members := group.get("members"):
         raise ConfigError(
             f"the scorer group {settings.scorer_group!r} has {len(members)} running "
@@ -107,20 +121,44 @@ def refuse_running_scorer(settings: ScorerSettings) -> None:
 def count_users(redis: Any, settings: ScorerSettings) -> int:
     """Users in the deployment's last-seen index (every shard, and the unsharded set)."""
     index = StoreKeys.of(settings.key_prefix, "").lastseen
-    pipe = redis.pipeline(transaction=False)
-    for key in [index, *(f"{index}:{s}" for s in range(settings.redis_index_shards))]:
-        pipe.zcard(key)
-    return int(sum(pipe.execute()))
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for key in [index, *(f"{index}:{s}" for s in range(settings.redis_index_shards))]:
+            pipe.zcard(key)
+        return int(sum(pipe.execute()))
+    except (RedisError, RedisClusterException) as exc:
+        raise StoreUnavailable(f"Redis: {exc}") from None
+
+
+def keep_checkpoints(replay: Replay, workers: list[str], logs: Path) -> list[str]:
+    """Named workers that have a model already (``--force``): theirs is written to a
+    file in ``logs`` before the backfill's replaces it (``churnwatch scorer model load``
+    takes it back)."""
+    kept = []
+    for worker in workers:
+        data = replay.redis.get(checkpoint_key(replay.settings.key_prefix, worker))
+        if data is not None:
+            path = logs / f"{worker}-before-backfill.ckpt"
+            path.write_bytes(data if isinstance(data, bytes) else str(data).encode())
+            say(f"{worker} had a model: kept in {path}")
+            kept.append(str(path))
+    return kept
 
 
 def hand_over(replay: Replay, workers: list[str]) -> None:
-    """The backfill's checkpoint becomes each worker's; nothing of the backfill's worker stays."""
+    """The backfill's checkpoint becomes each named worker's."""
     prefix, redis = replay.settings.key_prefix, replay.redis
     for part in PARTS:
         data = redis.get(checkpoint_key(prefix, replay.worker, part))
         for worker in workers:
             if data is not None:
                 redis.set(checkpoint_key(prefix, worker, part), data)
+
+
+def forget_worker(replay: Replay) -> None:
+    """Nothing of the backfill's own worker stays, whether it ended or stopped."""
+    prefix, redis = replay.settings.key_prefix, replay.redis
     control = f"{prefix}:control:checkpoint"
     keys = [checkpoint_key(prefix, replay.worker, part) for part in PARTS]
-    redis.delete(*keys, StoreKeys.of(prefix, replay.worker).outbox, control, f"{control}:done")
+    for key in [*keys, StoreKeys.of(prefix, replay.worker).outbox, control, f"{control}:done"]:
+        redis.delete(key)  # one by one: on a cluster they are in different slots

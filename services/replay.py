@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from kafka import TopicPartition
 
+from services.common.errors import ChurnwatchError
 from services.common.events import parse_time
 from services.common.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from services.common.redis_client import sync_redis
@@ -122,8 +123,9 @@ class Replay:
         producer.flush()
         producer.close()
 
-    def wait_consumed(self, services: Services, *, timeout: float = 3600) -> None:
-        """Until the scorer's group has committed the end of the events topic."""
+    def wait_consumed(self, services: Services, *, stall_s: float = 600) -> None:
+        """Until the scorer's group has committed the end of the events topic; an error
+        when it has committed nothing new for ``stall_s`` (however long the whole takes)."""
         tp = TopicPartition(self.settings.topic_events, 0)
         # Never subscribes, so it only reads the group's committed offset.
         consumer = make_consumer(
@@ -132,18 +134,24 @@ class Replay:
             enable_auto_commit=False,
         )
         end = consumer.end_offsets([tp])[tp]
-        deadline, shown = time.monotonic() + timeout, 0.0
+        shown, last, moved = 0.0, -1, time.monotonic()
         try:
-            while time.monotonic() < deadline:
+            while True:
                 services.check()
                 done = consumer.committed(tp) or 0
                 if done >= end:
                     return
+                if done != last:
+                    last, moved = done, time.monotonic()
+                elif time.monotonic() - moved > stall_s:
+                    raise ChurnwatchError(
+                        f"the replay's scorer committed nothing for {stall_s:.0f} s, at "
+                        f"{done:,} of {end:,} events: see its log in {services.logs}"
+                    )
                 if time.monotonic() - shown >= 5:  # progress every 5 s
                     shown = time.monotonic()
                     say(f"  scored {done:,} / {end:,} events ({done / max(end, 1):.0%})")
                 time.sleep(0.5)
-            raise TimeoutError(f"the scorer did not finish within {timeout:.0f} s")
         finally:
             consumer.close()
 

@@ -71,6 +71,7 @@ def test_a_deployment_starts_from_its_backfilled_history(
     assert (summary["events"], summary["dead_lettered"]) == (len(lines), 1)
     seen = {e["user_id"] for e in lines[:-1]}
     assert summary["users"] == len(seen) and summary["workers"] == [worker]
+    assert summary["replaced_checkpoints"] == []
     r = sync_redis(isolated.settings.redis_url)
     model = ChurnModel.from_bytes(r.get(checkpoint_key(prefix, worker)))
     assert model.version == summary["model_version"] and model.learned > 0
@@ -118,3 +119,13 @@ def test_a_deployment_starts_from_its_backfilled_history(
         assert "model restored" in logs and summary["model_version"] in logs
     finally:
         scorer.stop()
+
+    # Stopped, the worker's own model is kept in a file before a forced backfill replaces it.
+    code, forced, err = backfill(
+        isolated.env, str(tmp_path / "history.jsonl"), "--force", "--worker", worker
+    )
+    assert code == 0, err
+    [kept] = forced["replaced_checkpoints"]
+    assert ChurnModel.from_bytes(Path(kept).read_bytes()).learned >= model.learned
+    missing, _, err = backfill(isolated.env, str(tmp_path / "nothing.jsonl"))
+    assert missing == 2 and "nothing.jsonl: no such file" in err and "Traceback" not in err
