@@ -31,12 +31,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from redis.exceptions import RedisClusterException, RedisError
 
 from services.common.errors import ConfigError, StoreUnavailable
 from services.common.kafka import ensure_topics, make_admin
 from services.common.settings import load_settings
 from services.launcher import Services
+from services.notifier.adapters.redis_directory import erased_key
 from services.replay import Replay, read_sorted, say
 from services.scorer.adapters.redis_layout import StoreKeys
 from services.scorer.adapters.redis_worker import checkpoint_key
@@ -61,7 +63,7 @@ def run_backfill(events: Path, *, workers: list[str], force: bool = False) -> di
         )
     started = time.monotonic()
     say(f"reading {events} ...")
-    lines = read_sorted(events)
+    lines, erased = without_erased(read_sorted(events), replay.redis, settings.key_prefix)
     ensure_topics(replay.settings)
     logs = settings.home.resolve() / "logs" / replay.name
     services = Services(replay.settings, replay.env, names=("scorer",), logs=logs)
@@ -83,6 +85,7 @@ def run_backfill(events: Path, *, workers: list[str], force: bool = False) -> di
     summary = {
         "events": len(lines),
         "dead_lettered": len(dead),
+        "skipped_erased": erased,
         "users": count_users(replay.redis, settings),
         "model_version": model.version,
         "workers": workers,
@@ -128,6 +131,29 @@ def count_users(redis: Any, settings: ScorerSettings) -> int:
         return int(sum(pipe.execute()))
     except (RedisError, RedisClusterException) as exc:
         raise StoreUnavailable(f"Redis: {exc}") from None
+
+
+def without_erased(
+    lines: list[tuple[float, bytes]], redis: Any, prefix: str
+) -> tuple[list[tuple[float, bytes]], int]:
+    """The history without the events of users erased lately (the erase's guard is
+    there): a backfill must not bring them back. Returns how many events it left out."""
+    users: dict[bytes, list[int]] = {}
+    for n, (_, line) in enumerate(lines):
+        try:
+            uid = orjson.loads(line).get("user_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue  # the scorer dead-letters it with the reason
+        if isinstance(uid, str):
+            users.setdefault(uid.encode(), []).append(n)
+    names = list(users)
+    pipe = redis.pipeline(transaction=False)
+    for uid in names:
+        pipe.exists(erased_key(prefix, uid.decode()))
+    gone = {n for uid, hit in zip(names, pipe.execute(), strict=True) if hit for n in users[uid]}
+    if gone:
+        say(f"left out: {len(gone):,} events of users erased in the last 14 days")
+    return [pair for n, pair in enumerate(lines) if n not in gone], len(gone)
 
 
 def keep_checkpoints(replay: Replay, workers: list[str], logs: Path) -> list[str]:

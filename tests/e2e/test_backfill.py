@@ -10,6 +10,7 @@ runs.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -22,10 +23,11 @@ from kafka import KafkaProducer, TopicPartition
 
 from services.common.events import parse_time
 from services.common.kafka import make_admin, make_consumer
-from services.common.redis_client import sync_redis
+from services.common.redis_client import async_redis, sync_redis
 from services.launcher import Services
 from services.scorer.adapters.redis_store import user_fields, user_key
 from services.scorer.adapters.redis_worker import checkpoint_key
+from services.scorer.api.commands import AdminCommands
 from services.scorer.core.features import UserState
 from services.scorer.core.model import ChurnModel
 from services.scorer.core.state_codec import decode_state
@@ -120,12 +122,25 @@ def test_a_deployment_starts_from_its_backfilled_history(
     finally:
         scorer.stop()
 
-    # Stopped, the worker's own model is kept in a file before a forced backfill replaces it.
+    # Stopped, the worker's own model is kept in a file before a forced backfill replaces it;
+    # a user erased meanwhile is not brought back.
+    gone = users[1].user_id
+    asyncio.run(erase(isolated, gone))
     code, forced, err = backfill(
         isolated.env, str(tmp_path / "history.jsonl"), "--force", "--worker", worker
     )
     assert code == 0, err
+    assert forced["skipped_erased"] == sum(e.get("user_id") == gone for e in lines) > 0
+    assert not r.exists(user_key(prefix, gone, "s")) and not r.exists(user_key(prefix, gone))
     [kept] = forced["replaced_checkpoints"]
     assert ChurnModel.from_bytes(Path(kept).read_bytes()).learned >= model.learned
     missing, _, err = backfill(isolated.env, str(tmp_path / "nothing.jsonl"))
     assert missing == 2 and "nothing.jsonl: no such file" in err and "Traceback" not in err
+
+
+async def erase(isolated: Isolated, user_id: str) -> None:
+    client = async_redis(isolated.settings.redis_url, cluster=isolated.settings.redis_cluster)
+    try:
+        await AdminCommands(client, prefix=isolated.settings.key_prefix).erase(user_id)
+    finally:
+        await client.aclose()
