@@ -2,10 +2,10 @@
 
 Without it a new deployment knows nothing of the users it already has: each
 looks new at its first event, none can be seen fading for a month, and the
-model learns its first labels from that truncated view. On a simulated
-history (BENCHMARKS.md, "backfill") the month after such a start raised twice
-the alerts at a third of the precision, in waves, and warned half as many
-churners in time as the same month after a backfill.
+model learns its first labels from that truncated view. On simulated
+histories (BENCHMARKS.md, "backfill") the month after such a start raised
+twice the alerts, in waves, with a third or less of the share that came before
+the user churned, compared with the same month after a backfill.
 
 It replays the history (schema-v1 events, any order) through the real scorer
 in replay mode, as ``churnwatch replay`` does, with the deployment's own Redis
