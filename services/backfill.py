@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from kafka.errors import KafkaError
 from redis.exceptions import RedisClusterException, RedisError
 
 from services.common.errors import ConfigError, StoreUnavailable
-from services.common.kafka import ensure_topics, make_admin
+from services.common.kafka import ensure_topics, make_admin, unavailable
 from services.common.settings import load_settings
 from services.launcher import Services
 from services.notifier.adapters.redis_directory import erased_key
@@ -106,6 +107,8 @@ def refuse_running_scorer(settings: ScorerSettings) -> None:
     admin = make_admin(settings)
     try:
         group = admin.describe_groups([settings.scorer_group])[settings.scorer_group]
+    except (KafkaError, OSError) as exc:
+        raise unavailable(exc, settings) from None
     finally:
         admin.close()
     error = group.get("error")
