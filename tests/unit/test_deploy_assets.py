@@ -140,6 +140,7 @@ def test_alert_rules_cover_the_pipeline() -> None:
         "churnwatch_notifier_dead_letters_total",
         'status="failed"',
         'churnwatch_model_quality{metric="roc_auc"} < 0.65',
+        "sum(increase(churnwatch_scorer_alerts_total[1h])) > 50",
         "churnwatch_model_checkpoint_age_seconds > 900",
         "churnwatch_ingest_unavailable_total",
         'up{job="churnwatch-scorer"} == 0',
