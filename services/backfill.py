@@ -104,13 +104,7 @@ def run_backfill(events: Path, *, workers: list[str], force: bool = False) -> di
 
 def refuse_running_scorer(settings: ScorerSettings) -> None:
     """A live worker would write the same users as the backfill: both lose writes."""
-    admin = make_admin(settings)
-    try:
-        group = admin.describe_groups([settings.scorer_group])[settings.scorer_group]
-    except (KafkaError, OSError) as exc:
-        raise unavailable(exc, settings) from None
-    finally:
-        admin.close()
+    group = describe_group(settings)
     error = group.get("error")
     if error and "GroupIdNotFound" not in str(error):  # a group never started is fine
         raise ConfigError(
@@ -122,6 +116,28 @@ def refuse_running_scorer(settings: ScorerSettings) -> None:
             f"the scorer group {settings.scorer_group!r} has {len(members)} running "
             "member(s): stop the scorer workers before a backfill"
         )
+
+
+def describe_group(settings: ScorerSettings, *, patience_s: float = 30.0) -> dict[str, Any]:
+    """The scorer group as Kafka describes it. A coordinator not ready yet (a broker just
+    started, a group it has not placed) is asked again for up to ``patience_s``."""
+    deadline = time.monotonic() + patience_s
+    admin = make_admin(settings)
+    try:
+        while True:
+            try:
+                found: dict[str, Any] = admin.describe_groups([settings.scorer_group])
+                group = dict(found[settings.scorer_group])
+                if "Coordinator" not in str(group.get("error")) or time.monotonic() > deadline:
+                    return group
+            except KafkaError as exc:
+                if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                    raise unavailable(exc, settings) from None
+            except OSError as exc:
+                raise unavailable(exc, settings) from None
+            time.sleep(0.5)
+    finally:
+        admin.close()
 
 
 def count_users(redis: Any, settings: ScorerSettings) -> int:
