@@ -201,8 +201,9 @@ def _add_model(actions: Any) -> None:
     load.add_argument(
         "--active-within",
         type=float,
-        default=600.0,
-        help="seconds: with --all, a worker whose last checkpoint is older is left out",
+        default=None,
+        help="seconds: with --all, a worker whose last checkpoint is older is left out "
+        "(default: 10 minutes, or 3 checkpoint intervals if longer)",
     )
     load.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the workers' answers"

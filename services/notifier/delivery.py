@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from services.common.errors import DeliveryFailed
@@ -20,6 +20,13 @@ from services.notifier.core.guardrails import Decision
 from services.notifier.core.templates import Brand, Renderer
 
 log = logging.getLogger("churnwatch.notifier")
+
+
+class GaveUp(DeliveryFailed):
+    """The delivery was stopped between two attempts: no one wants it any more."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
 
 
 def address_for(channel: str, contact: Mapping[str, str]) -> str | None:
@@ -53,9 +60,14 @@ class Delivery:
         *,
         contact: Mapping[str, str],
         action_id: str,
+        before_retry: Callable[[], Awaitable[bool]] | None = None,
     ) -> tuple[str, str | None]:
         """("sent", None); ("failed", the error) once the retries are spent; or
-        ("suppressed", why) when the directory holds no address for the channel."""
+        ("suppressed", why) when the directory holds no address for the channel.
+
+        ``before_retry``: asked before each attempt after the first; False gives up
+        (the user was erased meanwhile): ("failed", why), not counted as a dead letter.
+        """
         channel = self.channels[decision.channel]
         to = address_for(decision.channel, contact)
         if to is None or decision.template is None:
@@ -81,13 +93,24 @@ class Delivery:
                 "offer": decision.offer or "",
             },
         )
+        attempts = 0
+
+        async def attempt() -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and before_retry is not None and not await before_retry():
+                raise GaveUp("not tried again: the user was erased meanwhile")
+            await channel.send(message)
+
         started = time.perf_counter()
         try:
             await deliver_with_retries(
-                lambda: channel.send(message),
+                attempt,
                 policy=self.retry,
                 on_retry=lambda n, exc: metrics.RETRIES.labels(decision.channel).inc(),
             )
+        except GaveUp as exc:
+            return "failed", str(exc)
         except DeliveryFailed as exc:
             metrics.DEAD_LETTERS.labels(decision.channel).inc()
             log.warning(

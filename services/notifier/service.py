@@ -106,7 +106,7 @@ class Notifier:
         time (a message handed over is gone; nothing of it is kept).
         """
         uid = alert["user_id"]
-        if await self._erased(alert, "in_flight"):
+        if await self.directory.is_erased(uid):  # since the alert's first check: counted there
             return None
         action_id = make_action_id(alert["alert_id"], decision.channel)
         done = await self.directory.already_done(uid, action_id)
@@ -133,7 +133,11 @@ class Notifier:
             status = "deferred"
         elif decision.status == "send":
             status, reason = await self.delivery.send(
-                alert, decision, contact=contact, action_id=action_id
+                alert,
+                decision,
+                contact=contact,
+                action_id=action_id,
+                before_retry=lambda: self._still_there(uid),
             )
             if await self._erased(alert, "in_flight"):  # during the send and its retries
                 return None
@@ -199,6 +203,9 @@ class Notifier:
         metrics.ERASED.labels(source).inc()
         log.info("erased user's alert dropped", extra={"alert_id": alert["alert_id"]})
         return True
+
+    async def _still_there(self, user_id: str) -> bool:
+        return not await self.directory.is_erased(user_id)
 
     def judge_again(
         self,

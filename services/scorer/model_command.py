@@ -13,7 +13,8 @@ learned to ``DIR/model.ckpt``). The model goes to each worker through Redis
 learning rounds, checkpoints it at once and answers with the version it runs
 (a worker of another model kind refuses it and says why). ``--all`` means the
 workers that saved a checkpoint in the last ``--active-within`` seconds (10
-minutes; they save one every minute by default): a worker retired long ago is
+minutes, or three checkpoint intervals if that is longer; they save one every
+minute by default): a worker retired long ago is
 left out, and named. A worker that is not running takes it when it starts,
 if that is within the hour; after that the request lapses. The workers go on
 learning from the loaded model.
@@ -65,7 +66,8 @@ def _run(args: argparse.Namespace, settings: ScorerSettings, client: Any) -> int
     if args.model_action == "export":
         return show(export_model(client, prefix, args.worker, args.file))
     data = fresh_model(settings) if args.fresh else read_model(args.file)
-    workers = args.worker or running_workers(client, prefix, within_s=args.active_within)
+    within = args.active_within or max(600.0, 3 * settings.scorer_checkpoint_interval_s)
+    workers = args.worker or running_workers(client, prefix, within_s=within)
     answer = load_model(client, prefix, data, workers, timeout=args.timeout, say=_say)
     show(answer)
     return 0 if len(answer["taken"]) == len(workers) else 1

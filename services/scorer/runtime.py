@@ -174,7 +174,8 @@ class Runtime:
                 before = self.core.model.version
                 self.core.model.adopt(model)
                 # Progressive validation starts over: its figures judge the model in use.
-                self.quality = QualityTracker(threshold=self.settings.scorer_band_high / 100)
+                self.quality.reset()
+                metrics.QUALITY.clear()
             await self.checkpoint()
             log.warning("model loaded", extra={"model_version": model.version, "was": before})
             metrics.MODEL_LOADS.inc()

@@ -152,8 +152,10 @@ def test_learning_goes_on_from_the_loaded_model(isolated_each: Isolated, tmp_pat
         runtime = worker_for(isolated)
         await runtime.scorer()
         await runtime.checkpoint()
+        runtime.quality.update(0.9, 1)  # the old model's figures
         answer = await answered(runtime, client, prefix, loaded.to_bytes())
         assert answer["taken"] == [runtime_name(runtime)]
+        assert runtime.quality.counts == {"positive": 0, "negative": 0}  # they start over
         runtime.core.model.learn({"recency_days": 40.0}, True)  # what a round does
         await runtime.checkpoint()
         runtime.close()

@@ -286,6 +286,7 @@ class Erased(BaseModel):
     removed_failed_deliveries: int = 0
     guard_until: float = Field(
         description="until when (UNIX time) the notifier contacts and records nothing of the "
-        "user: alerts of the user still on their way are dropped (consent saved again lifts it)"
+        "user: alerts of the user still on their way are dropped (consent to a channel saved "
+        "again through the API lifts it)"
     )
     kept: str

@@ -53,6 +53,19 @@ class QualityTracker:
         self.negatives = 0
         self._cache: dict[str, float | None] | None = None
 
+    def reset(self) -> None:
+        """Start over (a model loaded in place of the one these figures judged).
+
+        >>> q = QualityTracker(threshold=0.5)
+        >>> q.update(0.9, 1)
+        >>> q.reset()
+        >>> q.counts, q.roc_auc
+        ({'positive': 0, 'negative': 0}, None)
+        """
+        self.recent.clear()
+        self.positives = self.negatives = 0
+        self._cache = None
+
     def update(self, risk_at_snapshot: float, y: bool | int) -> None:
         """Record one resolved label with the risk given when its snapshot was taken."""
         label = bool(y)
