@@ -81,15 +81,38 @@ class Runtime:
             self.store = make_store(s)
         model = None
         saved = await self.store.load_checkpoint(s.scorer_worker_name)
+        rfm = await self.store.load_checkpoint(s.scorer_worker_name, part="rfm")
         if saved:
             model = ChurnModel.from_bytes(saved)
             log.info("model restored", extra={"model_version": model.version})
-        rfm = await self.store.load_checkpoint(s.scorer_worker_name, part="rfm")
+        else:
+            model, rfm = await self._borrowed_model(rfm)
         quantiles = RfmQuantiles.from_dict(orjson.loads(rfm)) if rfm else None
         self.core = make_core(s, model, quantiles)
         return make_scorer(
             s, store=self.store, core=self.core, clock=self.clock, sweep=self.sweep_at
         )
+
+    async def _borrowed_model(self, rfm: bytes | None) -> tuple[ChurnModel | None, bytes | None]:
+        """A worker's first start (a new name: a scale-up, a new deployment): the model
+        another worker saved last, rather than a cold one; none of the right kind, a
+        fresh model."""
+        found = await self.store.newest_checkpoint(besides=self.settings.scorer_worker_name)
+        if found is None:
+            return None, rfm
+        source, data, theirs = found
+        try:
+            model = ChurnModel.from_bytes(data)
+        except CheckpointError as exc:
+            log.warning("another worker's model unreadable: a fresh one", extra={"error": str(exc)})
+            return None, rfm
+        if model.settings.kind != self.settings.scorer_model:
+            return None, rfm
+        log.info(
+            "no checkpoint of its own: starting from another worker's model",
+            extra={"from_worker": source, "model_version": model.version},
+        )
+        return model, theirs
 
     async def after_batch(self, outcome: Outcome) -> None:
         """The batch's alerts are on Kafka: empty them from the outbox."""

@@ -50,6 +50,10 @@ class ScorerStore(UserStore, SnapshotStore, Protocol):
 
     async def load_checkpoint(self, worker: str, part: str = "") -> bytes | None: ...
 
+    async def newest_checkpoint(
+        self, *, besides: str
+    ) -> tuple[str, bytes, bytes | None] | None: ...
+
     async def save_checkpoint(self, worker: str, data: bytes, part: str = "") -> None: ...
 
 

@@ -215,3 +215,23 @@ async def answered(runtime: Any, client: Any, prefix: str, data: bytes) -> dict[
         await asyncio.sleep(0.02)
     thread.join()
     return result
+
+
+def test_a_new_worker_starts_from_the_model_another_saved_last(isolated_each: Isolated) -> None:
+    """A scale-up's new worker (or one named after a backfill) is not cold."""
+    isolated = isolated_each
+    prefix = isolated.settings.key_prefix
+    client = redis_of(isolated)
+    for worker, n, age in (("w-old", 5, 3600.0), ("w-last", 12, 60.0)):
+        client.set(checkpoint_key(prefix, worker), learned(n).to_bytes())
+        client.set(checkpoint_key(prefix, worker, "rfm"), b"junk" if n == 5 else b"")
+        quality = {"model_version": learned(n).version, "saved_at": time.time() - age}
+        client.set(checkpoint_key(prefix, worker, "quality"), orjson.dumps(quality))
+
+    async def scenario() -> str:
+        runtime = worker_for(isolated)  # a name with no checkpoint of its own
+        await runtime.scorer()
+        runtime.close()
+        return runtime.core.model.version
+
+    assert asyncio.run(scenario()) == learned(12).version

@@ -40,6 +40,8 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import orjson
+
 from services.scorer.adapters.redis_layout import INDEX_SHARDS, merge_ranges, shard_of
 from services.scorer.rows import StoredUser, UserWrite
 
@@ -216,6 +218,18 @@ class MemoryUserStore:
 
     async def load_checkpoint(self, worker: str, part: str = "") -> bytes | None:
         return self.checkpoints.get(worker + (f":{part}" if part else ""))
+
+    async def newest_checkpoint(self, *, besides: str) -> tuple[str, bytes, bytes | None] | None:
+        saved = {
+            key[: -len(":quality")]: orjson.loads(data).get("saved_at", 0.0)
+            for key, data in self.checkpoints.items()
+            if key.endswith(":quality") and key[: -len(":quality")] != besides
+        }
+        ready = [(at, w) for w, at in saved.items() if w in self.checkpoints]
+        if not ready:
+            return None
+        worker = max(ready)[1]
+        return worker, self.checkpoints[worker], self.checkpoints.get(f"{worker}:rfm")
 
     async def save_checkpoint(self, worker: str, data: bytes, part: str = "") -> None:
         self.checkpoints[worker + (f":{part}" if part else "")] = data

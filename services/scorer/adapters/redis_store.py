@@ -168,6 +168,9 @@ class RedisUserStore:
     async def load_checkpoint(self, worker: str, part: str = "") -> bytes | None:
         return await self._worker.load_checkpoint(worker, part)
 
+    async def newest_checkpoint(self, *, besides: str) -> tuple[str, bytes, bytes | None] | None:
+        return await self._worker.newest_checkpoint(besides=besides)
+
     async def save_checkpoint(self, worker: str, data: bytes, part: str = "") -> None:
         await self._worker.save_checkpoint(worker, data, part)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from hashlib import blake2b
 
+import orjson
 from redis.exceptions import RedisClusterException, RedisError
 
 from services.common.errors import StoreUnavailable
@@ -130,8 +131,48 @@ class WorkerState:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
         return data.encode() if isinstance(data, str) else data
 
+    async def newest_checkpoint(self, *, besides: str) -> tuple[str, bytes, bytes | None] | None:
+        """The model another worker saved last (by its quality record's ``saved_at``):
+        that worker's name, its model and its value-tier quantiles; None when there is
+        none. Read at a worker's first start, when it has no checkpoint of its own."""
+        head, tail = checkpoint_key(self.keys.prefix, ""), ":quality"
+        newest: tuple[float, str] | None = None
+        try:
+            async for key in self.r.scan_iter(match=f"{head}*{tail}", count=1000):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                worker, raw = name[len(head) : -len(tail)], await self.r.get(name)
+                saved = _saved_at(raw)
+                if worker != besides and saved is not None:
+                    newest = max(newest or (saved, worker), (saved, worker))
+            if newest is None:
+                return None
+            model = await self.r.get(checkpoint_key(self.keys.prefix, newest[1]))
+            rfm = await self.r.get(checkpoint_key(self.keys.prefix, newest[1], "rfm"))
+        except (RedisError, RedisClusterException) as exc:
+            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
+        if model is None:
+            return None
+        return newest[1], _bytes(model), _bytes(rfm) if rfm is not None else None
+
     async def save_checkpoint(self, worker: str, data: bytes, part: str = "") -> None:
         try:
             await self.r.set(checkpoint_key(self.keys.prefix, worker, part), data)
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _saved_at(raw: bytes | str | None) -> float | None:
+    """When a quality record says its checkpoint was saved; None if it cannot say.
+
+    >>> _saved_at(b'{"saved_at": 12.5}'), _saved_at(b"junk"), _saved_at(None)
+    (12.5, None, None)
+    """
+    try:
+        saved = orjson.loads(raw).get("saved_at") if raw else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return float(saved) if isinstance(saved, int | float) else None
