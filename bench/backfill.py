@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from bench.registry import emit
 from services.common import ranking
 from services.common.events import parse_time
 from services.offline_replay import replay_in_process
+from services.replay import say
 from services.sim.population import Label
 
 DAY = 86_400.0
@@ -178,7 +178,3 @@ def show(starts: Sequence[Start]) -> None:
             f"{s.precision_in_time:.3f} | "
             f"{s.warned_in_time} of {s.churners_after} | {lead} | {s.most_in_a_day} | {auc} |"
         )
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)

@@ -41,7 +41,7 @@ from services.common.settings import load_settings
 from services.launcher import Services
 from services.notifier.adapters.redis_directory import erased_key
 from services.replay import Replay, read_sorted, say
-from services.scorer.adapters.redis_layout import StoreKeys
+from services.scorer.adapters.redis_layout import StoreKeys, index_keys
 from services.scorer.adapters.redis_worker import checkpoint_key
 from services.scorer.config import ScorerSettings
 
@@ -144,7 +144,7 @@ def count_users(redis: Any, settings: ScorerSettings) -> int:
     index = StoreKeys.of(settings.key_prefix, "").lastseen
     try:
         pipe = redis.pipeline(transaction=False)
-        for key in [index, *(f"{index}:{s}" for s in range(settings.redis_index_shards))]:
+        for key in index_keys(index, settings.redis_index_shards):
             pipe.zcard(key)
         return int(sum(pipe.execute()))
     except (RedisError, RedisClusterException) as exc:
@@ -198,7 +198,7 @@ def hand_over(replay: Replay, workers: list[str]) -> None:
     """The backfill's checkpoint becomes each named worker's."""
     prefix, redis = replay.settings.key_prefix, replay.redis
     for part in PARTS:
-        data = redis.get(checkpoint_key(prefix, replay.worker, part))
+        data = redis.get(checkpoint_key(prefix, replay.name, part))
         for worker in workers:
             if data is not None:
                 redis.set(checkpoint_key(prefix, worker, part), data)
@@ -222,6 +222,6 @@ def forget_worker(replay: Replay) -> None:
     """Nothing of the backfill's own worker stays, whether it ended or stopped."""
     prefix, redis = replay.settings.key_prefix, replay.redis
     control = f"{prefix}:control:checkpoint"
-    keys = [checkpoint_key(prefix, replay.worker, part) for part in PARTS]
-    for key in [*keys, StoreKeys.of(prefix, replay.worker).outbox, control, f"{control}:done"]:
+    keys = [checkpoint_key(prefix, replay.name, part) for part in PARTS]
+    for key in [*keys, StoreKeys.of(prefix, replay.name).outbox, control, f"{control}:done"]:
         redis.delete(key)  # one by one: on a cluster they are in different slots

@@ -34,6 +34,7 @@ from services.common.kafka import ensure_topics, make_admin, make_consumer, make
 from services.common.redis_client import sync_redis
 from services.common.settings import CommonSettings, env_for, load_settings, scratch_settings
 from services.launcher import Services
+from services.scorer.adapters.redis_layout import index_keys
 from services.scorer.adapters.redis_store import user_fields, user_key
 from services.scorer.adapters.redis_worker import checkpoint_key
 from services.scorer.config import ScorerSettings
@@ -101,10 +102,9 @@ class Replay:
         if key_prefix is not None:
             self.settings = self.settings.model_copy(update={"key_prefix": key_prefix})
         self.group = f"{self.name}-scorer"
-        self.worker = self.name  # its model checkpoint's name
         scorer = REPLAY_SCORER | {
             "scorer_group": self.group,
-            "scorer_worker_name": self.worker,
+            "scorer_worker_name": self.name,  # its model checkpoint's name too
             "log_level": "warning",
         }
         self.env = env_for(self.settings) | {
@@ -163,7 +163,7 @@ class Replay:
         while self.redis.get(f"{key}:done") != request.encode():
             services.check()
             time.sleep(0.2)
-        data = self.redis.get(checkpoint_key(self.settings.key_prefix, self.worker))
+        data = self.redis.get(checkpoint_key(self.settings.key_prefix, self.name))
         assert isinstance(data, bytes)
         return ChurnModel.from_bytes(data)
 
@@ -171,7 +171,7 @@ class Replay:
         """Every user's score as of ``as_of``, from its stored state and the model of then."""
         index = f"{self.settings.key_prefix}:lastseen"
         pipe = self.redis.pipeline(transaction=False)
-        for key in [index, *(f"{index}:{s}" for s in range(self.settings.redis_index_shards))]:
+        for key in index_keys(index, self.settings.redis_index_shards):
             pipe.zrange(key, 0, -1)
         found = [u for part in pipe.execute() for u in part]
         users = list(dict.fromkeys(u.decode() for u in found if isinstance(u, bytes)))

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from services.common.redis_client import async_redis
 from services.common.settings import CommonSettings
+from services.notifier.adapters.redis_directory import RedisDirectory
 from services.scorer.api.commands import AdminCommands
 from services.scorer.api.models import ConsentIn, ContactIn
 
@@ -80,6 +81,7 @@ def parse_row(row: dict[str, Any]) -> tuple[str, ContactIn, ConsentIn | None]:
 async def import_contacts(path: Path, settings: CommonSettings) -> dict[str, int]:
     client = async_redis(settings.redis_url, cluster=settings.redis_cluster)
     commands = AdminCommands(client, prefix=settings.key_prefix)
+    directory = RedisDirectory(client, prefix=settings.key_prefix)
     counts = {"imported": 0, "skipped": 0, "erased": 0}
     try:
         for line, row in read_rows(path):
@@ -89,7 +91,7 @@ async def import_contacts(path: Path, settings: CommonSettings) -> dict[str, int
                 counts["skipped"] += 1
                 print(f"{path}:{line}: skipped: {exc}", file=sys.stderr)
                 continue
-            if await commands.is_erased(uid):  # a stale export must not bring them back
+            if await directory.is_erased(uid):  # a stale export must not bring them back
                 counts["erased"] += 1
                 continue
             await commands.save_contact(uid, contact.model_dump())

@@ -78,7 +78,9 @@ class Notifier:
             settings=self.book.defaults,
         )
         actions = []
-        for decision in decisions:
+        for n, decision in enumerate(decisions):
+            if n and await self.directory.is_erased(alert["user_id"]):
+                break  # erased while the decisions before were carried out
             taken = await self.carry_out(
                 alert, decision, playbook=playbook.name, contact=contact, now=now
             )
@@ -102,12 +104,10 @@ class Notifier:
         (the alert was delivered again): nothing to send, nothing to publish.
         A failed delivery is remembered for a re-drive (``failures`` counts the
         earlier ones of the same action, when this is a re-drive). None too when the
-        user was erased meanwhile: before the decision, or while the provider took its
-        time (a message handed over is gone; nothing of it is kept).
+        user was erased while the provider took its time (a message handed over is
+        gone; nothing of it is kept). Callers check the erase before calling.
         """
         uid = alert["user_id"]
-        if await self.directory.is_erased(uid):  # since the alert's first check: counted there
-            return None
         action_id = make_action_id(alert["alert_id"], decision.channel)
         done = await self.directory.already_done(uid, action_id)
         if done is not None:

@@ -36,7 +36,14 @@ import orjson
 from redis.exceptions import RedisClusterException, RedisError
 
 from services.common.errors import ConfigError, StoreUnavailable
-from services.scorer.adapters.redis_worker import checkpoint_key, model_request_key, request_id
+from services.scorer.adapters.redis_worker import (
+    checkpoint_key,
+    model_request_key,
+    quality_pattern,
+    read_quality,
+    request_id,
+    worker_of,
+)
 from services.scorer.config import ScorerSettings
 from services.scorer.core.checkpoint import CheckpointError
 from services.scorer.core.model import ChurnModel
@@ -92,17 +99,15 @@ def running_workers(client: Any, prefix: str, *, within_s: float) -> list[str]:
 
 def list_models(client: Any, prefix: str, *, quiet: bool = False) -> list[dict[str, Any]]:
     """Each worker's last checkpoint, from its quality record, by worker name."""
-    head, tail = checkpoint_key(prefix, ""), ":quality"
     rows = []
-    for key in client.scan_iter(match=f"{head}*{tail}", count=1000):
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        raw = client.get(name)
-        if raw is None:
+    for key in client.scan_iter(match=quality_pattern(prefix), count=1000):
+        quality = read_quality(client.get(key))
+        if quality is None:
+            _say(f"{worker_of(prefix, key)}: its quality record cannot be read; left out")
             continue
-        quality = orjson.loads(raw)
         rows.append(
             {
-                "worker": name[len(head) : -len(tail)],
+                "worker": worker_of(prefix, key),
                 "model_version": quality.get("model_version"),
                 "saved_at": _stamp(quality.get("saved_at")),
                 "age_s": _age(quality.get("saved_at")),

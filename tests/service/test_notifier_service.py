@@ -9,7 +9,7 @@ high-value hand-off. Times are fixed; nothing here reads the wall clock.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -430,20 +430,20 @@ def test_a_deferred_contact_of_a_user_erased_while_it_waited_is_dropped() -> Non
 class ErasedDuringSend(RecordingChannel):
     """The provider fails every attempt, and the user is erased while it does."""
 
+    def __init__(self, recorder: Recorder, erase: Callable[[], None]) -> None:
+        super().__init__("email", recorder)
+        self.erase = erase
+
     async def send(self, message: Message) -> None:
         self.attempts += 1
         self.erase()
         raise DeliveryFailed(f"{self.name}: provider answered 500")
 
-    def erase(self) -> None:
-        raise NotImplementedError
-
 
 def test_a_user_erased_while_a_delivery_fails_leaves_no_failed_delivery() -> None:
     rig = Rig()
     uid = rig.user(treated_user("erased-midway"), email=True)
-    channel = ErasedDuringSend("email", rig.recorder)
-    channel.erase = lambda: rig.directory.erase(uid)  # type: ignore[method-assign]
+    channel = ErasedDuringSend(rig.recorder, lambda: rig.directory.erase(uid))
     rig.notifier.delivery.channels = {**rig.channels, "email": channel}
     before = erased_skips("in_flight")
 

@@ -40,9 +40,8 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import orjson
-
 from services.scorer.adapters.redis_layout import INDEX_SHARDS, merge_ranges, shard_of
+from services.scorer.adapters.redis_worker import read_quality
 from services.scorer.rows import StoredUser, UserWrite
 
 
@@ -221,7 +220,7 @@ class MemoryUserStore:
 
     async def newest_checkpoint(self, *, besides: str) -> tuple[str, bytes, bytes | None] | None:
         saved = {
-            key[: -len(":quality")]: orjson.loads(data).get("saved_at", 0.0)
+            key[: -len(":quality")]: (read_quality(data) or {}).get("saved_at", 0.0)
             for key, data in self.checkpoints.items()
             if key.endswith(":quality") and key[: -len(":quality")] != besides
         }

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis
 from services.scorer.adapters.redis_commands import Command, chunks
-from services.scorer.adapters.redis_layout import merge_ranges, shard_of
+from services.scorer.adapters.redis_layout import index_keys, merge_ranges, shard_of
 from services.scorer.adapters.redis_scripts import SCAN_SHARDS
 
 
@@ -110,7 +110,7 @@ class ShardedIndexes:
             if self._scan_shards is not None:
                 found = await self._scan_shards(args=[base, self.shards, "due", high, limit])
             else:
-                keys = [base, *(f"{base}:{s}" for s in range(self.shards))]
+                keys = index_keys(base, self.shards)
                 async with self.r.pipeline(transaction=False) as pipe:
                     for key in keys:
                         pipe.zrangebyscore(key, "-inf", high, start=0, num=limit)

@@ -99,6 +99,15 @@ def shard_key(index: str, member: str, shards: int) -> str:
     return f"{index}:{shard_of(member, shards)}"
 
 
+def index_keys(index: str, shards: int) -> list[str]:
+    """Every key of sharded index ``index``: the old unsharded set, then each shard.
+
+    >>> index_keys("P:lastseen", 3)
+    ['P:lastseen', 'P:lastseen:0', 'P:lastseen:1', 'P:lastseen:2']
+    """
+    return [index, *(f"{index}:{s}" for s in range(shards))]
+
+
 def merge_ranges(ranges: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
     """Sorted, disjoint [low, high) ranges covering the same scores.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from hashlib import blake2b
+from typing import Any
 
 import orjson
 from redis.exceptions import RedisClusterException, RedisError
@@ -49,6 +50,25 @@ def model_request_key(prefix: str, worker: str) -> str:
     'cw:control:model:{scorer-0}'
     """
     return f"{prefix}:control:model:{{{worker}}}"
+
+
+def quality_pattern(prefix: str) -> str:
+    """What matches every worker's quality record (one per checkpointing worker).
+
+    >>> quality_pattern("cw")
+    'cw:model:*:quality'
+    """
+    return checkpoint_key(prefix, "*", "quality")
+
+
+def worker_of(prefix: str, quality_key: bytes | str) -> str:
+    """The worker a quality record belongs to.
+
+    >>> worker_of("cw", b"cw:model:scorer-0:quality")
+    'scorer-0'
+    """
+    name = quality_key.decode() if isinstance(quality_key, bytes) else quality_key
+    return name[len(checkpoint_key(prefix, "")) : -len(":quality")]
 
 
 def checkpoint_key(prefix: str, worker: str, part: str = "") -> str:
@@ -135,14 +155,13 @@ class WorkerState:
         """The model another worker saved last (by its quality record's ``saved_at``):
         that worker's name, its model and its value-tier quantiles; None when there is
         none. Read at a worker's first start, when it has no checkpoint of its own."""
-        head, tail = checkpoint_key(self.keys.prefix, ""), ":quality"
+        prefix = self.keys.prefix
         newest: tuple[float, str] | None = None
         try:
-            async for key in self.r.scan_iter(match=f"{head}*{tail}", count=1000):
-                name = key.decode() if isinstance(key, bytes) else str(key)
-                worker, raw = name[len(head) : -len(tail)], await self.r.get(name)
-                saved = _saved_at(raw)
-                if worker != besides and saved is not None:
+            async for key in self.r.scan_iter(match=quality_pattern(prefix), count=1000):
+                worker = worker_of(prefix, key)
+                saved = (read_quality(await self.r.get(key)) or {}).get("saved_at")
+                if worker != besides and isinstance(saved, int | float):
                     newest = max(newest or (saved, worker), (saved, worker))
             if newest is None:
                 return None
@@ -165,14 +184,15 @@ def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
-def _saved_at(raw: bytes | str | None) -> float | None:
-    """When a quality record says its checkpoint was saved; None if it cannot say.
+def read_quality(raw: bytes | str | None) -> dict[str, Any] | None:
+    """A worker's quality record (``checkpoint_key(P, worker, "quality")``); None when
+    there is none or it cannot be read.
 
-    >>> _saved_at(b'{"saved_at": 12.5}'), _saved_at(b"junk"), _saved_at(None)
-    (12.5, None, None)
+    >>> read_quality(b'{"saved_at": 12.5}'), read_quality(b"junk"), read_quality(b"[1]")
+    ({'saved_at': 12.5}, None, None)
     """
     try:
-        saved = orjson.loads(raw).get("saved_at") if raw else None
-    except (orjson.JSONDecodeError, AttributeError):
+        found = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
         return None
-    return float(saved) if isinstance(saved, int | float) else None
+    return found if isinstance(found, dict) else None

@@ -157,12 +157,6 @@ class AdminCommands:
             "(aggregates from which no user can be read back)",
         }
 
-    async def is_erased(self, user_id: str) -> bool:
-        try:
-            return bool(await self.r.exists(erased_key(self.prefix, user_id)))
-        except RedisError as exc:
-            raise StoreUnavailable(f"Redis read failed: {exc}") from exc
-
     async def _deferred_jobs_of(self, user_id: str) -> list[bytes]:
         # The deferred queue is small (jobs waiting for quiet hours to end): read it whole.
         found = []
