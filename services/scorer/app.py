@@ -83,6 +83,7 @@ def batch_handler(runtime: Runtime, publish: Publish) -> Handler:
         if outcome.newest_ts:
             metrics.EVENT_LAG.set(max(0.0, time.time() - outcome.newest_ts))
         metrics.DUPLICATES.inc(outcome.duplicates)
+        metrics.ERASED_EVENTS.inc(outcome.erased)
         count_unreadable(outcome)
         metrics.BATCH_SIZE.observe(len(records))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)

@@ -38,12 +38,17 @@ def score_users(
     winback_window_s: float,
 ) -> list[UserWrite]:
     """Apply each user's events to their stored state and score those that need it:
-    the writes, with late events, duplicates, bands, alerts and win-backs in ``out``.
+    the writes, with late events, duplicates, erased users' events, bands, alerts
+    and win-backs in ``out``.
 
     ``core``, ``features`` and the rest are the :class:`~services.scorer.pipeline.BatchScorer`'s.
     """
     writes: list[UserWrite] = []
     for uid, items in by_user.items():
+        if rows[uid].erased:
+            # Erased lately: a late or redelivered event must not bring the user back.
+            out.erased += len(items)
+            continue
         row, dropped = readable(rows[uid])
         if dropped:
             out.unreadable.update(dropped)

@@ -11,6 +11,10 @@ DEAD_LETTERED = Counter(
     ["reason"],
 )
 DUPLICATES = Counter("churnwatch_scorer_duplicates_total", "Events already applied (by event_id)")
+ERASED_EVENTS = Counter(
+    "churnwatch_scorer_erased_events_total",
+    "Events of users erased in the last 14 days, dropped (not stored, not dead-lettered)",
+)
 ALERTS = Counter(
     "churnwatch_scorer_alerts_total", "Alerts published, by band and trigger", ["band", "trigger"]
 )

@@ -29,6 +29,7 @@ class Outcome:
     events: int = 0
     users: int = 0
     duplicates: int = 0
+    erased: int = 0  # events of users erased lately, dropped (the erase guard)
     newest_ts: float = 0.0  # newest event time in the batch (for the event-time lag)
     bands: Counter[str] = field(default_factory=Counter)
     redis_s: dict[str, float] = field(default_factory=dict)  # round-trip time by operation
@@ -42,6 +43,7 @@ class Outcome:
         self.alerts += part.alerts
         self.dead += part.dead
         self.duplicates += part.duplicates
+        self.erased += part.erased
         self.unreadable.update(part.unreadable)
         self.newest_ts = max(self.newest_ts, part.newest_ts)
         self.bands.update(part.bands)

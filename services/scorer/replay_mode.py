@@ -93,6 +93,9 @@ class ReplayScorer(BatchScorer):
         last: dict[str, tuple[UserState, UserScore, set[str]]] = {}
         for record, event in segment:
             uid = event.user_id
+            if rows[uid].erased:  # a backfill's history of a user erased since it was read
+                out.erased += 1
+                continue
             if uid in unreadable:
                 out.dead.append(self._dead(record, unreadable[uid]))
                 continue

@@ -25,6 +25,9 @@ class StoredUser:
     record: bytes | None
     snapshot_day: int | None
     winback: bytes | None = None  # the latest win-back decision, written by the notifier
+    # No state, and the user's erase guard (``P:{uid}:erased``, 14 days) is up: the
+    # user's events are dropped, not stored again (``batch_users.score_users``).
+    erased: bool = False
 
 
 # Not frozen: a frozen dataclass is built field by field through object.__setattr__

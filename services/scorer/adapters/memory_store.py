@@ -134,6 +134,8 @@ class MemoryUserStore:
         self.lastseen = SortedIndex(shards=index_shards)
         self.snapdue = SortedIndex(shards=index_shards)
         self.checkpoints: dict[str, bytes] = {}
+        # Users whose erase guard is up (Redis: ``P:{uid}:erased``), as the tests set it.
+        self.erased: set[str] = set()
         # Model-load requests by worker, and the answers (as Redis has them, for the tests).
         self.model_requests: dict[str, bytes] = {}
         self.model_answers: dict[str, bytes] = {}
@@ -143,7 +145,7 @@ class MemoryUserStore:
         for uid in user_ids:
             u = self.users.get(uid)
             if u is None:
-                out[uid] = StoredUser(None, None, None, None)
+                out[uid] = StoredUser(None, None, None, None, erased=uid in self.erased)
             else:
                 out[uid] = StoredUser(
                     u.features, u.policy or None, u.record or None, u.snapshot_day or None
@@ -151,10 +153,13 @@ class MemoryUserStore:
         return out
 
     async def save(self, writes: Iterable[UserWrite]) -> None:
-        """Like ``PUTUSER``: features replaced, record and policy when scored, snapshot appended."""
+        """Like ``PUTUSER``: features replaced, record and policy when scored, snapshot
+        appended; a user with no state under the erase guard is not written."""
         for w in writes:
             user = self.users.get(w.user_id)
             if user is None:
+                if w.user_id in self.erased:
+                    continue
                 user = self.users[w.user_id] = _User(w.features)
             user.features = w.features
             if w.policy is not None and w.record is not None:

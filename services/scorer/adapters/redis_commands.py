@@ -9,7 +9,7 @@ or one user's at a time with their keys declared (:func:`keys_of`) on a cluster.
 >>> list(chunks([1, 2, 3, 4, 5], 2))
 [[1, 2], [3, 4], [5]]
 >>> keys_of(("PUTUSER", "P:{u1}:s", "P:{u1}:u", 60)), keys_of(("LPUSH", "P:{u1}:alerts", b"A"))
-(('P:{u1}:s', 'P:{u1}:u'), ('P:{u1}:alerts',))
+(('P:{u1}:s', 'P:{u1}:u', 'P:{u1}:erased'), ('P:{u1}:alerts',))
 """
 
 from __future__ import annotations
@@ -38,8 +38,11 @@ def pack(items: Sequence[Any]) -> bytes:
 
 
 def keys_of(command: Command) -> tuple[Any, ...]:
-    """The keys a command names (the user's own commands: all in the user's slot)."""
-    return command[1:3] if command[0] in ("PUTUSER", "TRIMSNAP") else command[1:2]
+    """The keys a command names (the user's own commands: all in the user's slot);
+    ``PUTUSER`` also reads the user's erase guard, whose key the script derives."""
+    if command[0] == "PUTUSER":
+        return (*command[1:3], command[1][:-1] + "erased")
+    return command[1:3] if command[0] == "TRIMSNAP" else command[1:2]
 
 
 async def apply_all(apply: AsyncScript | None, commands: list[Command]) -> None:

@@ -10,20 +10,32 @@
 # and shared indexes, in one EVALSHA.
 #
 # Two commands of its own work on a user's string (layout: ``join_user``):
-# PUTUSER s u ttl features record policy snapshot day: replaces the features
+# PUTUSER s u ttl features record policy snapshot day n: replaces the features
 # (and the record and policy when given), appends the snapshot when given, and
 # keeps the snapshots already there; a user still in the old hash (``u``: f, p,
-# r, sd) moves into the string on this write. TRIMSNAP s snap n: drops the n
+# r, sd) moves into the string on this write. A user with no string whose erase
+# guard (``P:{uid}:erased``) is up was erased after the batch read it: nothing
+# is written, neither the string nor the n commands that follow (the user's
+# own), and the batch's index entries leave the user out (on one Redis; on a
+# cluster the indexes are written apart, see ``redis_writes``). TRIMSNAP s snap n: drops the n
 # oldest snapshots, the old list's first.
 APPLY = """
+local function erased_of(ks)
+  return string.sub(ks, 1, -2) .. "erased"
+end
 local function skip(v, p)
   return p + 2 + struct.unpack("<H", v, p)
 end
+local gone = {}
 local function put_user(c)
   local ks, ku, ttl = c[2], c[3], c[4]
   local feat, rec, pol, snap = c[5], c[6], c[7], c[8]
   local old = redis.call("GET", ks)
   local snaps, day = "", 0
+  if not old and redis.call("EXISTS", erased_of(ks)) == 1 then
+    gone[string.match(ks, ":{(.*)}:s$")] = true
+    return false
+  end
   if old then
     local p = skip(old, 2)
     if rec == "" then
@@ -51,6 +63,7 @@ local function put_user(c)
   if redis.call("EXISTS", ku) == 1 then
     redis.call("EXPIRE", ku, ttl)
   end
+  return true
 end
 local function trim_snapshots(c)
   local ks, kl, n = c[2], c[3], tonumber(c[4])
@@ -96,7 +109,9 @@ local function sharded(c)
   local flag = c[4]
   for j = 5, #c, 2 do
     local key, m = shard(base, n, c[j + 1]), c[j + 1]
-    if flag == "" then
+    if gone[m] then
+      -- erased between the batch's read and this write: not indexed again
+    elseif flag == "" then
       redis.call("ZADD", key, c[j], m)
     else
       redis.call("ZADD", key, flag, c[j], m)
@@ -104,10 +119,15 @@ local function sharded(c)
     if old then redis.call("ZREM", base, m) end
   end
 end
-for _, c in ipairs(cmsgpack.unpack(ARGV[1])) do
+local skip_to = 0
+for i, c in ipairs(cmsgpack.unpack(ARGV[1])) do
   local command = c[1]
-  if command == "PUTUSER" then
-    put_user(c)
+  if i <= skip_to then
+    -- the rest of an erased user's own commands (its alert history): not written
+  elseif command == "PUTUSER" then
+    if not put_user(c) then
+      skip_to = i + c[10]
+    end
   elseif command == "TRIMSNAP" then
     trim_snapshots(c)
   elseif command == "ZADDS" or command == "ZREMS" then
@@ -140,19 +160,27 @@ local function user_keys(kinds)
 end
 """
 
-# The batch's users' rows: keys alternate a user's string and its hash. A row is
-# {string, wb}, or for a user still in the old layout, the hash's {f, p, r, sd, wb}.
+# The batch's users' rows: keys alternate a user's string and its hash (on a
+# cluster, one user a call: string, hash, erase guard). A row is {string, wb},
+# for a user still in the old layout the hash's {f, p, r, sd, wb}, and {"erased"}
+# for a user with neither whose erase guard is up (only users with no state pay
+# for that look).
 LOAD = (
     USER_KEYS
     + """
 local keys = user_keys({"s", "u"})
+local step = #KEYS == 3 and 3 or 2
 local out = {}
-for i = 1, #keys, 2 do
+for i = 1, #keys, step do
   local s = redis.call("GET", keys[i])
   if s then
     out[#out + 1] = {s, redis.call("HGET", keys[i + 1], "wb")}
   else
-    out[#out + 1] = redis.call("HMGET", keys[i + 1], "f", "p", "r", "sd", "wb")
+    local h = redis.call("HMGET", keys[i + 1], "f", "p", "r", "sd", "wb")
+    if not h[1] and redis.call("EXISTS", string.sub(keys[i], 1, -2) .. "erased") == 1 then
+      h = {"erased"}
+    end
+    out[#out + 1] = h
   end
 end
 return out

@@ -106,10 +106,10 @@ class RedisUserStore:
             elif self._load is not None:
                 rows = await self._load(args=[self.prefix, pack(list(user_ids))])
             else:
-                keys = [user_key(self.prefix, uid, kind) for uid in user_ids for kind in "su"]
                 async with self.r.pipeline(transaction=False) as pipe:
-                    for i in range(0, len(keys), 2):
-                        pipe.eval(LOAD, 2, keys[i], keys[i + 1])
+                    for uid in user_ids:
+                        keys = (user_key(self.prefix, uid, kind) for kind in ("s", "u", "erased"))
+                        pipe.eval(LOAD, 3, *keys)
                     rows = [found[0] for found in await pipe.execute()]
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
@@ -176,7 +176,9 @@ class RedisUserStore:
 
 
 def _stored(row: list[Any]) -> StoredUser:
-    """A ``LOAD`` row: {string, wb}, or the old hash's {f, p, r, sd, wb}."""
+    """A ``LOAD`` row: {string, wb}, the old hash's {f, p, r, sd, wb}, or {"erased"}."""
+    if len(row) == 1:
+        return StoredUser(None, None, None, None, erased=True)
     if len(row) == 2:
         if not row[0]:
             return StoredUser(None, None, None, None, row[1])

@@ -29,6 +29,13 @@ record, snapshot, alert history). What is not any more:
   one failed batch (the redelivery writes it again; ZADD and PFADD are
   idempotent). The win-back "won" counter is an INCR: a failure between the
   user's step and the counter's can miss or repeat one count.
+
+A user erased between the batch's read and its write (the erase guard is up
+and the user's string gone) is not written again: the script skips the user's
+commands. On one Redis the batch's index entries leave the user out too; on a
+cluster they are written apart, so the user's id can be left in the last-seen,
+at-risk or label-due index (the sweeps pass over a user with no state, and the
+erase, repeated, removes it).
 """
 
 from __future__ import annotations
@@ -108,27 +115,27 @@ class BatchWriter:
         key = user_key(prefix, w.user_id)
         scored = w.policy is not None and w.record is not None
         snapshot = w.snapshot is not None and w.snapshot_day is not None
-        out: list[Command] = [
-            (
-                "PUTUSER",
-                user_key(prefix, w.user_id, "s"),
-                key,
-                self.user_ttl_s,
-                w.features,
-                w.record if scored else b"",
-                w.policy if scored else b"",
-                w.snapshot if snapshot else b"",
-                w.snapshot_day if snapshot else 0,
-            )
-        ]
+        rest: list[Command] = []
         if w.winback is not None:
-            out.append(("HDEL", key, "wb"))  # "wbid" stays: that alert never counts again
+            rest.append(("HDEL", key, "wb"))  # "wbid" stays: that alert never counts again
         if w.alert is not None:
             alerts_key = user_key(prefix, w.user_id, "alerts")
-            out.append(("LPUSH", alerts_key, w.alert))
-            out.append(("LTRIM", alerts_key, 0, self.alert_history - 1))
-            out.append(("EXPIRE", alerts_key, self.user_ttl_s))
-        return out
+            rest.append(("LPUSH", alerts_key, w.alert))
+            rest.append(("LTRIM", alerts_key, 0, self.alert_history - 1))
+            rest.append(("EXPIRE", alerts_key, self.user_ttl_s))
+        put = (
+            "PUTUSER",
+            user_key(prefix, w.user_id, "s"),
+            key,
+            self.user_ttl_s,
+            w.features,
+            w.record if scored else b"",
+            w.policy if scored else b"",
+            w.snapshot if snapshot else b"",
+            w.snapshot_day if snapshot else 0,
+            len(rest),  # an erased user's: skipped with it
+        )
+        return [put, *rest]
 
     def _shared_commands(self, shared: _Shared, *, outbox: bool) -> list[Command]:
         """The batch's commands on keys shared by all users (other slots than theirs)."""

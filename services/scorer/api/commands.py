@@ -101,10 +101,11 @@ class AdminCommands:
         What it adds: the mark ``P:{uid}:erased`` for ``ERASED_KEEP_S`` (14 days),
         under which the notifier contacts and records nothing of the user, so an
         alert still on its way (on the topic, deferred, claimed by a re-drive)
-        neither reaches the user nor writes the user's keys back. A message
-        already handed to its provider when the erase came is gone. An event of
-        the user that arrives later creates a new scorer record: stop sending
-        them first.
+        neither reaches the user nor writes the user's keys back, and the scorer
+        drops the user's events (a batch that read the user before the erase
+        writes nothing of it). A message already handed to its provider when the
+        erase came is gone. An event of the user that arrives after the 14 days
+        creates a new scorer record.
 
         One transaction on one Redis. On a Redis Cluster the user's keys and the
         shared indexes are in different slots: one pipeline, which a failure can

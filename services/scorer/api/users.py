@@ -141,11 +141,12 @@ async def put_contact(user_id: UserId, body: ContactIn, commands: Commands) -> d
         "last-seen, at-risk and label-due indexes, its deferred win-back jobs and its failed "
         "deliveries (which a re-drive would otherwise send, recording the user again); answers "
         "what was removed. For 14 days after (`guard_until`) the notifier drops the user's "
-        "alerts still on their way, unsent and unrecorded, unless consent to a channel is "
+        "alerts still on their way, unsent and unrecorded, and the scorer drops the user's "
+        "events (on the topic, redelivered, or still sent), unless consent to a channel is "
         "saved again through this API. "
         "Kept: the daily active-user HyperLogLogs (no user can be read "
         "back from them) and aggregate win-back counters. Events of the user that arrive "
-        "later create a new record. 404 when nothing of the user was stored (the guard is set "
+        "after the 14 days create a new record. 404 when nothing of the user was stored (the guard is set "
         "all the same)."
     ),
     responses=errors(404),

@@ -1,0 +1,177 @@
+"""An erased user's later events do not bring the user back, on real Kafka and Redis.
+
+The erase (the risk API's DELETE, ``AdminCommands.erase``) leaves the guard
+``P:{uid}:erased`` for 14 days. Events of the user that reach the scorer under
+it (still on the topic, redelivered after a crash, or sent by a product that
+has not stopped) are dropped and counted, not stored again; the other users of
+the same batches go on. Then the race the guard closes in the store: a batch
+that read the user before the erase and writes after it writes nothing of the
+user. Both on one Redis and on a Redis Cluster (where the guard is read in the
+user's own slot, declared to the script).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from services.common.redis_client import async_redis, sync_redis
+from services.launcher import Services
+from services.notifier.adapters.redis_directory import erased_key
+from services.scorer.adapters.memory_store import MemoryUserStore
+from services.scorer.adapters.redis_store import RedisUserStore, split_user, user_key
+from services.scorer.api.commands import AdminCommands
+from services.scorer.core.state_codec import decode_state
+from services.scorer.rows import UserWrite
+from services.sim.generator import event, make_users
+from tests.conftest import Isolated, left_after_erase
+
+pytestmark = pytest.mark.integration
+
+
+def last_seen(r: Any, prefix: str, uid: str) -> int:
+    blob = r.get(user_key(prefix, uid, "s"))
+    return decode_state(split_user(blob, snapshots=False).features).last_seen if blob else 0
+
+
+def erased_events_counted(isolated: Isolated) -> float:
+    text = httpx.get(isolated.url("scorer") + "/metrics", timeout=2.0).text
+    for line in text.splitlines():
+        if line.startswith("churnwatch_scorer_erased_events_total "):
+            return float(line.split()[1])
+    raise AssertionError("the scorer exports no churnwatch_scorer_erased_events_total")
+
+
+def test_events_after_an_erase_are_dropped_and_counted(
+    isolated_each: Isolated, tmp_path: Path
+) -> None:
+    isolated = isolated_each
+    prefix, topic = isolated.settings.key_prefix, isolated.settings.topic_events
+    r = sync_redis(isolated.settings.redis_url, cluster=isolated.settings.redis_cluster)
+    gone, stays = make_users(2, seed=5)
+    now = time.time()
+    producer = KafkaProducer(bootstrap_servers=isolated.settings.kafka_bootstrap, acks="all")
+
+    def send(*events: dict[str, Any]) -> None:
+        for e in events:
+            producer.send(topic, key=e["user_id"].encode(), value=orjson.dumps(e))
+        producer.flush(timeout=30)
+
+    def stored(uid: str) -> bool:
+        return bool(r.exists(user_key(prefix, uid, "s")))
+
+    services = Services(isolated.settings, isolated.env, names=("scorer",), logs=tmp_path)
+    try:
+        services.start()
+        send(
+            event(gone, "signup", now - 3_600, 1),
+            event(gone, "login", now - 3_000, 2),
+            event(stays, "signup", now - 3_600, 3),
+        )
+        wait_for(lambda: stored(gone.user_id) and stored(stays.user_id), services)
+
+        answer = asyncio.run(erase(isolated, gone.user_id))
+        assert "s" in answer["removed_keys"]
+
+        # The erased user's events come on; the other user's last event marks the end.
+        send(
+            event(gone, "login", now - 600, 4),
+            event(gone, "page_view", now - 500, 5),
+            event(gone, "login", now - 3_000, 2),  # a redelivered one (same event_id)
+            event(stays, "login", now - 400, 6),
+        )
+        wait_for(lambda: last_seen(r, prefix, stays.user_id) == int(now - 400), services)
+        assert left_after_erase(r, prefix, gone.user_id) == []
+        assert erased_events_counted(isolated) == 3
+        services.check()
+    finally:
+        producer.close()
+        services.stop()
+    assert "Traceback" not in (tmp_path / "scorer.log").read_text()
+
+
+def test_a_batch_that_read_the_user_before_the_erase_writes_nothing_of_it(
+    isolated_each: Isolated,
+) -> None:
+    isolated = isolated_each
+    prefix = isolated.settings.key_prefix
+    cluster = isolated.settings.redis_cluster
+
+    async def scenario() -> dict[str, Any]:
+        client = async_redis(isolated.settings.redis_url, cluster=cluster)
+        store = RedisUserStore(client, prefix=prefix, user_ttl_s=3600, worker="w1")
+        try:
+            await store.save([write("e1"), write("e2")])
+            read = await store.load(["e1", "e2"])  # the batch reads both ...
+            await erase(isolated, "e1")  # ... the API erases one ...
+            assert (await store.load(["e1"]))["e1"].erased
+            await store.save([write("e1", alert=b"A"), write("e2", alert=b"B")])  # ... it writes
+            return {
+                "read": read,
+                "after": await store.load(["e1", "e2"]),
+                "last_seen": await store.silent_between([(0.0, 1e12)]),
+            }
+        finally:
+            await client.aclose()
+
+    found = asyncio.run(scenario())
+    assert not found["read"]["e1"].erased and found["read"]["e1"].features == b"Fe1"
+    assert found["after"]["e1"].erased and found["after"]["e1"].features is None
+    assert found["after"]["e2"].features == b"Fe2" and not found["after"]["e2"].erased
+    r = sync_redis(isolated.settings.redis_url, cluster=cluster)
+    assert left_after_erase(r, prefix, "e1") == []  # nor its alert history
+    assert r.lrange(user_key(prefix, "e2", "alerts"), 0, -1) == [b"B"]
+    if not cluster:  # one Redis: the batch's index entries leave the user out too
+        assert found["last_seen"] == ["e2"]
+    assert r.exists(erased_key(prefix, "e1"))
+
+
+def test_the_memory_store_keeps_the_guard_as_redis_does() -> None:
+    store = MemoryUserStore()
+
+    async def scenario() -> tuple[bool, bool, list[str]]:
+        store.erased.add("e1")
+        await store.save([write("e1"), write("e2")])
+        rows = await store.load(["e1", "e2"])
+        return rows["e1"].erased, rows["e2"].erased, sorted(store.users)
+
+    assert asyncio.run(scenario()) == (True, False, ["e2"])
+
+
+def write(uid: str, alert: bytes | None = None) -> UserWrite:
+    return UserWrite(
+        uid,
+        f"F{uid}".encode(),
+        b"P",
+        b"R",
+        100.0,
+        0.5,
+        alert=alert,
+        alert_id=f"a-{uid}" if alert else "",
+        stage="active",
+    )
+
+
+async def erase(isolated: Isolated, user_id: str) -> dict[str, Any]:
+    """What the risk API's ``DELETE /v1/users/{id}`` does."""
+    settings = isolated.settings
+    client = async_redis(settings.redis_url, cluster=settings.redis_cluster)
+    try:
+        return await AdminCommands(client, prefix=settings.key_prefix).erase(user_id)
+    finally:
+        await client.aclose()
+
+
+def wait_for(ok: Any, services: Services, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        services.check()
+        assert time.monotonic() < deadline, "the scorer did not get there"
+        time.sleep(0.2)
