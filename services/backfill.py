@@ -19,8 +19,8 @@ restores it at start.
 
 Refused while the deployment's scorer group has members (two writers of one
 user would overwrite each other) and when the deployment already has users,
-unless ``--force`` (a backfill stopped half way, run again: events already
-applied are recognised by id). The procedure, in operations.md: start ingest
+unless ``--force`` (a backfill stopped half way, run again: each user's events
+before its last stored one are left out, as applied). The procedure, in operations.md: start ingest
 first (new events wait on Kafka), export the history up to then, backfill,
 start the scorer workers.
 """
@@ -35,15 +35,16 @@ import orjson
 from kafka.errors import KafkaError
 from redis.exceptions import RedisClusterException, RedisError
 
-from services.common.errors import ConfigError, StoreUnavailable
+from services.common.errors import ConfigError, StoreUnavailable, UnreadableStored
 from services.common.kafka import ensure_topics, make_admin, unavailable
 from services.common.settings import load_settings
 from services.launcher import Services
 from services.notifier.adapters.redis_directory import erased_key
 from services.replay import Replay, read_sorted, say
-from services.scorer.adapters.redis_layout import StoreKeys, index_keys
+from services.scorer.adapters.redis_layout import StoreKeys, index_keys, user_fields, user_key
 from services.scorer.adapters.redis_worker import checkpoint_key
 from services.scorer.config import ScorerSettings
+from services.scorer.core.state_codec import decode_state
 
 PARTS = ("", "rfm", "quality")  # what a worker's checkpoint is made of
 
@@ -64,7 +65,7 @@ def run_backfill(events: Path, *, workers: list[str], force: bool = False) -> di
         )
     started = time.monotonic()
     say(f"reading {events} ...")
-    lines, erased = without_erased(read_sorted(events), replay.redis, settings.key_prefix)
+    lines, erased, applied = to_apply(read_sorted(events), replay.redis, settings.key_prefix)
     ensure_topics(replay.settings)
     logs = settings.home.resolve() / "logs" / replay.name
     services = Services(replay.settings, replay.env, names=("scorer",), logs=logs)
@@ -86,6 +87,7 @@ def run_backfill(events: Path, *, workers: list[str], force: bool = False) -> di
         "events": len(lines),
         "dead_lettered": len(dead),
         "skipped_erased": erased,
+        "skipped_applied": applied,
         "users": count_users(replay.redis, settings),
         "model_version": model.version,
         "workers": workers,
@@ -151,27 +153,61 @@ def count_users(redis: Any, settings: ScorerSettings) -> int:
         raise StoreUnavailable(f"Redis: {exc}") from None
 
 
-def without_erased(
+def to_apply(
     lines: list[tuple[float, bytes]], redis: Any, prefix: str
-) -> tuple[list[tuple[float, bytes]], int]:
-    """The history without the events of users erased lately (the erase's guard is
-    there): a backfill must not bring them back. Returns how many events it left out."""
-    users: dict[bytes, list[int]] = {}
-    for n, (_, line) in enumerate(lines):
+) -> tuple[list[tuple[float, bytes]], int, int]:
+    """The history without what must not be applied, and how many events each left out:
+
+    - the events of users erased lately (the erase's guard is there): a backfill
+      must not bring them back;
+    - the events of a user already stored that came before its last event: a
+      backfill that stopped, run again with ``--force``, stored each user's events
+      in time order up to the one it stopped at, and the scorer recognises a
+      repeat by id only among the user's last 512. Over a live deployment's
+      user, they are older than what its rolling state holds.
+
+    Lines the scorer cannot read are kept: it dead-letters them with the reason.
+    """
+    users: dict[str, list[int]] = {}
+    for n, (ts, line) in enumerate(lines):
         try:
-            uid = orjson.loads(line).get("user_id")
+            uid = orjson.loads(line).get("user_id") if ts != float("-inf") else None
         except (orjson.JSONDecodeError, AttributeError):
-            continue  # the scorer dead-letters it with the reason
+            continue
         if isinstance(uid, str):
-            users.setdefault(uid.encode(), []).append(n)
+            users.setdefault(uid, []).append(n)
+    gone: set[int] = set()
+    erased = 0
     names = list(users)
-    pipe = redis.pipeline(transaction=False)
-    for uid in names:
-        pipe.exists(erased_key(prefix, uid.decode()))
-    gone = {n for uid, hit in zip(names, pipe.execute(), strict=True) if hit for n in users[uid]}
-    if gone:
-        say(f"left out: {len(gone):,} events of users erased in the last 14 days")
-    return [pair for n, pair in enumerate(lines) if n not in gone], len(gone)
+    for start in range(0, len(names), 10_000):
+        part = names[start : start + 10_000]
+        pipe = redis.pipeline(transaction=False)
+        for uid in part:
+            pipe.exists(erased_key(prefix, uid))
+            pipe.get(user_key(prefix, uid, "s"))
+            pipe.hmget(user_key(prefix, uid), "f", "r")
+        found = pipe.execute()
+        for i, uid in enumerate(part):
+            hit, blob, legacy = found[3 * i : 3 * i + 3]
+            if hit:
+                gone.update(users[uid])
+                erased += len(users[uid])
+            elif (last := last_seen(blob, legacy)) is not None:
+                gone.update(n for n in users[uid] if lines[n][0] < last)
+    if erased:
+        say(f"left out: {erased:,} events of users erased in the last 14 days")
+    if applied := len(gone) - erased:
+        say(f"left out: {applied:,} events older than their user's last stored event")
+    return [pair for n, pair in enumerate(lines) if n not in gone], erased, applied
+
+
+def last_seen(blob: bytes | None, legacy: list[Any]) -> int | None:
+    """The time of the user's last stored event (None: nothing stored, or unreadable)."""
+    try:
+        features, _ = user_fields(blob, legacy)
+        return decode_state(features).last_seen if features else None
+    except (UnreadableStored, ValueError):
+        return None  # the scorer dead-letters the user's events with the reason
 
 
 def keep_checkpoints(replay: Replay, workers: list[str], logs: Path) -> list[str]:

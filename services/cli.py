@@ -268,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
         "default: CHURNWATCH_SCORER_WORKER_NAME)",
     )
     backfill.add_argument(
-        "--force", action="store_true", help="even if the deployment already has users"
+        "--force",
+        action="store_true",
+        help="even if the deployment already has users (a stored user gets only its events "
+        "from its last stored one on: a stopped backfill finishes, nothing counts twice)",
     )
     backfill.set_defaults(handler=_backfill)
 

@@ -64,6 +64,11 @@ def test_a_deployment_starts_from_its_backfilled_history(
     start = time.time() - 30 * DAY  # a history that ends now
     users = make_users(25, seed=3)
     lines = [e for user in users for e in history(user, start=start, days=30, seed=3)]
+    # A busy user: in its last 40 hours (inside the 48-hour lateness tolerance, so a
+    # repeat is not refused as late) more events than the 512 ids the scorer keeps.
+    busy = start + 30 * DAY - 40 * 3_600
+    lines += [event(users[2], "page_view", busy + i * 200, 50_000 + i) for i in range(700)]
+    lines.sort(key=lambda e: e["occurred_at"])
     lines.append({"not": "an event"})
     (tmp_path / "history.jsonl").write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in lines))
 
@@ -124,13 +129,25 @@ def test_a_deployment_starts_from_its_backfilled_history(
 
     # Stopped, the worker's own model is kept in a file before a forced backfill replaces it;
     # a user erased meanwhile is not brought back.
+    # The history applied again on top counts nothing twice: each user's events before
+    # its last stored one are left out (the scorer knows only the last 512 ids of each).
     gone = users[1].user_id
     asyncio.run(erase(isolated, gone))
+    kept_users = [u.user_id for u in users if u.user_id != gone]
+    before = {u: stored_state(r, prefix, u) for u in kept_users}
     code, forced, err = backfill(
         isolated.env, str(tmp_path / "history.jsonl"), "--force", "--worker", worker
     )
     assert code == 0, err
     assert forced["skipped_erased"] == sum(e.get("user_id") == gone for e in lines) > 0
+    older = [
+        e
+        for e in lines[:-1]
+        if e["user_id"] in before
+        and parse_time(e["occurred_at"], path="t").timestamp() < before[e["user_id"]].last_seen
+    ]
+    assert forced["skipped_applied"] == len(older) > 0
+    assert {u: stored_state(r, prefix, u) for u in kept_users} == before
     assert not r.exists(user_key(prefix, gone, "s")) and not r.exists(user_key(prefix, gone))
     [kept] = forced["replaced_checkpoints"]
     assert ChurnModel.from_bytes(Path(kept).read_bytes()).learned >= model.learned

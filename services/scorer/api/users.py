@@ -146,8 +146,8 @@ async def put_contact(user_id: UserId, body: ContactIn, commands: Commands) -> d
         "saved again through this API. "
         "Kept: the daily active-user HyperLogLogs (no user can be read "
         "back from them) and aggregate win-back counters. Events of the user that arrive "
-        "after the 14 days create a new record. 404 when nothing of the user was stored (the guard is set "
-        "all the same)."
+        "after the 14 days create a new record. 404 when nothing of the user was stored "
+        "(the guard is set all the same)."
     ),
     responses=errors(404),
 )
