@@ -25,7 +25,7 @@ model versions they name).
 ...               label_due=200.0)
 >>> asyncio.run(store.save([w]))
 >>> asyncio.run(store.load(["u1", "u2"]))["u1"]
-StoredUser(features=b'F', policy=b'P', record=b'R', snapshot_day=1, winback=None)
+StoredUser(features=b'F', policy=b'P', record=b'R', snapshot_day=1, winback=None, erased=False)
 >>> asyncio.run(store.users_with_labels_due(199.0, limit=10)), asyncio.run(
 ...     store.users_with_labels_due(200.0, limit=10))
 ([], ['u1'])

@@ -20,8 +20,8 @@ from redis.exceptions import RedisError
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis
 from services.scorer.adapters.redis_commands import Command, chunks
+from services.scorer.adapters.redis_index_scripts import SCAN_SHARDS
 from services.scorer.adapters.redis_layout import index_keys, merge_ranges, shard_of
-from services.scorer.adapters.redis_scripts import SCAN_SHARDS
 
 
 class ShardedIndexes:

@@ -17,7 +17,7 @@ redis_labels.py    LabelSnapshots: a learning round's snapshots, read, then trim
 redis_indexes.py   ShardedIndexes: the shared indexes' commands and range reads
 redis_worker.py    WorkerState: the alert outbox, checkpoint requests, model checkpoints
 redis_commands.py  the commands sent through the ``APPLY`` script, and how they are packed
-redis_scripts.py   the Lua scripts
+redis_scripts.py   the Lua scripts on users' keys (redis_index_scripts.py: on the shared indexes)
 """
 
 from __future__ import annotations

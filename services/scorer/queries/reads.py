@@ -17,8 +17,8 @@ from redis.exceptions import RedisError
 
 from services.common.errors import StoreUnavailable
 from services.common.redis_client import AsyncRedis, is_cluster
+from services.scorer.adapters.redis_index_scripts import INDEX_READ
 from services.scorer.adapters.redis_layout import INDEX_SHARDS, user_key
-from services.scorer.adapters.redis_scripts import INDEX_READ
 
 
 def as_text(value: Any) -> str:
