@@ -22,205 +22,17 @@ to ``user-events`` (what HTTP and Kafka transport alone cost).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import multiprocessing
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import orjson
-
-from bench.lean_http import HttpError, LoadClient
+from bench.e2e_follower import Follower, append_time_topics
+from bench.e2e_load import load, percentile
 from bench.registry import emit, fresh_deployment
-from bench.scorer import cleanup, free_port
-from services.common.kafka import all_topics, make_admin
-from services.common.kafka_security import librdkafka_options
-from services.common.settings import CommonSettings, env_for
+from bench.scratch import cleanup, free_port
+from services.common.kafka import all_topics
+from services.common.settings import env_for
 from services.launcher import Services, wait_http
-from services.sim.generator import DAY, SimUser, event
-
-HEADERS = {"Content-Type": "application/x-ndjson", "Authorization": "Bearer dev-key"}
-
-
-def probe_events(user_id: str, now: float) -> list[dict[str, Any]]:
-    user = SimUser(user_id, "fading", "UTC", "premium", 1.0)
-    start = now - 41 * DAY
-    events = [event(user, "signup", start, 0)]
-    events += [event(user, "session_start", start + d * DAY, d + 1) for d in range(21)]
-    return events
-
-
-class Follower:
-    """Records when each probe key first shows up on some topics, in a process of its own.
-
-    A separate process with librdkafka's consumer (C), so that reading every
-    background event (to find the probes among them) neither shares the load
-    generator's GIL nor lags behind it: in a thread with kafka-python it did,
-    and its lag was most of the "transport" figure.
-    """
-
-    def __init__(self, settings: CommonSettings, topics: list[str]) -> None:
-        options = {"bootstrap.servers": settings.kafka_bootstrap, **librdkafka_options(settings)}
-        self._ready, self._stop = multiprocessing.Event(), multiprocessing.Event()
-        self._results, child = multiprocessing.Pipe(duplex=False)
-        self._process = multiprocessing.Process(
-            target=_follow, args=(options, topics, self._ready, self._stop, child), daemon=True
-        )
-
-    def start(self, timeout: float = 30.0) -> None:
-        self._process.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("the probe follower did not get its partitions in time")
-
-    def stop(self) -> dict[str, dict[str, float]]:
-        """Topic -> probe key -> when it was first seen."""
-        self._stop.set()
-        seen: dict[str, dict[str, float]] = self._results.recv() if self._results.poll(30) else {}
-        self._process.join(10)
-        return seen
-
-
-def _follow(options: dict[str, Any], topics: list[str], ready: Any, stop: Any, out: Any) -> None:
-    from confluent_kafka import OFFSET_END, TIMESTAMP_LOG_APPEND_TIME, Consumer
-    from confluent_kafka import TopicPartition as Partition
-
-    consumer = Consumer(
-        options
-        | {"group.id": f"bench-follow-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
-        | {"fetch.wait.max.ms": 5}
-    )
-    listed = consumer.list_topics(timeout=10).topics
-    consumer.assign([Partition(t, p, OFFSET_END) for t in topics for p in listed[t].partitions])
-    consumer.consume(num_messages=1, timeout=1.0)  # the end offsets are resolved now
-    ready.set()
-    seen: dict[str, dict[str, float]] = {t: {} for t in topics}
-    while not stop.is_set():
-        for msg in consumer.consume(num_messages=1000, timeout=0.05):
-            key = msg.key()
-            if msg.error() is None and key and key.startswith(b"probe-"):
-                # The broker's append time (the topics are LogAppendTime, see
-                # append_time_topics): when the record was on its topic, to the
-                # millisecond, however late this loop reads it.
-                kind, millis = msg.timestamp()
-                at = millis / 1000 if kind == TIMESTAMP_LOG_APPEND_TIME else time.time()
-                seen[msg.topic()].setdefault(key.decode(), at)
-    consumer.close()
-    out.send(seen)
-
-
-def append_time_topics(settings: CommonSettings, topics: list[str]) -> None:
-    """Make the broker stamp each record of ``topics`` with its own append time."""
-    from kafka.admin import ConfigResource, ConfigResourceType
-
-    admin = make_admin(settings)
-    try:
-        admin.alter_configs(
-            [
-                ConfigResource(
-                    ConfigResourceType.TOPIC,
-                    topic,
-                    configs={"message.timestamp.type": "LogAppendTime"},
-                )
-                for topic in topics
-            ]
-        )
-    finally:
-        admin.close()
-
-
-Sent = dict[str, tuple[float, float]]  # probe user -> (request sent, answer received)
-
-
-def load(
-    url: str,
-    *,
-    rate: float,
-    duration: float,
-    run: str,
-    warmup: float = 0.0,
-    httpx_client: bool = False,
-) -> tuple[Sent, float]:
-    """Background traffic, and a probe every 100 ms once ``warmup`` seconds have passed.
-
-    Open loop: a request is sent every 10 ms whether or not the earlier ones
-    were answered (up to ``MAX_IN_FLIGHT`` at once), so a slow answer shows up
-    as latency, not as a lower rate. Returns probe user -> when its request was
-    sent and answered, and the background rate achieved (events acknowledged
-    per second).
-    """
-    return asyncio.run(
-        _load(url, rate=rate, duration=duration, run=run, warmup=warmup, httpx_client=httpx_client)
-    )
-
-
-MAX_IN_FLIGHT = 64
-
-
-async def _load(
-    url: str, *, rate: float, duration: float, run: str, warmup: float, httpx_client: bool
-) -> tuple[Sent, float]:
-    accepted: Sent = {}
-    background = [SimUser(f"bg-{run}-{i}", "loyal", "UTC", "basic", 2.0) for i in range(5000)]
-    tick, per_tick = 0.01, max(1, int(rate * 0.01))
-    done = {"events": 0}
-    answers: list[float] = []
-    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-    client = LoadClient(
-        url, size=MAX_IN_FLIGHT, headers=HEADERS, timeout=10, use_httpx=httpx_client
-    )
-    try:
-
-        async def post(body: bytes, count: int, probe: str | None) -> None:
-            async with slots:
-                sent = time.time()
-                try:
-                    status, _ = await client.post(body)
-                except HttpError:
-                    return
-                if status != 200:
-                    return
-                answered = time.time()
-                answers.append(answered - sent)
-                done["events"] += count
-                if probe is not None:
-                    accepted[probe] = (sent, answered)
-
-        tasks: set[asyncio.Task[None]] = set()
-        seq = n = ticks = 0
-        start = time.monotonic()
-        while time.monotonic() - start < duration:
-            now = time.time()
-            batch = []
-            for _ in range(per_tick):
-                seq += 1
-                batch.append(event(background[seq % len(background)], "page_view", now, seq))
-            bodies: list[tuple[bytes, int, str | None]] = [
-                (b"\n".join(map(orjson.dumps, batch)), len(batch), None)
-            ]
-            ticks += 1
-            if ticks % 10 == 0 and ticks * tick > warmup:
-                n += 1
-                uid = f"probe-{run}-{n}"
-                probe = probe_events(uid, now)
-                bodies.append((b"\n".join(map(orjson.dumps, probe)), 0, uid))
-            for body, count, probe_id in bodies:
-                task = asyncio.create_task(post(body, count, probe_id))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            await asyncio.sleep(max(0.0, start + ticks * tick - time.monotonic()))
-        await asyncio.gather(*tasks)
-    finally:
-        await client.close()
-    if answers:
-        print(
-            f"ingest answered {len(answers)} requests: p50 {percentile(answers, 0.5) * 1000:.1f} "
-            f"ms, p99 {percentile(answers, 0.99) * 1000:.1f} ms; the load fell "
-            f"{max(0.0, time.monotonic() - start - duration):.1f} s behind its schedule",
-            flush=True,
-        )
-    return accepted, done["events"] / duration
 
 
 def spread(values: list[float]) -> str:
@@ -233,11 +45,6 @@ def spread(values: list[float]) -> str:
         return "none seen"
     p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
     return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(values) * 1000:.1f} ms"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main(argv: Sequence[str] = ()) -> int:

@@ -27,7 +27,7 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 
 from bench.registry import emit, fresh_deployment
-from bench.scorer import cleanup, free_port
+from bench.scratch import cleanup, free_port
 from services.common.kafka import all_topics, make_consumer
 from services.common.settings import env_for
 from services.demo_users import register_contacts
