@@ -1,7 +1,7 @@
 """The risk API's reads: what the scorer and the notifier keep in Redis, as plain dicts.
 
 Every query is one or two pipelined round trips over keys it can name (see
-``adapters/redis_layout.py`` and ``notifier/adapters/redis_directory.py`` for the
+``adapters/redis_layout.py`` and ``notifier/adapters/redis_layout.py`` for the
 layout). The one exception is the discovery of two small key families that no
 index lists, ``P:model:*:quality`` (one per scorer worker) and ``P:winback:*``
 (two counters per playbook and group): :meth:`RiskQueries.family` finds them
