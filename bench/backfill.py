@@ -37,7 +37,7 @@ from bench.registry import emit
 from services.common import ranking
 from services.common.events import parse_time
 from services.offline_replay import replay_in_process
-from services.replay import say
+from services.replay_worker import say
 from services.sim.population import Label
 
 DAY = 86_400.0

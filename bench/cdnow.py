@@ -141,7 +141,8 @@ def churnwatch_risks(
     through Kafka and Redis (``churnwatch replay``), or in process on the same scorer code
     (``services.offline_replay``; ``record``: keep its label stream and vectors there)."""
     from services.common.events import parse_time
-    from services.replay import read_sorted, run_replay, stamp, write_scores
+    from services.replay import read_sorted, run_replay
+    from services.replay_scores import stamp, write_scores
 
     events = out / "calibration.jsonl"
     write_events(events, split, salt=salt)

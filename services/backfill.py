@@ -40,7 +40,8 @@ from services.common.kafka import ensure_topics, make_admin, unavailable
 from services.common.settings import load_settings
 from services.launcher import Services
 from services.notifier.adapters.redis_directory import erased_key
-from services.replay import Replay, read_sorted, say
+from services.replay import read_sorted
+from services.replay_worker import Replay, say
 from services.scorer.adapters.redis_layout import StoreKeys, index_keys, user_fields, user_key
 from services.scorer.adapters.redis_worker import checkpoint_key
 from services.scorer.config import ScorerSettings

@@ -7,7 +7,7 @@ and :class:`~services.scorer.replay_mode.ReplayScorer` (event-time clock, sweeps
 and label learning at event-time ticks), exactly as the worker's batch handler
 hands them over, but on a :class:`~services.scorer.adapters.memory_store.MemoryUserStore`.
 At each cut it takes the model as a checkpoint (``to_bytes`` round trip) and
-scores every user with :func:`services.replay.score_rows`, as the replay does.
+scores every user with :func:`services.replay_scores.score_rows`, as the replay does.
 
 Replay mode is independent of batching by design (``replay_mode``), so this
 gives the replay's scores; ``tests/e2e/test_replay.py`` checks that on real
@@ -36,7 +36,8 @@ from typing import Any
 
 from services.common.messages import ChurnAlert, Record
 from services.common.settings import load_settings
-from services.replay import REPLAY_SCORER, say, score_rows
+from services.replay_scores import score_rows
+from services.replay_worker import REPLAY_SCORER, say
 from services.scorer.adapters.memory_store import MemoryUserStore
 from services.scorer.config import ScorerSettings
 from services.scorer.core.model import ChurnModel

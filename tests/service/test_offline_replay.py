@@ -11,7 +11,7 @@ import orjson
 
 from services.common.events import UserEvent, parse_time
 from services.offline_replay import relearn, replay_in_process, replay_settings
-from services.replay import score_rows, stamp
+from services.replay_scores import score_rows, stamp
 from services.scorer.adapters.memory_store import MemoryUserStore, SortedIndex
 from services.scorer.adapters.redis_layout import shard_of
 from services.scorer.config import ScorerSettings
