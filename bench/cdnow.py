@@ -149,6 +149,7 @@ def churnwatch_risks(
     for name, value in SETTINGS.items():
         os.environ.setdefault(name, value)
     cut = parse_time(split.as_of, path="as_of").timestamp()
+    summary: dict[str, object]  # counts and the blend's figures, or run_replay's report
     scores = out / f"scores-{stamp(cut)}.csv"
     if in_process:
         from services.offline_replay import replay_in_process
@@ -206,8 +207,10 @@ def model_settings(pairs: Sequence[str]) -> ModelSettings:
         name, _, value = pair.partition("=")
         if name not in fields:
             raise SystemExit(f"--model {name}: not a ModelSettings field")
-        kind = type(fields[name].default)
-        overrides[name] = kind(value)
+        default = fields[name].default
+        # every ModelSettings field has a plain default (no default_factory)
+        assert default is not dataclasses.MISSING, name
+        overrides[name] = type(default)(value)
     return ModelSettings(**overrides)  # type: ignore[arg-type]
 
 

@@ -70,7 +70,9 @@ def _follow(options: dict[str, Any], topics: list[str], ready: Any, stop: Any, o
                 # millisecond, however late this loop reads it.
                 kind, millis = msg.timestamp()
                 at = millis / 1000 if kind == TIMESTAMP_LOG_APPEND_TIME else time.time()
-                seen[msg.topic()].setdefault(key.decode(), at)
+                topic = msg.topic()
+                assert topic is not None  # a record without an error has its topic
+                seen[topic].setdefault(key.decode(), at)
     consumer.close()
     out.send(seen)
 

@@ -134,14 +134,6 @@ def serve_discard(port: int) -> None:
     uvicorn.run(discard_app(), host="127.0.0.1", port=port, log_config=None, access_log=False)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -172,6 +164,7 @@ def _on_topic(settings: Any, topic: str) -> int:
 
 
 def run_bench(*, duration: float, connections: int, batch: int, use_httpx: bool = False) -> int:
+    from bench.scratch import free_port
     from services.common.kafka import ensure_topics, make_admin
     from services.common.settings import CommonSettings, env_for, load_settings
     from services.stack.local import LocalStack
@@ -182,7 +175,7 @@ def run_bench(*, duration: float, connections: int, batch: int, use_httpx: bool 
     topic = f"bench-{run}.user-events"
     settings = base.model_copy(update={"topic_events": topic, "key_prefix": f"bench-{run}"})
     ensure_topics(settings, [topic])
-    ports = {"ingest": _free_port(), "discard": _free_port()}
+    ports = {"ingest": free_port(), "discard": free_port()}
     env = env_for(settings) | {
         "CHURNWATCH_ENV": "development",
         "CHURNWATCH_INGEST_PORT": str(ports["ingest"]),

@@ -78,7 +78,10 @@ async def fill(store: RedisUserStore, *, users: int, seed: int) -> None:
             day = int((datetime.fromisoformat(e["occurred_at"]).timestamp() - START) // DAY)
             by_day[day].append(orjson.dumps(e))
     clock = ManualClock(START)
-    core, quality = make_core(ScorerSettings()), QualityTracker(threshold=0.65)
+    # The same as ScorerSettings() (from the environment), typed for mypy, which takes the
+    # fields whose default is Field's positional argument for required ones.
+    core = make_core(load_settings(ScorerSettings))
+    quality = QualityTracker(threshold=0.65)
     scorer = BatchScorer(store=store, core=core, clock=clock, features=FeatureSettings())
     offset = 0
     for day in sorted(by_day):

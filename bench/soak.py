@@ -26,6 +26,7 @@ import orjson
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
+from bench.e2e_load import HEADERS
 from bench.registry import emit, fresh_deployment
 from bench.scratch import cleanup, free_port
 from services.common.kafka import all_topics, make_consumer
@@ -36,7 +37,6 @@ from services.notifier.mailcatcher import MailCatcher
 from services.sim.generator import event, make_users
 
 PERIOD_S = 10.0
-HEADERS = {"Content-Type": "application/x-ndjson", "Authorization": "Bearer dev-key"}
 
 
 def total(url: str, name: str) -> float:
