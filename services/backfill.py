@@ -27,6 +27,7 @@ start the scorer workers.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ import orjson
 from kafka.errors import KafkaError
 from redis.exceptions import RedisClusterException, RedisError
 
-from services.common.errors import ConfigError, StoreUnavailable, UnreadableStored
+from services.common.errors import BROKEN_VALUE, ConfigError, StoreUnavailable, UnreadableStored
 from services.common.kafka import ensure_topics, make_admin, unavailable
 from services.common.settings import load_settings
 from services.launcher import Services
@@ -61,8 +62,9 @@ def run_backfill(events: Path, *, workers: list[str], force: bool = False) -> di
     if users and not force:
         raise ConfigError(
             f"the deployment already has {users:,} users under the key prefix "
-            f"{settings.key_prefix!r}: a backfill is for a new one (--force to apply the "
-            "history on top, e.g. to finish a backfill that stopped)"
+            f"{settings.key_prefix!r}: a backfill is for a new one (--force to finish a "
+            "backfill that stopped: a stored user gets only its events from its last stored "
+            "one on)"
         )
     started = time.monotonic()
     say(f"reading {events} ...")
@@ -167,18 +169,19 @@ def to_apply(
       repeat by id only among the user's last 512. Over a live deployment's
       user, they are older than what its rolling state holds.
 
-    Lines the scorer cannot read are kept: it dead-letters them with the reason.
+    A line the scorer cannot read is kept (it dead-letters it with the reason),
+    unless it names an erased user: the dead letters keep whole lines.
     """
     users: dict[str, list[int]] = {}
-    for n, (ts, line) in enumerate(lines):
+    for n, (_, line) in enumerate(lines):
         try:
-            uid = orjson.loads(line).get("user_id") if ts != float("-inf") else None
+            uid = orjson.loads(line).get("user_id")
         except (orjson.JSONDecodeError, AttributeError):
             continue
         if isinstance(uid, str):
             users.setdefault(uid, []).append(n)
-    gone: set[int] = set()
-    erased = 0
+    keep = bytearray(b"\x01") * len(lines)
+    erased = applied = 0
     names = list(users)
     for start in range(0, len(names), 10_000):
         part = names[start : start + 10_000]
@@ -191,24 +194,31 @@ def to_apply(
         for i, uid in enumerate(part):
             hit, blob, legacy = found[3 * i : 3 * i + 3]
             if hit:
-                gone.update(users[uid])
-                erased += len(users[uid])
+                older = users[uid]
+                erased += len(older)
             elif (last := last_seen(blob, legacy)) is not None:
-                gone.update(n for n in users[uid] if lines[n][0] < last)
+                # A time that could not be read is -inf: kept, for its dead letter.
+                older = [n for n in users[uid] if -math.inf < lines[n][0] < last]
+                applied += len(older)
+            else:
+                continue
+            for n in older:
+                keep[n] = 0
     if erased:
         say(f"left out: {erased:,} events of users erased in the last 14 days")
-    if applied := len(gone) - erased:
+    if applied:
         say(f"left out: {applied:,} events older than their user's last stored event")
-    return [pair for n, pair in enumerate(lines) if n not in gone], erased, applied
+    return [pair for pair, kept in zip(lines, keep, strict=True) if kept], erased, applied
 
 
 def last_seen(blob: bytes | None, legacy: list[Any]) -> int | None:
-    """The time of the user's last stored event (None: nothing stored, or unreadable)."""
+    """The time of the user's last stored event (None: nothing stored, or unreadable:
+    the scorer then sets the user's events aside, as it does live)."""
     try:
         features, _ = user_fields(blob, legacy)
         return decode_state(features).last_seen if features else None
-    except (UnreadableStored, ValueError):
-        return None  # the scorer dead-letters the user's events with the reason
+    except (UnreadableStored, *BROKEN_VALUE):
+        return None
 
 
 def keep_checkpoints(replay: Replay, workers: list[str], logs: Path) -> list[str]:

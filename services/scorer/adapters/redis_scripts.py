@@ -12,14 +12,15 @@ scripts that read the shared sorted-set indexes are in ``redis_index_scripts``."
 # and shared indexes, in one EVALSHA.
 #
 # Two commands of its own work on a user's string (layout: ``join_user``):
-# PUTUSER s u ttl features record policy snapshot day n: replaces the features
+# PUTUSER s u ttl features record policy snapshot day n uid: replaces the features
 # (and the record and policy when given), appends the snapshot when given, and
 # keeps the snapshots already there; a user still in the old hash (``u``: f, p,
-# r, sd) moves into the string on this write. A user with no string whose erase
-# guard (``P:{uid}:erased``) is up was erased after the batch read it: nothing
-# is written, neither the string nor the n commands that follow (the user's
-# own), and the batch's index entries leave the user out (on one Redis; on a
-# cluster the indexes are written apart, see ``redis_writes``). TRIMSNAP s snap n: drops the n
+# r, sd) moves into the string on this write. A user with no state (neither the
+# string nor the old hash's) whose erase guard (``P:{uid}:erased``) is up was
+# erased after the batch read it: nothing is written, neither the string nor
+# the n commands that follow (the user's own), and the batch's index entries
+# leave the user out (on one Redis; on a cluster the indexes are written apart,
+# see ``redis_writes``). TRIMSNAP s snap n: drops the n
 # oldest snapshots, the old list's first.
 APPLY = """
 local function erased_of(ks)
@@ -34,10 +35,6 @@ local function put_user(c)
   local feat, rec, pol, snap = c[5], c[6], c[7], c[8]
   local old = redis.call("GET", ks)
   local snaps, day = "", 0
-  if not old and redis.call("EXISTS", erased_of(ks)) == 1 then
-    gone[string.match(ks, ":{(.*)}:s$")] = true
-    return false
-  end
   if old then
     local p = skip(old, 2)
     if rec == "" then
@@ -47,7 +44,11 @@ local function put_user(c)
     day = struct.unpack("<H", old, p)
     snaps = string.sub(old, skip(old, skip(old, p + 2)))
   else
-    local h = redis.call("HMGET", ku, "r", "p", "sd")
+    local h = redis.call("HMGET", ku, "r", "p", "sd", "f")
+    if not (h[1] or h[3] or h[4]) and redis.call("EXISTS", erased_of(ks)) == 1 then
+      gone[c[11]] = true
+      return false
+    end
     if h[1] or h[3] then
       if rec == "" then
         rec, pol = h[1] or "", h[2] or ""
@@ -179,7 +180,8 @@ for i = 1, #keys, step do
     out[#out + 1] = {s, redis.call("HGET", keys[i + 1], "wb")}
   else
     local h = redis.call("HMGET", keys[i + 1], "f", "p", "r", "sd", "wb")
-    if not h[1] and redis.call("EXISTS", string.sub(keys[i], 1, -2) .. "erased") == 1 then
+    local guard = string.sub(keys[i], 1, -2) .. "erased"
+    if not (h[1] or h[3] or h[4]) and redis.call("EXISTS", guard) == 1 then
       h = {"erased"}
     end
     out[#out + 1] = h

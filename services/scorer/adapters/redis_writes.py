@@ -134,6 +134,7 @@ class BatchWriter:
             w.snapshot if snapshot else b"",
             w.snapshot_day if snapshot else 0,
             len(rest),  # an erased user's: skipped with it
+            w.user_id,
         )
         return [put, *rest]
 
