@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
-from services.common.errors import StoreUnavailable
+from services.common.errors import BROKEN_VALUE, StoreUnavailable
 from services.common.redis_client import AsyncRedis
 from services.scorer.adapters.redis_commands import Command, apply_all, pack
 from services.scorer.adapters.redis_indexes import ShardedIndexes
@@ -65,7 +65,11 @@ class LabelSnapshots:
             blob, features, listed = rows[3 * i : 3 * i + 3]
             snaps = [unpack_snapshot(snap) for snap in listed]  # the old list's: older
             if blob:
-                user = split_user(blob)
+                try:
+                    user = split_user(blob)
+                except BROKEN_VALUE:  # as in a batch's read: the state decoder refuses it
+                    out[uid] = (blob, snaps)
+                    continue
                 features = user.features
                 snaps += user.snapshots
             out[uid] = (features, snaps)

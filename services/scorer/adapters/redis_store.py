@@ -27,7 +27,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from services.common.errors import StoreUnavailable
+from services.common.errors import BROKEN_VALUE, StoreUnavailable
 from services.common.redis_client import AsyncRedis, is_cluster
 from services.scorer.adapters.redis_commands import pack
 from services.scorer.adapters.redis_indexes import ShardedIndexes
@@ -182,7 +182,14 @@ def _stored(row: list[Any]) -> StoredUser:
     if len(row) == 2:
         if not row[0]:
             return StoredUser(None, None, None, None, row[1])
-        user = split_user(row[0], snapshots=False)
+        try:
+            user = split_user(row[0], snapshots=False)
+        except BROKEN_VALUE:
+            # Damaged, or a newer version's layout read after a rollback: handed on
+            # whole as the state, which the state decoder refuses. The batch then
+            # dead-letters the user's events with the reason and writes nothing of the
+            # user; the sweeps pass over it. The other users of the batch go on.
+            return StoredUser(row[0], None, None, None, row[1])
         return StoredUser(
             user.features,
             user.policy or None,
