@@ -5,8 +5,10 @@ snapshots behind a layout byte (``\\xc1``). A newer version's layout read after
 a rollback, or a damaged string, is set aside like an unreadable feature state:
 the user's events go to the dead-letter topic with the reason, the string is
 left as it is (a roll forward reads it), and the other users of the same
-batches go on. Before, the batch's read raised, and the worker retried that
-batch for ever. The label round passes over such a user too.
+batches go on. Before, the batch's read raised and the worker exited. The
+label round passes over such a user too; the risk API answers a 500 that names
+the value for that user, and leaves the user out of the at-risk list (before,
+the whole list failed).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.common.auth import RedisKeyStore, create_key
 from services.common.redis_client import async_redis, sync_redis
 from services.launcher import Services
+from services.scorer.adapters.redis_layout import INDEX_SHARDS, shard_key
 from services.scorer.adapters.redis_store import RedisUserStore, user_key
 from services.scorer.core.labels import LabelSettings
 from services.scorer.labelling import label_chunk
@@ -50,7 +54,12 @@ def test_a_user_string_of_another_layout_is_set_aside(
     newer, other = make_users(2, seed=9)
     r.set(user_key(prefix, newer.user_id, "s"), NEWER)
     now = time.time()
-    services = Services(isolated.settings, isolated.env, names=("scorer",), logs=tmp_path)
+    # Read first by the risk API too: it was in the at-risk index (scored before the rollback).
+    r.zadd(shard_key(f"{prefix}:atrisk:active", newer.user_id, INDEX_SHARDS), {newer.user_id: 0.99})
+    settings = isolated.settings
+    keys = RedisKeyStore(settings.redis_url, key_prefix=prefix, cluster=settings.redis_cluster)
+    read = create_key(keys, scopes=["read"])
+    services = Services(isolated.settings, isolated.env, names=("scorer", "api"), logs=tmp_path)
     try:
         services.start()
         produce(
@@ -67,6 +76,14 @@ def test_a_user_string_of_another_layout_is_set_aside(
         assert [d["source"]["key"] for d in dead] == [newer.user_id] * 2
         assert all("unreadable" in d["reason"] and d["stage"] == "scorer" for d in dead), dead
         wait_for(lambda: unreadable_states(isolated) >= 1, services)
+        bearer = {"Authorization": f"Bearer {read}"}
+        api = httpx.Client(base_url=isolated.url("api"), headers=bearer)
+        answer = api.get(f"/v1/users/{newer.user_id}")
+        assert answer.status_code == 500 and "user string unreadable" in answer.json()["error"]
+        listed = api.get("/v1/at-risk", params={"limit": 50})
+        assert listed.status_code == 200, listed.text
+        users = [item["user_id"] for item in listed.json()["items"]]
+        assert other.user_id in users and newer.user_id not in users
         services.check()
     finally:
         services.stop()

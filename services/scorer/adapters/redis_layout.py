@@ -53,6 +53,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.errors import BROKEN_VALUE, UnreadableStored
+
 INDEX_SHARDS = 1024  # per shared index: <= 128 users each up to ~130,000 users
 
 
@@ -247,8 +249,21 @@ def split_user(blob: bytes, *, snapshots: bool = True) -> UserString:
 
 
 def user_fields(blob: bytes | None, legacy: Sequence[Any]) -> tuple[bytes | None, bytes | None]:
-    """(features, score record) of a user from its string, or else from its old hash's (f, r)."""
+    """(features, score record) of a user from its string, or else from its old hash's (f, r).
+
+    Raises :class:`UnreadableStored` for a string of another layout (a newer
+    version's, read after a rollback) or a damaged one.
+
+    >>> try:
+    ...     user_fields(b"\\xc2 a newer layout", (None, None))
+    ... except UnreadableStored as exc:
+    ...     print(exc)
+    stored user string unreadable: not a user string (first byte b'\\xc2')
+    """
     if blob:
-        user = split_user(blob, snapshots=False)
+        try:
+            user = split_user(blob, snapshots=False)
+        except BROKEN_VALUE as exc:
+            raise UnreadableStored(f"stored user string unreadable: {exc}") from None
         return user.features, user.record or None
     return legacy[0], legacy[1]

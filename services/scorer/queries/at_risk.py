@@ -62,7 +62,14 @@ async def list_at_risk(
         if longer:  # records longer than the head read (old JSON ones): read them whole
             keys = [user_key(reads.prefix, entries[i][0], "s") for i in longer]
             for i, blob in zip(longer, await reads.run(partial(queue_gets, keys)), strict=True):
-                records[i] = user_fields(blob, (None, None))[1]
+                try:
+                    records[i] = user_fields(blob, (None, None))[1]
+                except UnreadableStored as exc:  # another layout: as a corrupt record, below
+                    log.warning(
+                        "risk list: user skipped",
+                        extra={"user_id": entries[i][0], "error": str(exc)},
+                    )
+                    records[i] = None
         for i, ((member, risk), record) in enumerate(zip(entries, records, strict=True)):
             last = (risk, member)
             if not record:
