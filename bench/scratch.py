@@ -2,7 +2,8 @@
 
 :func:`free_port` finds a loopback port for a service's HTTP or metrics
 listener; :func:`cleanup` removes the run's topics and Redis keys.
-``churnwatch bench scorer``, ``e2e-latency`` and ``soak`` use both.
+``churnwatch bench scorer``, ``e2e-latency`` and ``soak`` use both; ``ingest`` the
+first.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from services.common.errors import ChurnwatchError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(__doc__.split("\n\n", 1)[0] if __doc__ else "").parse_args(argv)
     try:
         return int(args.handler(args))
     except ChurnwatchError as exc:

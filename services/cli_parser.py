@@ -57,9 +57,10 @@ def _add_model(actions: Any) -> None:
     model.set_defaults(handler=handlers.model)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    # The first paragraph of services.cli's docstring.
-    parser = argparse.ArgumentParser(prog="churnwatch", description="The ``churnwatch`` command.")
+def build_parser(description: str = "") -> argparse.ArgumentParser:
+    """The whole command line; ``description`` heads its help (``services.cli`` passes
+    the first paragraph of its docstring)."""
+    parser = argparse.ArgumentParser(prog="churnwatch", description=description)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     stack = sub.add_parser("stack", help="the local Kafka and Redis")

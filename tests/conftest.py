@@ -52,6 +52,22 @@ def free_cluster_port(nodes: int = 3) -> int:
     raise RuntimeError("no free ports for a Redis Cluster")
 
 
+def scraped(url: str, series: str) -> float:
+    """The value of one series on a service's ``/metrics`` (``series``: the name with
+    its labels as exposed, e.g. ``churnwatch_scorer_unreadable_total{kind="state"}``);
+    0.0 when it is not exposed yet or the service does not answer."""
+    import httpx
+
+    try:
+        text = httpx.get(url + "/metrics", timeout=2.0).text
+    except httpx.HTTPError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def left_after_erase(client: Any, prefix: str, user_id: str, *, match: str | None = None) -> list:
     """The user's keys still in Redis after an erase, its guard aside, which must be
     there: the erase's ``P:{uid}:erased`` mark, expiring within ERASED_KEEP_S."""

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -32,7 +31,7 @@ from services.scorer.adapters.redis_store import split_user, user_key
 from services.scorer.core.state_codec import decode_state
 from services.scorer.core.vector import to_vector
 from services.sim.generator import ZONES
-from tests.conftest import Isolated
+from tests.conftest import Isolated, scraped
 
 pytestmark = pytest.mark.integration
 
@@ -155,14 +154,7 @@ def produce(isolated: Isolated, events: list[dict[str, Any]]) -> None:
 
 
 def processed(isolated: Isolated) -> float:
-    try:
-        text = httpx.get(isolated.url("scorer") + "/metrics", timeout=2.0).text
-    except httpx.HTTPError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith("churnwatch_scorer_events_total "):
-            return float(line.split()[1])
-    return 0.0
+    return scraped(isolated.url("scorer"), "churnwatch_scorer_events_total")
 
 
 def wait_processed(isolated: Isolated, services: Services, total: int) -> None:

@@ -19,12 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
-from kafka import KafkaProducer
 
-from services.backfill import to_apply
+from services.backfill_history import to_apply
 from services.common.events import UserEvent
 from services.common.redis_client import async_redis, sync_redis
 from services.launcher import Services
@@ -36,7 +34,8 @@ from services.scorer.core.features import FeatureSettings, apply_batch
 from services.scorer.core.state_codec import decode_state, encode_state
 from services.scorer.rows import UserWrite
 from services.sim.generator import event, make_users
-from tests.conftest import Isolated, left_after_erase
+from tests.conftest import Isolated, left_after_erase, scraped
+from tests.integration.test_features_redis import produce
 
 pytestmark = pytest.mark.integration
 
@@ -47,27 +46,17 @@ def last_seen(r: Any, prefix: str, uid: str) -> int:
 
 
 def erased_events_counted(isolated: Isolated) -> float:
-    text = httpx.get(isolated.url("scorer") + "/metrics", timeout=2.0).text
-    for line in text.splitlines():
-        if line.startswith("churnwatch_scorer_erased_events_total "):
-            return float(line.split()[1])
-    raise AssertionError("the scorer exports no churnwatch_scorer_erased_events_total")
+    return scraped(isolated.url("scorer"), "churnwatch_scorer_erased_events_total")
 
 
 def test_events_after_an_erase_are_dropped_and_counted(
     isolated_each: Isolated, tmp_path: Path
 ) -> None:
     isolated = isolated_each
-    prefix, topic = isolated.settings.key_prefix, isolated.settings.topic_events
+    prefix = isolated.settings.key_prefix
     r = sync_redis(isolated.settings.redis_url, cluster=isolated.settings.redis_cluster)
     gone, stays = make_users(2, seed=5)
     now = time.time()
-    producer = KafkaProducer(bootstrap_servers=isolated.settings.kafka_bootstrap, acks="all")
-
-    def send(*events: dict[str, Any]) -> None:
-        for e in events:
-            producer.send(topic, key=e["user_id"].encode(), value=orjson.dumps(e))
-        producer.flush(timeout=30)
 
     def stored(uid: str) -> bool:
         return bool(r.exists(user_key(prefix, uid, "s")))
@@ -75,10 +64,13 @@ def test_events_after_an_erase_are_dropped_and_counted(
     services = Services(isolated.settings, isolated.env, names=("scorer",), logs=tmp_path)
     try:
         services.start()
-        send(
-            event(gone, "signup", now - 3_600, 1),
-            event(gone, "login", now - 3_000, 2),
-            event(stays, "signup", now - 3_600, 3),
+        produce(
+            isolated,
+            [
+                event(gone, "signup", now - 3_600, 1),
+                event(gone, "login", now - 3_000, 2),
+                event(stays, "signup", now - 3_600, 3),
+            ],
         )
         wait_for(lambda: stored(gone.user_id) and stored(stays.user_id), services)
 
@@ -86,11 +78,14 @@ def test_events_after_an_erase_are_dropped_and_counted(
         assert "s" in answer["removed_keys"]
 
         # The erased user's events come on; the other user's last event marks the end.
-        send(
-            event(gone, "login", now - 600, 4),
-            event(gone, "page_view", now - 500, 5),
-            event(gone, "login", now - 3_000, 2),  # a redelivered one (same event_id)
-            event(stays, "login", now - 400, 6),
+        produce(
+            isolated,
+            [
+                event(gone, "login", now - 600, 4),
+                event(gone, "page_view", now - 500, 5),
+                event(gone, "login", now - 3_000, 2),  # a redelivered one (same event_id)
+                event(stays, "login", now - 400, 6),
+            ],
         )
         # Two users, maybe two partitions: each has its own signal that it was handled.
         wait_for(lambda: last_seen(r, prefix, stays.user_id) == int(now - 400), services)
@@ -98,7 +93,6 @@ def test_events_after_an_erase_are_dropped_and_counted(
         assert left_after_erase(r, prefix, gone.user_id) == []
         services.check()
     finally:
-        producer.close()
         services.stop()
     assert "Traceback" not in (tmp_path / "scorer.log").read_text()
 

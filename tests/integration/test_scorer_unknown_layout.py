@@ -28,7 +28,7 @@ from services.scorer.adapters.redis_store import RedisUserStore, user_key
 from services.scorer.core.labels import LabelSettings
 from services.scorer.labelling import label_chunk
 from services.sim.generator import event, make_users
-from tests.conftest import Isolated
+from tests.conftest import Isolated, scraped
 from tests.integration.test_features_redis import dead_letters, produce
 from tests.integration.test_scorer_erase_guard import last_seen, wait_for
 
@@ -38,11 +38,8 @@ NEWER = b"\xc2\x00\x01a newer version's layout"
 
 
 def unreadable_states(isolated: Isolated) -> float:
-    text = httpx.get(isolated.url("scorer") + "/metrics", timeout=2.0).text
-    for line in text.splitlines():
-        if line.startswith('churnwatch_scorer_unreadable_total{kind="state"}'):
-            return float(line.split()[1])
-    return 0.0
+    series = 'churnwatch_scorer_unreadable_total{kind="state"}'
+    return scraped(isolated.url("scorer"), series)
 
 
 def test_a_user_string_of_another_layout_is_set_aside(

@@ -33,8 +33,9 @@ API's DELETE) deletes the user's keys and sets ``P:{uid}:erased`` for
 (on the topic, redelivered, deferred, or claimed by a re-drive). The notifier
 drops such alerts and jobs unsent, and every script that writes a user's keys
 writes nothing while the mark is there, so a delivery already under way when
-the erase came cannot bring the user's keys back. Saving the user's consent
-again through the API lifts the mark.
+the erase came cannot bring the user's keys back. The scorer reads the mark
+too: it drops the events of a user with no state under it. Saving the user's
+consent again through the API lifts the mark.
 """
 
 from __future__ import annotations

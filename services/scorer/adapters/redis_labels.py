@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
-from services.common.errors import BROKEN_VALUE, StoreUnavailable
+from services.common.errors import StoreUnavailable, UnreadableStored
 from services.common.redis_client import AsyncRedis
 from services.scorer.adapters.redis_commands import Command, apply_all, pack
 from services.scorer.adapters.redis_indexes import ShardedIndexes
@@ -67,7 +67,7 @@ class LabelSnapshots:
             if blob:
                 try:
                     user = split_user(blob)
-                except BROKEN_VALUE:  # as in a batch's read: the state decoder refuses it
+                except UnreadableStored:  # as in a batch's read: the state decoder refuses it
                     out[uid] = (blob, snaps)
                     continue
                 features = user.features

@@ -18,6 +18,8 @@ user's keys in one slot:
     P:{uid}:snap       list  before the compact layout: pending snapshots (deflated JSON);
                              still read and trimmed until empty
     P:{uid}:alerts     list  newest-first alert history (capped)
+    P:{uid}:erased     str   set by the risk API's erase for 14 days (the notifier's layout):
+                             the scorer drops the events of a user with no state under it
     P:lastseen:<n>     zset  user -> last activity, shard n of ``index_shards`` (the silent-
                              user sweep's index); P:lastseen, the one unsharded set of
                              before, is still read, and emptied as users are written
@@ -228,7 +230,18 @@ class UserString:
 
 
 def split_user(blob: bytes, *, snapshots: bool = True) -> UserString:
-    """Inverse of :func:`join_user`."""
+    """Inverse of :func:`join_user`.
+
+    Raises :class:`UnreadableStored` (a ``ValueError``) for a string of another
+    layout (a newer version's, read after a rollback) or a damaged one.
+    """
+    try:
+        return _split_user(blob, snapshots=snapshots)
+    except BROKEN_VALUE as exc:
+        raise UnreadableStored(f"stored user string unreadable: {exc}") from None
+
+
+def _split_user(blob: bytes, *, snapshots: bool) -> UserString:
     if blob[:1] != b"\xc1":
         raise ValueError(f"not a user string (first byte {blob[:1]!r})")
     n = _U16.unpack_from(blob, 1)[0]
@@ -251,8 +264,7 @@ def split_user(blob: bytes, *, snapshots: bool = True) -> UserString:
 def user_fields(blob: bytes | None, legacy: Sequence[Any]) -> tuple[bytes | None, bytes | None]:
     """(features, score record) of a user from its string, or else from its old hash's (f, r).
 
-    Raises :class:`UnreadableStored` for a string of another layout (a newer
-    version's, read after a rollback) or a damaged one.
+    Raises :class:`UnreadableStored` for a string :func:`split_user` cannot read.
 
     >>> try:
     ...     user_fields(b"\\xc2 a newer layout", (None, None))
@@ -261,9 +273,6 @@ def user_fields(blob: bytes | None, legacy: Sequence[Any]) -> tuple[bytes | None
     stored user string unreadable: not a user string (first byte b'\\xc2')
     """
     if blob:
-        try:
-            user = split_user(blob, snapshots=False)
-        except BROKEN_VALUE as exc:
-            raise UnreadableStored(f"stored user string unreadable: {exc}") from None
+        user = split_user(blob, snapshots=False)
         return user.features, user.record or None
     return legacy[0], legacy[1]

@@ -22,10 +22,20 @@ scripts that read the shared sorted-set indexes are in ``redis_index_scripts``."
 # leave the user out (on one Redis; on a cluster the indexes are written apart,
 # see ``redis_writes``). TRIMSNAP s snap n: drops the n
 # oldest snapshots, the old list's first.
-APPLY = """
-local function erased_of(ks)
-  return string.sub(ks, 1, -2) .. "erased"
+# Whether a user with no stored state has its erase guard up, ``P:{uid}:erased``
+# (the API's erase sets it for 14 days); ``ks`` is the user's string key
+# ``P:{uid}:s``, ``h`` the old-layout hash's f, p, r, sd (state: any of f, r, sd).
+# Users with state never pay for the look: state wins over a guard.
+ERASED = """
+local function erased(ks, h)
+  return not (h[1] or h[3] or h[4])
+    and redis.call("EXISTS", string.sub(ks, 1, -2) .. "erased") == 1
 end
+"""
+
+APPLY = (
+    ERASED
+    + """
 local function skip(v, p)
   return p + 2 + struct.unpack("<H", v, p)
 end
@@ -44,16 +54,16 @@ local function put_user(c)
     day = struct.unpack("<H", old, p)
     snaps = string.sub(old, skip(old, skip(old, p + 2)))
   else
-    local h = redis.call("HMGET", ku, "r", "p", "sd", "f")
-    if not (h[1] or h[3] or h[4]) and redis.call("EXISTS", erased_of(ks)) == 1 then
+    local h = redis.call("HMGET", ku, "f", "p", "r", "sd")
+    if erased(ks, h) then
       gone[c[11]] = true
       return false
     end
-    if h[1] or h[3] then
+    if h[3] or h[4] then
       if rec == "" then
-        rec, pol = h[1] or "", h[2] or ""
+        rec, pol = h[3] or "", h[2] or ""
       end
-      day = tonumber(h[3] or 0) or 0
+      day = tonumber(h[4] or 0) or 0
       redis.call("HDEL", ku, "f", "p", "r", "sd")
     end
   end
@@ -141,6 +151,7 @@ for i, c in ipairs(cmsgpack.unpack(ARGV[1])) do
 end
 return 1
 """
+)
 
 # The keys of a batch's users: on a cluster, KEYS (one user per call, declared
 # for routing); on one Redis, ARGV[1] the key prefix and ARGV[2] the user ids as
@@ -170,6 +181,7 @@ end
 # for that look).
 LOAD = (
     USER_KEYS
+    + ERASED
     + """
 local keys = user_keys({"s", "u"})
 local step = #KEYS == 3 and 3 or 2
@@ -180,8 +192,7 @@ for i = 1, #keys, step do
     out[#out + 1] = {s, redis.call("HGET", keys[i + 1], "wb")}
   else
     local h = redis.call("HMGET", keys[i + 1], "f", "p", "r", "sd", "wb")
-    local guard = string.sub(keys[i], 1, -2) .. "erased"
-    if not (h[1] or h[3] or h[4]) and redis.call("EXISTS", guard) == 1 then
+    if erased(keys[i], h) then
       h = {"erased"}
     end
     out[#out + 1] = h

@@ -27,8 +27,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from services.common.errors import BROKEN_VALUE, StoreUnavailable
+from services.common.errors import StoreUnavailable, UnreadableStored
 from services.common.redis_client import AsyncRedis, is_cluster
+from services.notifier.adapters.redis_layout import erased_key
 from services.scorer.adapters.redis_commands import pack
 from services.scorer.adapters.redis_indexes import ShardedIndexes
 from services.scorer.adapters.redis_labels import LabelSnapshots
@@ -108,8 +109,8 @@ class RedisUserStore:
             else:
                 async with self.r.pipeline(transaction=False) as pipe:
                     for uid in user_ids:
-                        keys = (user_key(self.prefix, uid, kind) for kind in ("s", "u", "erased"))
-                        pipe.eval(LOAD, 3, *keys)
+                        keys = (user_key(self.prefix, uid, "s"), user_key(self.prefix, uid))
+                        pipe.eval(LOAD, 3, *keys, erased_key(self.prefix, uid))
                     rows = [found[0] for found in await pipe.execute()]
         except RedisError as exc:
             raise StoreUnavailable(f"Redis read failed: {exc}") from exc
@@ -184,7 +185,7 @@ def _stored(row: list[Any]) -> StoredUser:
             return StoredUser(None, None, None, None, row[1])
         try:
             user = split_user(row[0], snapshots=False)
-        except BROKEN_VALUE:
+        except UnreadableStored:
             # Damaged, or a newer version's layout read after a rollback: handed on
             # whole as the state, which the state decoder refuses. The batch then
             # dead-letters the user's events with the reason and writes nothing of the

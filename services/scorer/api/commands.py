@@ -1,6 +1,6 @@
 """The risk API's writes: consent, contact details, and erasing a user.
 
-Contact and consent are the notifier's records (``notifier/adapters/redis_directory.py``);
+Contact and consent are the notifier's records (``notifier/adapters/redis_layout.py``);
 a PUT replaces the whole record in one transaction. Nothing here logs a value.
 """
 
@@ -125,12 +125,16 @@ class AdminCommands:
             jobs = await self._deferred_jobs_of(user_id)
             failed = await self._failed_deliveries_of(user_id)
             async with self.r.pipeline(transaction=not self.cluster) as pipe:
+                # The guard first: on a cluster (no transaction) a scorer write that lands
+                # between it and the deletes, or a pipeline cut short, cannot bring the
+                # user back unguarded (the user's keys and the guard share a slot, whose
+                # commands run in the order queued).
+                pipe.set(erased_key(self.prefix, user_id), repr(time.time()), ex=ERASED_KEEP_S)
                 for key in kinds:
                     pipe.delete(key)
                 for keys in indexes:
                     for key in keys:
                         pipe.zrem(key, user_id)
-                pipe.set(erased_key(self.prefix, user_id), repr(time.time()), ex=ERASED_KEEP_S)
                 if jobs:
                     pipe.zrem(deferred_key(self.prefix), *jobs)
                 if failed:
@@ -141,15 +145,16 @@ class AdminCommands:
                 done = await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable(f"Redis write failed: {exc}") from exc
-        removed, pos = [], len(USER_KINDS)
+        deleted = done[1 : 1 + len(USER_KINDS)]  # after the guard's SET, in the order queued
+        removed, pos = [], 1 + len(USER_KINDS)
         for name, keys in zip(USER_INDEXES, indexes, strict=True):
             if any(done[pos : pos + len(keys)]):
                 removed.append(name)
             pos += len(keys)
-        queues = iter(done[pos + 1 :])  # after the erased mark's SET, in the order queued
+        queues = iter(done[pos:])
         return {
             "user_id": user_id,
-            "removed_keys": [k for k, n in zip(USER_KINDS, done, strict=False) if n],
+            "removed_keys": [k for k, n in zip(USER_KINDS, deleted, strict=True) if n],
             "removed_from_indexes": removed,
             "removed_deferred_jobs": int(next(queues)) if jobs else 0,
             "removed_failed_deliveries": int(next(queues)) if failed else 0,

@@ -286,7 +286,8 @@ class Erased(BaseModel):
     removed_failed_deliveries: int = 0
     guard_until: float = Field(
         description="until when (UNIX time) the notifier contacts and records nothing of the "
-        "user: alerts of the user still on their way are dropped (consent to a channel saved "
+        "user, and the scorer stores nothing of it: alerts of the user still on their way are "
+        "dropped, and so are the user's events still coming (consent to a channel saved "
         "again through the API lifts it)"
     )
     kept: str

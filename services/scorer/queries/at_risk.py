@@ -64,11 +64,8 @@ async def list_at_risk(
             for i, blob in zip(longer, await reads.run(partial(queue_gets, keys)), strict=True):
                 try:
                     records[i] = user_fields(blob, (None, None))[1]
-                except UnreadableStored as exc:  # another layout: as a corrupt record, below
-                    log.warning(
-                        "risk list: user skipped",
-                        extra={"user_id": entries[i][0], "error": str(exc)},
-                    )
+                except UnreadableStored as exc:  # a string of another layout
+                    _skipped(entries[i][0], exc)
                     records[i] = None
         for i, ((member, risk), record) in enumerate(zip(entries, records, strict=True)):
             last = (risk, member)
@@ -77,9 +74,7 @@ async def list_at_risk(
             try:
                 rec = decode_record(record)
             except UnreadableStored as exc:
-                # One corrupt record must not take the list down; the scorer replaces
-                # it at the user's next score (counted there when it reads it).
-                log.warning("risk list: user skipped", extra={"user_id": member, "error": str(exc)})
+                _skipped(member, exc)
                 continue
             if all(v is None or rec.get(k) == v for k, v in wanted.items()):
                 items.append(_row(member, risk, rec))
@@ -100,3 +95,9 @@ def _row(user_id: str, risk: float, rec: dict[str, Any]) -> dict[str, Any]:
         "tier": rec.get("tier"),
         "updated_at": rfc3339(float(rec["updated_at"])) if "updated_at" in rec else None,
     }
+
+
+def _skipped(user_id: str, exc: UnreadableStored) -> None:
+    """One unreadable record must not take the list down: the scorer replaces it at the
+    user's next score (and counts it there when it reads it)."""
+    log.warning("risk list: user skipped", extra={"user_id": user_id, "error": str(exc)})

@@ -140,8 +140,10 @@ def queue_user_reads(prefix: str, user_ids: list[str], pipe: Any, *, head: bool 
 
 def head_record(head: bytes | None, old: bytes | None) -> bytes | Literal[False] | None:
     """The score record at the head of a user's string, else the old hash's; False
-    when the record goes on past the head."""
+    when the record goes on past the head, or the string is of another layout."""
     if not head:
         return old
+    if head[:1] != b"\xc1":
+        return False  # another layout: read whole, where it is refused with the reason
     n = int.from_bytes(head[1:3], "little")
     return (head[3 : 3 + n] or None) if 3 + n <= len(head) else False
