@@ -7,13 +7,18 @@ compresses and retries in its own threads, and a record costs ~3 µs of Python
 (the ``produce()`` call and its delivery callback). BENCHMARKS.md has the figures.
 
 How a request waits for its acks: every ``produce()`` carries a callback that
-records the outcome in the request's :class:`_Pending`; one poller thread serves
-the callbacks of all requests. The ingest app awaits :meth:`publish_async`, whose
-last callback wakes the event loop; :meth:`publish` blocks its caller's thread.
-librdkafka reconnects by itself after an outage and expires a record after
-``message.timeout.ms`` (the produce timeout) with an error, which is reported as
-"not taken"; only a fatal error (the idempotent producer lost its state) makes
-the publisher build a new producer.
+records the outcome in the request's
+:class:`~services.ingest.adapters.rdkafka_delivery._Pending`; one poller thread
+serves the callbacks of all requests. The ingest app awaits :meth:`publish_async`,
+whose last callback wakes the event loop; :meth:`publish` blocks its caller's
+thread. librdkafka reconnects by itself after an outage and expires a record
+after ``message.timeout.ms`` (the produce timeout) with an error, which is
+reported as "not taken"; only a fatal error (the idempotent producer lost its
+state) makes the publisher build a new producer.
+
+This module is the publish path. The delivery-report bookkeeping is in
+:mod:`services.ingest.adapters.rdkafka_delivery` and the producer configuration
+in :mod:`services.ingest.adapters.rdkafka_config`.
 """
 
 from __future__ import annotations
@@ -22,118 +27,18 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from services.common.errors import BrokerUnavailable
 from services.common.kafka import broker_answers
-from services.common.kafka_security import librdkafka_options
 from services.common.settings import CommonSettings
+from services.ingest.adapters.rdkafka_config import librdkafka_config
+from services.ingest.adapters.rdkafka_delivery import _WAITING, DeliveryFailed, _Pending, _waker
 
 log = logging.getLogger("churnwatch.ingest")
-
-# Records librdkafka may hold before produce() raises BufferError ("queue full").
-QUEUE_MAX_MESSAGES = 500_000
-
-
-_WAITING = Exception("waiting for Kafka's acknowledgement")
-
-
-class _Pending:
-    """The outcome of one request's records, filled in by delivery callbacks.
-
-    Callbacks run in the poller thread (librdkafka calls them inside ``poll()``);
-    a record the local queue refused is settled by the producing thread.
-    ``on_done`` runs once the last record is settled, in whichever thread did it.
-    """
-
-    __slots__ = ("done", "left", "lock", "on_done", "results")
-
-    def __init__(self, n: int, on_done: Callable[[], None] | None = None) -> None:
-        self.results: list[BaseException | None] = [_WAITING] * n
-        self.left = n
-        self.done = threading.Event()
-        self.lock = threading.Lock()
-        self.on_done = on_done
-        if n == 0:
-            self._finish()
-
-    def settle(self, index: int, error: BaseException | None) -> None:
-        with self.lock:
-            self.results[index] = error
-            self.left -= 1
-            if self.left == 0:
-                self._finish()
-
-    def _finish(self) -> None:
-        self.done.set()
-        if self.on_done is not None:
-            self.on_done()
-
-
-def _resolve(finished: asyncio.Future[None]) -> None:
-    if not finished.done():  # the request may have stopped waiting (timeout, cancel)
-        finished.set_result(None)
-
-
-def _waker(loop: asyncio.AbstractEventLoop, finished: asyncio.Future[None]) -> Callable[[], None]:
-    """What the poller thread calls when a request's last record is settled."""
-
-    def wake() -> None:
-        # A loop closed meanwhile (shutdown) must not raise into poll(): that would
-        # end the poller thread, and with it every later request's callbacks.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_resolve, finished)
-
-    return wake
-
-
-class DeliveryFailed(Exception):
-    """Kafka did not acknowledge a record (the librdkafka error is the message)."""
-
-    def __init__(self, error: KafkaError) -> None:
-        super().__init__(error.str())
-        self.retriable = error.retriable()
-        self.fatal = error.fatal()
-
-
-def librdkafka_config(settings: CommonSettings, *, timeout_s: float) -> dict[str, Any]:
-    """The producer configuration that keeps DESIGN §7 (idempotent, acks=all, keyed).
-
-    ``murmur2_random`` partitions keyed records exactly like the Java client and
-    kafka-python, so a user's events land on the same partition whichever
-    producer wrote them.
-
-    >>> from services.common.settings import CommonSettings
-    >>> cfg = librdkafka_config(CommonSettings(), timeout_s=10)
-    >>> cfg["enable.idempotence"], cfg["acks"], cfg["partitioner"], cfg["message.timeout.ms"]
-    (True, 'all', 'murmur2_random', 10000)
-    """
-    return {
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "enable.idempotence": True,
-        "acks": "all",
-        # gzip, like every other producer here: any consumer can read it (lz4 needs
-        # cramjam for aiokafka and lz4 for kafka-python, which are not installed).
-        "compression.type": "gzip",
-        # No linger: records produced while a request is in flight batch anyway.
-        # Measured with 2 ms: a p99 of ~450 ms per request at 2,000 events/s
-        # (p50 6 ms); with 0: p99 17 ms, and more throughput (BENCHMARKS.md).
-        "linger.ms": 0,
-        "batch.size": 1_000_000,
-        "message.max.bytes": 2 * 1024 * 1024,
-        "queue.buffering.max.messages": QUEUE_MAX_MESSAGES,
-        "message.timeout.ms": int(timeout_s * 1000),
-        "socket.connection.setup.timeout.ms": 5_000,
-        # Back within a second of the broker's return (the default backs off to 10 s).
-        "reconnect.backoff.max.ms": 1_000,
-        "partitioner": "murmur2_random",
-        "client.id": "churnwatch-ingest",
-        # librdkafka logs through this logger (never the records themselves).
-        "logger": logging.getLogger("churnwatch.ingest.librdkafka"),
-    } | librdkafka_options(settings)
 
 
 class RdKafkaPublisher:
