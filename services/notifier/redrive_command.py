@@ -20,7 +20,8 @@ import orjson
 from services.common.logs import scrub
 from services.common.messages import WinbackAction
 from services.common.settings import CommonSettings
-from services.notifier.redrive import Outcome, RedriveFilter, Redriver, RedriveSummary, parse_since
+from services.notifier.redrive import Redriver
+from services.notifier.redrive_report import Outcome, RedriveFilter, RedriveSummary, parse_since
 
 
 class KafkaActionSink:

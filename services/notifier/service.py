@@ -6,30 +6,31 @@ idempotency, deferred queue, failed deliveries) and one channel per medium, whic
 :mod:`services.notifier.delivery` renders and sends through. A delivery that fails after its
 retries is published as ``failed`` and kept in the directory for
 ``churnwatch notifier redrive`` (:mod:`services.notifier.redrive`).
+
+Here: the plan of an alert's contacts, and the judging again of one that goes
+out later (deferred, re-driven). Carrying a decision out (the send, the
+failed-delivery record, the action and its record) is in
+:mod:`services.notifier.carry_out`, a part of :class:`Notifier`.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from typing import Any
 
 from services.common.messages import WinbackAction, make_action_id
-from services.notifier import metrics
+from services.notifier.carry_out import CarryOut
 from services.notifier.channels.base import Channel, RetryPolicy
 from services.notifier.core.guardrails import ConsentRecord, Decision, over_cap, plan_actions
-from services.notifier.core.playbooks import PlaybookBook
+from services.notifier.core.playbook_book import PlaybookBook
 from services.notifier.core.templates import Brand, Renderer
 from services.notifier.delivery import Delivery, address_for
 from services.notifier.ports import Directory
 
-log = logging.getLogger("churnwatch.notifier")
 
-
-class Notifier:
+class Notifier(CarryOut):
     def __init__(
         self,
         *,
@@ -88,93 +89,6 @@ class Notifier:
                 actions.append(taken)
         return actions
 
-    async def carry_out(
-        self,
-        alert: dict[str, Any],
-        decision: Decision,
-        *,
-        playbook: str,
-        contact: Mapping[str, str],
-        now: float,
-        failures: int = 0,
-    ) -> WinbackAction | None:
-        """Execute one decision exactly once per alert and channel.
-
-        None when the decision was carried out and its action published before
-        (the alert was delivered again): nothing to send, nothing to publish.
-        A failed delivery is remembered for a re-drive (``failures`` counts the
-        earlier ones of the same action, when this is a re-drive). None too when the
-        user was erased while the provider took its time (a message handed over is
-        gone; nothing of it is kept). Callers check the erase before calling.
-        """
-        uid = alert["user_id"]
-        action_id = make_action_id(alert["alert_id"], decision.channel)
-        done = await self.directory.already_done(uid, action_id)
-        if done is not None:
-            metrics.REPEATS.inc()
-            if await self.directory.is_published(uid, action_id):
-                return None  # a redelivered alert: its action is on winback-actions already
-            return self._action(
-                alert,
-                decision.channel,
-                playbook,
-                done,
-                decision=decision,
-                reason="already handled",
-                now=now,
-            )
-        status: str = decision.status  # control and suppressed are recorded as they are
-        reason = decision.reason
-        if decision.status == "defer" and decision.not_before is not None:
-            job = {"alert": alert, "playbook": playbook, "decision": asdict(decision)}
-            await self.directory.defer(job, decision.not_before)
-            if decision.channel != "webhook":  # the cap counts it from now, across alerts
-                await self.directory.schedule_contact(uid, action_id, decision.not_before)
-            status = "deferred"
-        elif decision.status == "send":
-            status, reason = await self.delivery.send(
-                alert,
-                decision,
-                contact=contact,
-                action_id=action_id,
-                before_retry=lambda: self._still_there(uid),
-            )
-            if await self._erased(alert, "in_flight"):  # during the send and its retries
-                return None
-            if status == "failed":
-                await self.directory.remember_failed(
-                    {
-                        "action_id": action_id,
-                        "alert_id": alert["alert_id"],
-                        "user_id": uid,
-                        "channel": decision.channel,
-                        "playbook": playbook,
-                        "alert": alert,
-                        "decision": asdict(decision),
-                        "error": reason,
-                        "failed_at": now,
-                        "failures": failures + 1,
-                    }
-                )
-        action = self._action(
-            alert, decision.channel, playbook, status, decision=decision, reason=reason, now=now
-        )
-        winback = None
-        if status in ("sent", "control"):
-            winback = {
-                "alert_id": alert["alert_id"],
-                "playbook": playbook,
-                "at": now,
-                "group": "control" if status == "control" else "treated",
-            }
-        await self.directory.record(
-            uid,
-            action.to_dict(),
-            winback=winback,
-            contacted=status == "sent" and decision.channel != "webhook",
-        )
-        return action
-
     async def run_deferred(
         self, job: dict[str, Any], *, now: float | None = None
     ) -> WinbackAction | None:
@@ -194,18 +108,6 @@ class Notifier:
         return await self.carry_out(
             alert, decision, playbook=job["playbook"], contact=contact, now=now
         )
-
-    async def _erased(self, alert: Mapping[str, Any], source: str) -> bool:
-        """The user was erased after this alert was raised: it is dropped, unsent, and
-        leaves no trace (no action published, nothing recorded, no user id logged)."""
-        if not await self.directory.is_erased(alert["user_id"]):
-            return False
-        metrics.ERASED.labels(source).inc()
-        log.info("erased user's alert dropped", extra={"alert_id": alert["alert_id"]})
-        return True
-
-    async def _still_there(self, user_id: str) -> bool:
-        return not await self.directory.is_erased(user_id)
 
     def judge_again(
         self,
@@ -229,31 +131,3 @@ class Notifier:
         if capped := over_cap(others, now, self.book.defaults.frequency_cap):
             return replace(decision, status="suppressed", reason=capped)
         return decision
-
-    def _action(
-        self,
-        alert: dict[str, Any],
-        channel: str,
-        playbook: str,
-        status: str,
-        *,
-        now: float,
-        decision: Decision | None = None,
-        reason: str | None = None,
-    ) -> WinbackAction:
-        action = WinbackAction(
-            action_id=make_action_id(alert["alert_id"], channel),
-            alert_id=alert["alert_id"],
-            user_id=alert["user_id"],
-            channel=channel,
-            playbook=playbook,
-            status=status,
-            at=datetime.fromtimestamp(now, UTC),
-            offer=decision.offer if decision else None,
-            template=decision.template if decision else None,
-            reason=reason
-            if status in ("deferred", "suppressed", "failed", "control") or reason
-            else None,
-        )
-        metrics.ACTIONS.labels(channel, status).inc()
-        return action

@@ -39,7 +39,7 @@ from services.notifier.channels.base import (
 )
 from services.notifier.channels.http_channels import PushChannel, SmsChannel, WebhookChannel
 from services.notifier.channels.smtp_channel import SmtpChannel
-from services.notifier.core.playbooks import PlaybookBook
+from services.notifier.core.playbook_book import PlaybookBook
 from services.notifier.core.templates import Brand, Renderer
 from services.notifier.mailcatcher import Inbox, MailCatcher
 from services.notifier.service import Notifier

@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from services.common.messages import WinbackAction, make_action_id
-from services.notifier.redrive import ERASED, RedriveFilter, Redriver, RedriveSummary
+from services.notifier.redrive import ERASED, Redriver
+from services.notifier.redrive_report import RedriveFilter, RedriveSummary
 from tests.service.test_notifier_service import (
     LA,
     NOW,

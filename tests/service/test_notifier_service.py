@@ -22,7 +22,9 @@ from services.notifier.adapters.memory_directory import MemoryDirectory
 from services.notifier.app import _until_stored
 from services.notifier.channels.base import Message, RetryPolicy
 from services.notifier.core.guardrails import in_control_group
-from services.notifier.core.playbooks import FrequencyCap, PlaybookBook, load_playbooks
+from services.notifier.core.playbook_book import PlaybookBook
+from services.notifier.core.playbook_defaults import FrequencyCap
+from services.notifier.core.playbooks import load_playbooks
 from services.notifier.core.templates import Brand, Renderer
 from services.notifier.service import Notifier
 from tests.notifier_data import sample_alert

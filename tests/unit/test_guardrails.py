@@ -20,7 +20,8 @@ from services.notifier.core.guardrails import (
     quiet_hours_end,
     won_back,
 )
-from services.notifier.core.playbooks import Action, Defaults, Playbook
+from services.notifier.core.playbook_book import Action, Playbook
+from services.notifier.core.playbook_defaults import Defaults
 
 DAY = 86400.0
 NY, TOKYO = ZoneInfo("America/New_York"), ZoneInfo("Asia/Tokyo")

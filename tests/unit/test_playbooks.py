@@ -10,15 +10,14 @@ import pytest
 import yaml
 
 from services.common.errors import ConfigError
-from services.notifier.core.playbooks import (
+from services.notifier.core.playbook_book import (
     BANDS,
-    DEFAULT_PLAYBOOKS,
     STAGES,
     TIERS,
     PlaybookBook,
-    load_playbooks,
     parse_duration,
 )
+from services.notifier.core.playbooks import DEFAULT_PLAYBOOKS, load_playbooks
 
 
 def _write(tmp_path: Path, doc: Any) -> Path:

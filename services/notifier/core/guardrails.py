@@ -15,7 +15,8 @@ from datetime import datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from services.notifier.core.playbooks import Action, Defaults, FrequencyCap, Playbook
+from services.notifier.core.playbook_book import Action, Playbook
+from services.notifier.core.playbook_defaults import Defaults, FrequencyCap
 
 Status = Literal["send", "defer", "suppressed", "control"]
 _DAY_S = 86400.0
