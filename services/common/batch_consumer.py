@@ -18,13 +18,8 @@ Guarantees (DESIGN §7):
   is a round trip to the group coordinator, ~7 ms of every ~90 ms batch under
   load, and a crash before it lands only redelivers a batch whose effects are
   idempotent;
-- at most one commit every ``commit_every_s`` (0: one per batch): under light
-  load batches are a few records each, hundreds a second, and a commit for
-  each cost the worker and the broker more than the records did. The handled
-  batches' offsets wait, merged, until the interval has passed since the last
-  commit, then go out with the next batch or, if none comes, on their own; a
-  rebalance and a stop send them first. A crash redelivers at most that much
-  more, idempotently;
+- at most one commit every ``commit_every_s`` (0: one per batch), the handled
+  batches' offsets merged meanwhile (:mod:`services.common.batch_offsets`);
 - no two owners at once: a rebalance waits for the batch in hand to finish
   and for its commit before the partitions are given away (the rebalance
   listener takes the same lock as a batch), and records fetched for revoked
@@ -42,22 +37,20 @@ A batch is whatever the fetcher holds when the handler is free, up to
 the few records that arrived while the previous one was handled, so nothing
 waits to fill a batch unless ``fill_within_s`` asks for it.
 
-:meth:`BatchConsumer.lag` is the member's backlog for ``/metrics``: what the
-broker last reported as each partition's end, minus the next offset to hand
-over, with no request of its own (a scrape must not wait on Kafka).
+The commits and the lag (the member's backlog for ``/metrics``) are kept by
+its base class, :class:`~services.common.batch_offsets.BatchOffsets`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import OffsetAndMetadata
 
+from services.common.batch_offsets import BatchOffsets, next_offsets
 from services.common.kafka_security import aiokafka_options
 from services.common.messages import Record
 from services.common.settings import CommonSettings
@@ -70,21 +63,7 @@ Handler = Callable[[list[Record], Any], Awaitable[None]]
 Prepare = Callable[[list[Record]], Any]
 
 
-def next_offsets(records: Sequence[Record]) -> dict[tuple[str, int], int]:
-    """The offsets to commit after ``records``: one past the last of each partition.
-
-    >>> next_offsets([Record(None, b"", "t", 0, 7), Record(None, b"", "t", 1, 3),
-    ...               Record(None, b"", "t", 0, 8)])
-    {('t', 0): 9, ('t', 1): 4}
-    """
-    out: dict[tuple[str, int], int] = {}
-    for r in records:
-        tp = (r.topic, r.partition)
-        out[tp] = max(out.get(tp, -1), r.offset + 1)
-    return out
-
-
-class BatchConsumer:
+class BatchConsumer(BatchOffsets):
     """One consumer-group member that feeds ``handler`` whole batches (see the module doc).
 
     ``prepare`` turns a batch's records into what ``handler`` gets besides them
@@ -188,55 +167,6 @@ class BatchConsumer:
                 self._flusher = asyncio.ensure_future(self._flush_later())
         self.batches += 1
 
-    async def _send_commit(self) -> None:
-        """Send the handled offsets not sent yet, after the commit before (order); lock held."""
-        await self.committed()
-        offsets, self._uncommitted = self._uncommitted, {}
-        if offsets:
-            self._last_sent = asyncio.get_running_loop().time()
-            self._commit = asyncio.ensure_future(self.commit(offsets))
-
-    async def _flush_later(self) -> None:
-        """Send what is handled once the interval is up, if no batch has sent it by then."""
-        try:
-            loop = asyncio.get_running_loop()
-            await asyncio.sleep(max(0.0, self._last_sent + self.commit_every_s - loop.time()))
-            async with self.lock:
-                await self._send_commit()
-        finally:
-            self._flusher = None
-
-    async def flush(self) -> None:
-        """Send every handled offset and wait until it landed (rebalance, stop); lock held."""
-        await self._send_commit()
-        await self.committed()
-
-    async def committed(self) -> None:
-        """Wait for the commit in flight, if any."""
-        pending, self._commit = self._commit, None
-        if pending is not None:
-            await pending
-
-    def lag(self) -> int:
-        """Records on this member's partitions not handed to the handler yet, as of the
-        last fetch from each; a partition not fetched from since it was assigned counts 0.
-
-        Called from the metrics server's thread at each scrape: a partition revoked
-        in the meantime is skipped, and the value only moves with fetches (a worker
-        stuck on a batch fetches no more: ChurnwatchScorerStalled is that alert).
-        """
-        if self.consumer is None:
-            return 0
-        total = 0
-        for (topic, partition), position in list(self._fetched.items()):
-            try:
-                end = self.consumer.highwater(TopicPartition(topic, partition))
-            except (AssertionError, AttributeError):  # revoked, or stopped (aiokafka asserts)
-                continue
-            if end is not None:
-                total += max(0, end - position)
-        return total
-
     async def fetch(self) -> list[Record]:
         """The next batch: what the fetcher holds, after waiting up to 1 s for a first record."""
         found = await self.consumer.getmany(timeout_ms=1000, max_records=self.max_records)
@@ -256,21 +186,6 @@ class BatchConsumer:
         for tp, offset in next_offsets(records).items():
             self._fetched[tp] = max(offset, self._fetched.get(tp, offset))
         return records
-
-    async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        try:
-            await self.consumer.commit(
-                {
-                    TopicPartition(topic, partition): OffsetAndMetadata(offset, "")
-                    for (topic, partition), offset in offsets.items()
-                }
-            )
-        except (CommitFailedError, KafkaError) as exc:
-            # The effects are durable; the partition's next owner gets these records
-            # again from the last commit, and they change nothing (idempotent per event).
-            log.warning(
-                "offset commit failed; the batch may be redelivered", extra={"error": str(exc)}
-            )
 
 
 def _records(found: dict[Any, list[Any]]) -> list[Record]:
