@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from services.common.errors import BROKEN_VALUE, UnreadableStored
+from services.common.errors import BROKEN_VALUE
 from services.notifier.adapters.redis_layout import erased_key
 from services.replay_worker import say
 from services.scorer.adapters.redis_layout import user_fields, user_key
@@ -81,5 +81,5 @@ def last_seen(blob: bytes | None, legacy: list[Any]) -> int | None:
     try:
         features, _ = user_fields(blob, legacy)
         return decode_state(features).last_seen if features else None
-    except (UnreadableStored, *BROKEN_VALUE):
+    except BROKEN_VALUE:  # UnreadableStored is a ValueError
         return None

@@ -22,7 +22,7 @@ For each failed delivery (oldest first) a re-drive
    held no place in the window) and defers it to the deferred queue during the
    user's quiet hours;
 4. delivers it with the notifier's channels and retry policy
-   (:meth:`~services.notifier.service.Notifier.carry_out`), publishes the
+   (:meth:`~services.notifier.carry_out.CarryOut.carry_out`), publishes the
    resulting action on ``winback-actions`` and forgets the failure, unless it
    failed again (then it stays, with its failure count raised).
 

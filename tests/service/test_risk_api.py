@@ -440,7 +440,7 @@ def test_erase_leaves_nothing_of_the_user(api: Seeded) -> None:
 
 
 def failed_delivery(uid: str, action_id: str) -> dict[str, Any]:
-    """A failed-delivery job as the notifier keeps it (``Notifier.carry_out``)."""
+    """A failed-delivery job as the notifier keeps it (``CarryOut.carry_out``)."""
     alert = {"alert_id": f"f-{action_id}", "user_id": uid, "risk": 0.9, "segment": "vip"}
     return {
         "action_id": action_id,

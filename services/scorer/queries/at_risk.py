@@ -98,6 +98,7 @@ def _row(user_id: str, risk: float, rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _skipped(user_id: str, exc: UnreadableStored) -> None:
-    """One unreadable record must not take the list down: the scorer replaces it at the
-    user's next score (and counts it there when it reads it)."""
+    """One unreadable record must not take the list down. A corrupt record is replaced
+    at the user's next score (and counted there when the scorer reads it); a string
+    of another layout stays until the version that wrote it reads it."""
     log.warning("risk list: user skipped", extra={"user_id": user_id, "error": str(exc)})
