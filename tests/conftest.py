@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import random
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,18 @@ def free_cluster_port(nodes: int = 3) -> int:
         if all(_free(base + i) and _free(base + i + 10_000) for i in range(nodes)):
             return base
     raise RuntimeError("no free ports for a Redis Cluster")
+
+
+def wait_for(
+    ok: Callable[[], object], *, services: Any, timeout: float = 60.0, pause: float = 0.2
+) -> None:
+    """Until ``ok()`` holds; fails if one of ``services`` (a ``launcher.Services``) exits,
+    or after ``timeout`` seconds (a bound on a hang, not a performance claim)."""
+    deadline = time.monotonic() + timeout
+    while not ok():
+        services.check()
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(pause)
 
 
 def scraped(url: str, series: str) -> float:

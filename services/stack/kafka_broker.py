@@ -20,7 +20,7 @@ from services.stack.processes import (
     DEPLOY_LOCAL,
     Endpoint,
     Say,
-    pid_alive,
+    already_up,
     render,
     spawn,
     stop_process,
@@ -97,19 +97,15 @@ class KafkaBroker:
 
     def start(self) -> None:
         at = self.endpoint
-        if pid_alive(self.pid_file, MARKER) and at.answers():
-            self.say(f"Kafka already running on {at.host}:{at.port}")
-            return
-        if at.answers():
-            if not self.ready():
-                raise ConfigError(
-                    f"port {at.port} is taken by something that is not Kafka; "
-                    "stop it or set CHURNWATCH_KAFKA_BOOTSTRAP to another port"
-                )
-            self.say(
-                f"using the Kafka already answering on {at.host}:{at.port} "
-                "(not started by this stack: `down` leaves it alone)"
-            )
+        if already_up(
+            "Kafka",
+            at,
+            pid_file=self.pid_file,
+            marker=MARKER,
+            ready=self.ready,
+            setting="CHURNWATCH_KAFKA_BOOTSTRAP",
+            say=self.say,
+        ):
             return
         libs = self.fetch()
         props = self._configure(libs)

@@ -50,6 +50,36 @@ def pid_alive(pid_file: Path, marker: str) -> int | None:
     return pid if marker in cmdline else None
 
 
+def already_up(
+    what: str,
+    at: Endpoint,
+    *,
+    pid_file: Path,
+    marker: str,
+    ready: Callable[[], bool],
+    setting: str,
+    say: Say,
+) -> bool:
+    """Whether ``what`` answers at ``at`` already, so there is nothing to start: the one
+    this stack started (``pid_file``), or another one, used as it is and never stopped.
+    A port taken by something that is not ``what`` is a ConfigError naming ``setting``."""
+    if pid_alive(pid_file, marker) and at.answers():
+        say(f"{what} already running on {at.host}:{at.port}")
+        return True
+    if not at.answers():
+        return False
+    if not ready():
+        raise ConfigError(
+            f"port {at.port} is taken by something that is not {what}; "
+            f"stop it or set {setting} to another port"
+        )
+    say(
+        f"using the {what} already answering on {at.host}:{at.port} "
+        "(not started by this stack: `down` leaves it alone)"
+    )
+    return True
+
+
 def stop_process(pid_file: Path, marker: str, *, what: str, say: Say) -> None:
     """Stop the process ``up`` started (SIGTERM, then SIGKILL after 30 s); forget its pid."""
     pid = pid_alive(pid_file, marker)

@@ -21,7 +21,7 @@ from services.common.settings import CommonSettings
 from services.stack.processes import (
     Endpoint,
     Say,
-    pid_alive,
+    already_up,
     render,
     spawn,
     stop_process,
@@ -71,19 +71,15 @@ class RedisServer:
 
     def start(self) -> None:
         at = self.endpoint
-        if pid_alive(self.pid_file, MARKER) and at.answers():
-            self.say(f"Redis already running on {at.host}:{at.port}")
-            return
-        if at.answers():
-            if not self.ready():
-                raise ConfigError(
-                    f"port {at.port} is taken by something that is not Redis; "
-                    "stop it or set CHURNWATCH_REDIS_URL to another port"
-                )
-            self.say(
-                f"using the Redis already answering on {at.host}:{at.port} "
-                "(not started by this stack: `down` leaves it alone)"
-            )
+        if already_up(
+            "Redis",
+            at,
+            pid_file=self.pid_file,
+            marker=MARKER,
+            ready=self.ready,
+            setting="CHURNWATCH_REDIS_URL",
+            say=self.say,
+        ):
             return
         server = install_redis(say=self.say)
         data = self.dir / "data"

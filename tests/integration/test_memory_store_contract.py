@@ -9,11 +9,13 @@ memory store's idea of it. Each scenario runs on both and the answers must match
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from services.common.redis_client import async_redis
+from services.notifier.adapters.redis_layout import erased_key
 from services.scorer.adapters.memory_store import MemoryUserStore
 from services.scorer.adapters.redis_store import RedisUserStore
 from services.scorer.rows import UserWrite
@@ -31,9 +33,14 @@ def write(uid: str, **changes: Any) -> UserWrite:
     return UserWrite(**(base | changes))
 
 
-async def exercise(store: Any) -> list[Any]:
-    """Writes and reads a worker makes, and every answer the store gave."""
+async def exercise(store: Any, erase: Callable[[str], Awaitable[None]]) -> list[Any]:
+    """Writes and reads a worker makes, and every answer the store gave; ``erase`` raises
+    a user's erase guard as the risk API's erase does."""
     answers: list[Any] = []
+    # Erased before its first event: read as erased, and not written.
+    await erase("gone")
+    await store.save([write("gone")])
+    answers.append({u: r.erased for u, r in (await store.load(["gone", USERS[0]])).items()})
     await store.save(
         [
             write(
@@ -67,6 +74,7 @@ async def exercise(store: Any) -> list[Any]:
     answers.append(await store.users_with_labels_due(60.0, limit=100))
     rows = await store.load(USERS)
     answers.append({u: (r.features, r.policy, r.record, r.snapshot_day) for u, r in rows.items()})
+    answers.append(await store.load(["gone"]))
     answers.append(await store.load_snapshots(USERS))
     await store.keep_snapshots({u: (1, 90.0 if n % 2 else None) for n, u in enumerate(USERS[:12])})
     answers.append(await store.load_snapshots(USERS[:15]))
@@ -83,13 +91,24 @@ def test_memory_store_answers_as_redis_does(isolated: Isolated) -> None:
             user_ttl_s=3600,
             index_shards=SHARDS,
         )
+        prefix = isolated.settings.key_prefix
+
+        async def erase(uid: str) -> None:
+            await client.set(erased_key(prefix, uid), "1", ex=3600)
+
         try:
-            return await exercise(store)
+            return await exercise(store, erase)
         finally:
             await client.aclose()
 
     in_redis = asyncio.run(on_redis())
-    in_memory = asyncio.run(exercise(MemoryUserStore(index_shards=SHARDS)))
+    memory = MemoryUserStore(index_shards=SHARDS)
+
+    async def erase(uid: str) -> None:
+        memory.erased.add(uid)
+
+    in_memory = asyncio.run(exercise(memory, erase))
+    assert in_redis[0] == {"gone": True, USERS[0]: False}
     assert in_redis[0] and in_redis[1] and in_redis[-1]  # the scenario reaches every query
     for n, (real, memory) in enumerate(zip(in_redis, in_memory, strict=True)):
         assert memory == real, f"answer {n}"

@@ -32,7 +32,7 @@ from services.launcher import Services
 from services.notifier.core.guardrails import in_control_group
 from services.notifier.core.playbooks import load_playbooks
 from services.notifier.mailcatcher import Inbox
-from tests.conftest import Isolated
+from tests.conftest import Isolated, wait_for
 from tests.notifier_data import give_email_contacts, sample_alert
 
 pytestmark = pytest.mark.e2e
@@ -167,14 +167,6 @@ def committed_offset(group: str, where: TopicPartition, isolated: Isolated) -> i
     finally:
         consumer.close()
     return int(found) if found is not None else -1
-
-
-def wait_for(ok: Callable[[], bool], *, timeout: float, services: Services, pause: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not ok():
-        services.check()
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(pause)
 
 
 def body_text(mail: Email) -> str:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common.redis_client import sync_redis
 from services.launcher import Services
 from services.notifier.mailcatcher import Inbox
-from tests.conftest import Isolated
+from tests.conftest import Isolated, wait_for
 from tests.integration.test_notifier_flow import vip_user
 from tests.notifier_data import give_email_contacts, sample_alert
 
@@ -71,14 +70,6 @@ def scrape(isolated: Isolated) -> dict[str, float]:
         for sample in family.samples
         if not sample.labels
     }
-
-
-def wait_for(ok: Callable[[], bool], *, services: Services, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not ok():
-        services.check()
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.1)
 
 
 def test_the_backlog_shows_on_metrics_and_drains_to_zero(

@@ -28,9 +28,9 @@ from services.scorer.adapters.redis_store import RedisUserStore, user_key
 from services.scorer.core.labels import LabelSettings
 from services.scorer.labelling import label_chunk
 from services.sim.generator import event, make_users
-from tests.conftest import Isolated, scraped
+from tests.conftest import Isolated, scraped, wait_for
 from tests.integration.test_features_redis import dead_letters, produce
-from tests.integration.test_scorer_erase_guard import last_seen, wait_for
+from tests.integration.test_scorer_erase_guard import last_seen
 
 pytestmark = pytest.mark.integration
 
@@ -68,11 +68,11 @@ def test_a_user_string_of_another_layout_is_set_aside(
                 event(other, "login", now - 400, 4),
             ],
         )
-        wait_for(lambda: last_seen(r, prefix, other.user_id) == int(now - 400), services)
+        wait_for(lambda: last_seen(r, prefix, other.user_id) == int(now - 400), services=services)
         dead = dead_letters(isolated, 2)
         assert [d["source"]["key"] for d in dead] == [newer.user_id] * 2
         assert all("unreadable" in d["reason"] and d["stage"] == "scorer" for d in dead), dead
-        wait_for(lambda: unreadable_states(isolated) >= 1, services)
+        wait_for(lambda: unreadable_states(isolated) >= 1, services=services)
         bearer = {"Authorization": f"Bearer {read}"}
         api = httpx.Client(base_url=isolated.url("api"), headers=bearer)
         answer = api.get(f"/v1/users/{newer.user_id}")
