@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from services.backfill_history import to_apply
+from services.common.events import UserEvent
 from services.common.redis_client import async_redis, sync_redis
 from services.launcher import Services
 from services.notifier.adapters.redis_directory import erased_key
 from services.scorer.adapters.redis_store import RedisUserStore, split_user, user_key
 from services.scorer.api.commands import AdminCommands
-from services.scorer.core.state_codec import decode_state
+from services.scorer.core.features import FeatureSettings, apply_batch
+from services.scorer.core.state_codec import decode_state, encode_state
 from services.scorer.rows import UserWrite
 from services.sim.generator import event, make_users
 from tests.conftest import Isolated, left_after_erase, scraped, wait_for
@@ -150,3 +155,61 @@ async def erase(isolated: Isolated, user_id: str) -> dict[str, Any]:
         return await AdminCommands(client, prefix=settings.key_prefix).erase(user_id)
     finally:
         await client.aclose()
+
+
+def test_a_user_still_in_the_old_hash_is_not_taken_for_erased(isolated: Isolated) -> None:
+    """State wins over a guard (a half-done erase on a cluster can leave both): the user
+    is read and written as usual, not dropped at every batch."""
+    prefix = isolated.settings.key_prefix
+    r = sync_redis(isolated.settings.redis_url)
+    r.hset(user_key(prefix, "old1"), mapping={"f": b"Fold", "r": b"R"})
+    r.set(erased_key(prefix, "old1"), "1", ex=60)
+
+    async def scenario() -> tuple[Any, Any]:
+        client = async_redis(isolated.settings.redis_url)
+        store = RedisUserStore(client, prefix=prefix, user_ttl_s=3600)
+        try:
+            read = (await store.load(["old1"]))["old1"]
+            await store.save([write("old1")])
+            return read, (await store.load(["old1"]))["old1"]
+        finally:
+            await client.aclose()
+
+    read, after = asyncio.run(scenario())
+    assert not read.erased and read.features == b"Fold"
+    assert not after.erased and after.features == b"Fold1"
+
+
+def test_backfill_leaves_out_erased_users_and_what_was_applied(isolated: Isolated) -> None:
+    prefix = isolated.settings.key_prefix
+    r = sync_redis(isolated.settings.redis_url)
+    r.set(erased_key(prefix, "gone"), "1", ex=60)
+    state, _ = apply_batch(
+        None,
+        [UserEvent("k1", "kept", "login", datetime.fromtimestamp(1_000, UTC))],
+        settings=FeatureSettings(),
+    )
+    assert state is not None
+    r.hset(user_key(prefix, "kept"), mapping={"f": encode_state(state), "r": b"R"})
+    r.set(user_key(prefix, "broken", "s"), b"\xc1\x05")  # a damaged user string
+
+    def line(uid: str, ts: float | None) -> tuple[float, bytes]:
+        when = "garbage" if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+        return (
+            float("-inf") if ts is None else ts,
+            orjson.dumps({"user_id": uid, "occurred_at": when}),
+        )
+
+    lines = [
+        line("gone", None),  # its time unreadable, its user erased: left out all the same
+        line("kept", None),  # kept: the scorer dead-letters it with the reason
+        line("gone", 500.0),
+        line("kept", 999.0),  # before the stored state's last event: applied already
+        line("kept", 1_000.0),  # that second: kept, the scorer knows it by id
+        line("broken", 10.0),  # a user string that cannot be read: kept, for the scorer
+        line("new", 20.0),
+        line("kept", 2_000.0),
+    ]
+    kept, erased, applied = to_apply(lines, r, prefix)
+    assert (erased, applied) == (2, 1)
+    assert kept == [lines[1], lines[4], lines[5], lines[6], lines[7]]
